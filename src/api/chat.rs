@@ -1,0 +1,198 @@
+//! `POST /v1/chat/completions`: OpenAI-compatible, plain or streamed (SSE).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::middleware::{RequestId, ServedBy};
+use super::state::AppState;
+use super::wire::{self, ChatCompletionRequest};
+use crate::domain::{ChatChunk, Usage};
+use crate::providers::{ChunkStream, ProviderError};
+use crate::service::StartedStream;
+
+pub static PROVIDER_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-squad-provider");
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    ApiJson(body): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = body.model.clone();
+    let stream = body.wants_stream();
+    let include_usage = body.wants_usage_chunk();
+    let request = body.into_domain()?;
+    let ctx = state.gateway.context(&request_id);
+    tracing::debug!(messages = request.messages.len(), "chat request validated");
+
+    if stream {
+        let started = state.gateway.chat_stream(&model, request, &ctx).await?;
+        return Ok(sse_response(started, &request_id, include_usage));
+    }
+    let done = state.gateway.chat(&model, request, &ctx).await?;
+    let r = &done.response;
+    let id = if r.id.is_empty() {
+        format!("chatcmpl-{request_id}")
+    } else {
+        r.id.clone()
+    };
+    let public_model = format!("{}/{}", done.provider, r.model);
+    let body = serde_json::to_vec(&wire::completion(r, &id, &public_model))
+        .map_err(|_| ApiError::Internal)?;
+    Ok(with_provider(
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        &done.provider,
+    ))
+}
+
+fn with_provider(mut response: Response, provider: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(provider) {
+        response.headers_mut().insert(PROVIDER_HEADER.clone(), v);
+    }
+    response
+        .extensions_mut()
+        .insert(ServedBy(provider.to_owned()));
+    response
+}
+
+fn sse_response(started: StartedStream, request_id: &str, include_usage: bool) -> Response {
+    let provider = started.provider.clone();
+    let events = encode(started, request_id.to_owned(), include_usage).map(Ok::<_, Infallible>);
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    with_provider(sse.into_response(), &provider)
+}
+
+/// Per-stream facts fixed by the first chunk: one id and model for every event.
+struct Encoder {
+    id: String,
+    model: String,
+    created: u64,
+    provider: String,
+    request_id: String,
+    include_usage: bool,
+    sent_first: bool,
+    usage: Option<Usage>,
+}
+
+impl Encoder {
+    fn chunk_event(&mut self, chunk: &ChatChunk) -> Option<Event> {
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        let has_choice = chunk.content.is_some()
+            || chunk.role.is_some()
+            || chunk.finish_reason.is_some()
+            || !chunk.delta_extra.is_empty();
+        if !has_choice {
+            return None;
+        }
+        let first = !std::mem::replace(&mut self.sent_first, true);
+        json_event(&wire::content_chunk(chunk, &self.id, &self.model, first))
+    }
+
+    fn closing_events(&self) -> Vec<Event> {
+        let usage = self.usage.filter(|_| self.include_usage);
+        let usage = usage
+            .and_then(|u| json_event(&wire::usage_chunk(u, &self.id, &self.model, self.created)));
+        usage
+            .into_iter()
+            .chain([Event::default().data("[DONE]")])
+            .collect()
+    }
+
+    fn error_event(&self, error: &ProviderError) -> Event {
+        let (provider, request_id) = (&self.provider, &self.request_id);
+        tracing::warn!(%request_id, %provider, kind = error.kind().as_str(), %error, "stream failed after it started");
+        let body = serde_json::json!({"error": {
+            "type": "upstream_error",
+            "message": format!("provider {provider} failed mid-stream: {}", error.kind().as_str()),
+            "code": "stream_interrupted",
+            "request_id": request_id,
+        }});
+        Event::default().data(body.to_string())
+    }
+}
+
+fn json_event<T: serde::Serialize>(value: &T) -> Option<Event> {
+    serde_json::to_string(value)
+        .ok()
+        .map(|s| Event::default().data(s))
+}
+
+/// Upstream chunks → OpenAI SSE events: content chunks, the usage chunk when
+/// asked for, then `[DONE]`. A failure after the stream started becomes an
+/// error event and the stream ends *without* `[DONE]`, so no client mistakes a
+/// truncated answer for a complete one. Nothing is spawned: dropping the
+/// response (the client went away) drops the upstream stream with it.
+fn encode(
+    started: StartedStream,
+    request_id: String,
+    include_usage: bool,
+) -> impl Stream<Item = Event> + Send {
+    let StartedStream {
+        provider,
+        first,
+        rest,
+    } = started;
+    let (id, model, created) = match &first {
+        Some(c) if !c.id.is_empty() => (c.id.clone(), format!("{provider}/{}", c.model), c.created),
+        Some(c) => (
+            format!("chatcmpl-{request_id}"),
+            format!("{provider}/{}", c.model),
+            c.created,
+        ),
+        None => (
+            format!("chatcmpl-{request_id}"),
+            provider.clone(),
+            crate::domain::unix_now(),
+        ),
+    };
+    let enc = Encoder {
+        id,
+        model,
+        created,
+        provider,
+        request_id,
+        include_usage,
+        sent_first: false,
+        usage: None,
+    };
+    let head: ChunkStream = Box::pin(futures::stream::iter(first.map(Ok)));
+    let upstream = head.chain(rest);
+    futures::stream::unfold(
+        (enc, upstream, false),
+        |(mut enc, mut upstream, over)| async move {
+            if over {
+                return None;
+            }
+            loop {
+                let events = match upstream.next().await {
+                    Some(Ok(chunk)) => match enc.chunk_event(&chunk) {
+                        Some(ev) => return Some((vec![ev], (enc, upstream, false))),
+                        None => continue,
+                    },
+                    Some(Err(error)) => vec![enc.error_event(&error)],
+                    None => enc.closing_events(),
+                };
+                return Some((events, (enc, upstream, true)));
+            }
+        },
+    )
+    .flat_map(futures::stream::iter)
+}

@@ -1,0 +1,106 @@
+//! Operational endpoints: health (deep), liveness, readiness, metrics, models.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::wire::{ModelEntry, ModelList};
+use crate::service::ProviderState;
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    let entries: Vec<_> = state.gateway.registry().entries().cloned().collect();
+    let providers: Map<String, Value> = entries
+        .iter()
+        .map(|p| {
+            (
+                p.id.clone(),
+                json!({"status": p.status(), "kind": p.kind, "default_model": p.default_model}),
+            )
+        })
+        .collect();
+    let configured = entries
+        .iter()
+        .filter(|p| matches!(p.state, ProviderState::Ready(_)))
+        .count();
+    let status = if state.lifecycle.is_draining() {
+        "draining"
+    } else if configured == 0 {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "components": {
+            "server": {"status": if state.lifecycle.is_ready() { "ready" } else { "not_ready" }},
+            "providers": {"configured": configured, "total": entries.len(), "items": providers},
+        },
+    });
+    Json(body).into_response()
+}
+
+pub async fn live() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if state.lifecycle.is_ready() {
+        Ok(Json(json!({"status": "ready"})).into_response())
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Configured providers' advertised models as `provider/model`, then aliases.
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let registry = state.gateway.registry();
+    let created = state.started_unix;
+    let mut data = Vec::new();
+    for entry in registry
+        .entries()
+        .filter(|p| matches!(p.state, ProviderState::Ready(_)))
+    {
+        for model in &entry.models {
+            data.push(ModelEntry {
+                id: format!("{}/{model}", entry.id),
+                object: "model",
+                created,
+                owned_by: entry.id.clone(),
+            });
+        }
+    }
+    for (alias, target) in registry.aliases() {
+        let owner = target.split_once('/').map(|(p, _)| p).unwrap_or_default();
+        if data.iter().any(|m| m.owned_by == owner) {
+            data.push(ModelEntry {
+                id: alias.clone(),
+                object: "model",
+                created,
+                owned_by: owner.to_owned(),
+            });
+        }
+    }
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}

@@ -1,0 +1,125 @@
+//! The one request middleware: request id (accepted when well-formed, otherwise
+//! generated), a tracing span carrying it, HTTP metrics, the access log line, and
+//! the error-body finisher that gives every error response our JSON shape with
+//! the request id.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::error::{ApiError, PendingError, render};
+use crate::telemetry::metrics;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id of the current request, for handlers.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Which provider served the request, set by handlers for the access log.
+#[derive(Debug, Clone)]
+pub struct ServedBy(pub String);
+
+/// Accept a client's id only if it is short and plain (it ends up in logs).
+fn well_formed(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| well_formed(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    req.extensions_mut().insert(RequestId(id.clone()));
+
+    metrics::http_started();
+    let span = tracing::info_span!("request", request_id = %id, route = %route, method = %method);
+    let mut response = next.run(req).instrument(span).await;
+    finish_error_body(&mut response, &id);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::http_finished(&route, &method, status, elapsed);
+    let provider = response
+        .extensions()
+        .get::<ServedBy>()
+        .map(|s| s.0.as_str())
+        .unwrap_or("");
+    tracing::info!(
+        request_id = %id,
+        route = %route,
+        method = %method,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        provider,
+        "request"
+    );
+    response
+}
+
+/// Gives every error response our JSON body: `ApiError`s carry their body in a
+/// `PendingError` extension; any other error (axum's 404/405, a rejection we
+/// did not intercept) is translated by status.
+fn finish_error_body(response: &mut Response, request_id: &str) {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return;
+    }
+    let object = match response.extensions_mut().remove::<PendingError>() {
+        Some(PendingError(object)) => object,
+        None if is_json(response) => return,
+        None => fallback_error(status).object(),
+    };
+    *response.body_mut() = Body::from(render(object, request_id));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn fallback_error(status: StatusCode) -> ApiError {
+    match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::InvalidRequest {
+            message: "request body too large".into(),
+            param: None,
+        },
+        s if s.is_client_error() => ApiError::InvalidRequest {
+            message: "bad request".into(),
+            param: None,
+        },
+        _ => ApiError::Internal,
+    }
+}

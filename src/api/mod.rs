@@ -1,0 +1,42 @@
+//! The only axum-facing code: routes, wire DTOs, extractors, `ApiError`, middleware.
+
+pub mod chat;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod state;
+pub mod wire;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use state::AppState;
+
+/// The route table. Middleware, outermost first:
+/// 1. `request_context`: request id, span, metrics, access log, error bodies.
+///    It wraps everything, including the 404/405 fallbacks, so every response
+///    carries `x-request-id` and every error our JSON body.
+///
+/// Body limits are enforced by `ApiJson` (413 with our body), not a layer.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(health::models))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .with_state(state)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::MethodNotAllowed
+}

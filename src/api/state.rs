@@ -1,0 +1,19 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::service::{Gateway, Lifecycle};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    /// Start time as Unix seconds, for `created` on `/v1/models`.
+    pub started_unix: u64,
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,113 @@
+//! Composition root: config + secrets → providers → service → router. The only
+//! module that names concrete adapters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use secrecy::SecretString;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, ProviderKind};
+use crate::providers::DynProvider;
+use crate::providers::gemini::Gemini;
+use crate::providers::openai_compat::{BuildError, OpenAiCompat};
+use crate::service::{Gateway, Lifecycle, ProviderEntry, ProviderState, Registry};
+use crate::telemetry;
+
+/// Provider keys by provider id, read from the environment variables the config
+/// names. Never logged, never serialised.
+#[derive(Default, Clone)]
+pub struct Secrets(BTreeMap<String, SecretString>);
+
+impl Secrets {
+    pub fn from_env(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let keys = config
+            .providers
+            .iter()
+            .filter_map(|(id, p)| {
+                let value = lookup(p.api_key_env.as_deref()?)?;
+                (!value.trim().is_empty())
+                    .then(|| (id.clone(), SecretString::from(value.trim().to_owned())))
+            })
+            .collect();
+        Self(keys)
+    }
+
+    pub fn insert(&mut self, provider: &str, key: &str) {
+        self.0
+            .insert(provider.to_owned(), SecretString::from(key.to_owned()));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider}: {source}")]
+pub struct AppError {
+    provider: String,
+    source: BuildError,
+}
+
+/// Resolves every configured provider into a registry entry.
+pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError> {
+    let mut entries = Vec::new();
+    for (id, p) in &config.providers {
+        let key = secrets.0.get(id);
+        let state = if !p.enabled {
+            ProviderState::Disabled
+        } else if let (Some(env), None) = (&p.api_key_env, key) {
+            ProviderState::Unconfigured {
+                key_env: env.clone(),
+            }
+        } else {
+            let built: Result<DynProvider, BuildError> = match p.kind {
+                ProviderKind::OpenaiCompatible => {
+                    OpenAiCompat::new(id, p, key).map(|a| Arc::new(a) as DynProvider)
+                }
+                ProviderKind::Gemini => Gemini::new(id, p, key).map(|a| Arc::new(a) as DynProvider),
+            };
+            ProviderState::Ready(built.map_err(|source| AppError {
+                provider: id.clone(),
+                source,
+            })?)
+        };
+        entries.push(ProviderEntry {
+            id: id.clone(),
+            kind: p.kind,
+            default_model: p.default_model.clone(),
+            models: p.models.clone(),
+            state,
+        });
+    }
+    Ok(Registry::new(entries, config.aliases.clone()))
+}
+
+/// The application state for `config`; the caller owns the lifecycle flags.
+pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
+    let registry = registry(config, secrets)?;
+    Ok(AppState {
+        gateway: Arc::new(Gateway::new(registry, config.server.request_timeout)),
+        lifecycle: Arc::new(Lifecycle::default()),
+        metrics: telemetry::metrics::install(),
+        started: Instant::now(),
+        started_unix: crate::domain::unix_now(),
+        max_body_bytes: config.server.max_body_bytes,
+    })
+}
+
+/// The router for `state`.
+pub fn router(state: AppState) -> axum::Router {
+    api::router(state)
+}
+
+/// Points every provider at the simulated upstream on `mock` and gives each a
+/// placeholder key, so `--demo` exercises the real adapters and wire formats.
+pub fn demo_overrides(config: &mut Config, secrets: &mut Secrets, mock: std::net::SocketAddr) {
+    for (id, p) in config.providers.iter_mut() {
+        p.enabled = true;
+        p.base_url = match p.kind {
+            ProviderKind::Gemini => format!("http://{mock}/{id}/v1beta"),
+            ProviderKind::OpenaiCompatible => format!("http://{mock}/{id}/v1"),
+        };
+        secrets.insert(id, "demo-key-not-secret");
+    }
+}

@@ -1,0 +1,276 @@
+//! Typed configuration: built-in defaults → YAML file → environment, validated once.
+//! Depends on nothing else in the crate. Secrets never live here: a provider names
+//! the environment variable that holds its key, and `app` reads it at start-up.
+
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigSource, load};
+pub use validate::ConfigIssue;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    /// Keyed by provider id (`groq`, `gemini`, or a user-defined id such as `ollama`).
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// `alias → provider/model`, e.g. `fast: groq/openai/gpt-oss-20b`.
+    pub aliases: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub port: u16,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Overall deadline for one API request, upstream calls included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// After SIGTERM: how long readiness reports 503 while still serving, so a
+    /// load balancer can stop routing here before the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the listener closes: how long in-flight requests and streams may run.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0".into(),
+            port: 8000,
+            max_body_bytes: 8 * 1024 * 1024,
+            request_timeout: Duration::from_secs(120),
+            drain_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or `squad=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[default]
+    OpenaiCompatible,
+    Gemini,
+}
+
+/// Which request field carries the output-token cap for an OpenAI-compatible upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub enabled: bool,
+    pub base_url: String,
+    /// Name of the environment variable holding the key. `None`: the upstream
+    /// needs no key (a local Ollama, say).
+    pub api_key_env: Option<String>,
+    pub default_model: String,
+    /// Models advertised on `/v1/models`. Other model ids are still forwarded:
+    /// provider catalogues change faster than config files.
+    pub models: Vec<String>,
+    /// Extra request headers (OpenRouter attribution, a proxy's routing header).
+    pub headers: BTreeMap<String, String>,
+    pub timeouts: Timeouts,
+    pub max_tokens_field: MaxTokensField,
+    /// Ask OpenAI-compatible upstreams for a usage chunk at the end of streams.
+    pub stream_include_usage: bool,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::OpenaiCompatible,
+            enabled: true,
+            base_url: String::new(),
+            api_key_env: None,
+            default_model: String::new(),
+            models: Vec::new(),
+            headers: BTreeMap::new(),
+            timeouts: Timeouts::default(),
+            max_tokens_field: MaxTokensField::MaxTokens,
+            stream_include_usage: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection establishment.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From sending the request to receiving response headers.
+    #[serde(with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// Whole non-streaming call, body included.
+    #[serde(with = "humantime_serde")]
+    pub total: Duration,
+    /// Longest silence between two stream chunks (streams have no total timeout
+    /// of their own; the request deadline still applies).
+    #[serde(with = "humantime_serde")]
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(30),
+            total: Duration::from_secs(90),
+            stream_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            providers: builtin_providers(),
+            aliases: BTreeMap::new(),
+        }
+    }
+}
+
+fn builtin(
+    kind: ProviderKind,
+    base_url: &str,
+    key_env: &str,
+    models: &[&str],
+    max_tokens_field: MaxTokensField,
+) -> ProviderConfig {
+    ProviderConfig {
+        kind,
+        base_url: base_url.into(),
+        api_key_env: Some(key_env.into()),
+        default_model: models[0].into(),
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        max_tokens_field,
+        ..ProviderConfig::default()
+    }
+}
+
+/// The five hosted providers. Model ids as of late 2026 (see the README).
+fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
+    use MaxTokensField::{MaxCompletionTokens, MaxTokens};
+    use ProviderKind::{Gemini, OpenaiCompatible};
+    let mut openrouter = builtin(
+        OpenaiCompatible,
+        "https://openrouter.ai/api/v1",
+        "OPENROUTER_API_KEY",
+        &[
+            "openrouter/auto",
+            "openai/gpt-5.2",
+            "anthropic/claude-sonnet-4.5",
+        ],
+        MaxTokens,
+    );
+    openrouter.headers.insert(
+        "HTTP-Referer".into(),
+        "https://github.com/squad-gateway/squad".into(),
+    );
+    openrouter
+        .headers
+        .insert("X-OpenRouter-Title".into(), "Squad".into());
+    BTreeMap::from([
+        (
+            "groq".to_owned(),
+            builtin(
+                OpenaiCompatible,
+                "https://api.groq.com/openai/v1",
+                "GROQ_API_KEY",
+                &[
+                    "openai/gpt-oss-120b",
+                    "openai/gpt-oss-20b",
+                    "qwen/qwen3.6-27b",
+                ],
+                MaxCompletionTokens,
+            ),
+        ),
+        (
+            "cerebras".to_owned(),
+            builtin(
+                OpenaiCompatible,
+                "https://api.cerebras.ai/v1",
+                "CEREBRAS_API_KEY",
+                &["gpt-oss-120b", "zai-glm-4.7"],
+                MaxCompletionTokens,
+            ),
+        ),
+        (
+            "gemini".to_owned(),
+            builtin(
+                Gemini,
+                "https://generativelanguage.googleapis.com/v1beta",
+                "GEMINI_API_KEY",
+                &[
+                    "gemini-3.5-flash",
+                    "gemini-3.5-flash-lite",
+                    "gemini-3.1-pro-preview",
+                ],
+                MaxTokens,
+            ),
+        ),
+        ("openrouter".to_owned(), openrouter),
+        (
+            "deepseek".to_owned(),
+            builtin(
+                OpenaiCompatible,
+                "https://api.deepseek.com",
+                "DEEPSEEK_API_KEY",
+                &["deepseek-flash", "deepseek-v4-pro"],
+                MaxTokens,
+            ),
+        ),
+    ])
+}
+
+impl Config {
+    /// Every problem in the config, each with its dotted path. Empty means valid.
+    pub fn validate(&self) -> Vec<ConfigIssue> {
+        validate::validate(self)
+    }
+}

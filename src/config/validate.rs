@@ -1,0 +1,142 @@
+//! Semantic checks over a deserialised config. Collects every issue, never stops
+//! at the first.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use super::Config;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted path, e.g. `providers.groq.base_url`; empty for the file as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(path: &str, message: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Provider ids appear in model names (`groq/…`), metric labels and URLs.
+pub fn is_valid_provider_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+pub fn validate(config: &Config) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut issue = |path: String, message: &str| {
+        issues.push(ConfigIssue {
+            path,
+            message: message.to_owned(),
+        })
+    };
+
+    let server = &config.server;
+    if server.bind.parse::<IpAddr>().is_err() {
+        issue(
+            "server.bind".into(),
+            "must be an IP address such as 0.0.0.0 or 127.0.0.1",
+        );
+    }
+    if server.max_body_bytes < 1024 {
+        issue("server.max_body_bytes".into(), "must be at least 1024");
+    }
+    if server.request_timeout.is_zero() {
+        issue("server.request_timeout".into(), "must be greater than zero");
+    }
+    if tracing_filter_is_invalid(&config.log.level) {
+        issue(
+            "log.level".into(),
+            "not a valid level or filter (try info, debug, or squad=debug,info)",
+        );
+    }
+
+    for (id, p) in &config.providers {
+        let at = |field: &str| format!("providers.{id}.{field}");
+        if !is_valid_provider_id(id) {
+            issue(
+                format!("providers.{id}"),
+                "provider ids use lowercase letters, digits, - and _",
+            );
+        }
+        match p.base_url.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => issue(at("base_url"), "required: an http:// or https:// URL"),
+        }
+        if p.default_model.trim().is_empty() {
+            issue(at("default_model"), "required");
+        }
+        if let Some(env) = &p.api_key_env
+            && !is_env_name(env)
+        {
+            issue(at("api_key_env"), "must be an environment variable name");
+        }
+        for (name, value) in &p.headers {
+            if http::HeaderName::try_from(name.as_str()).is_err() {
+                issue(at(&format!("headers.{name}")), "not a valid header name");
+            } else if http::HeaderValue::try_from(value.as_str()).is_err() {
+                issue(at(&format!("headers.{name}")), "not a valid header value");
+            }
+        }
+        let t = &p.timeouts;
+        for (name, d) in [
+            ("connect", t.connect),
+            ("first_byte", t.first_byte),
+            ("total", t.total),
+            ("stream_idle", t.stream_idle),
+        ] {
+            if d.is_zero() {
+                issue(at(&format!("timeouts.{name}")), "must be greater than zero");
+            }
+        }
+        if t.first_byte > t.total {
+            issue(at("timeouts.first_byte"), "must not exceed timeouts.total");
+        }
+    }
+
+    for (alias, target) in &config.aliases {
+        let path = format!("aliases.{alias}");
+        if alias.contains('/') || alias.is_empty() {
+            issue(path.clone(), "an alias may not contain '/'");
+        }
+        if config.providers.contains_key(alias) {
+            issue(path.clone(), "an alias may not shadow a provider id");
+        }
+        match target.split_once('/') {
+            Some((provider, model))
+                if config.providers.contains_key(provider) && !model.is_empty() => {}
+            _ => issue(path, "must be provider/model with a configured provider"),
+        }
+    }
+    issues
+}
+
+fn tracing_filter_is_invalid(level: &str) -> bool {
+    tracing_subscriber::EnvFilter::try_new(level).is_err()
+}

@@ -1,0 +1,24 @@
+//! Squad: an LLM gateway putting Groq, Cerebras, Gemini, OpenRouter, DeepSeek
+//! and any OpenAI-compatible server behind one OpenAI-compatible HTTP API.
+//!
+//! Layout (dependencies point down this list, never up):
+//! - `api`: the only axum-facing code: routes, wire DTOs, extractors, errors, middleware.
+//! - `service`: use cases with no HTTP types: routing, chat, lifecycle.
+//! - `providers`: the `Provider` trait, `ProviderError`, and the adapters
+//!   (`openai_compat`, `gemini`), each as {mod, wire, convert, stream}.
+//! - `telemetry`: logging set-up and every metric name.
+//! - `config`: typed, layered, validated configuration.
+//! - `domain`: plain data: requests, messages, responses, chunks, usage.
+//! - `mock`: the simulated upstream (`squad mock-upstream`, `--demo`).
+//! - `app`: the composition root, the only place naming concrete adapters.
+//! - `server`: `run(listener, …, shutdown)` with readiness drain and grace period.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod mock;
+pub mod providers;
+pub mod server;
+pub mod service;
+pub mod telemetry;

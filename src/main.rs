@@ -1,0 +1,347 @@
+//! CLI: parse arguments, load config, set up telemetry, build the app, run the
+//! server. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use squad::app::{self, Secrets};
+use squad::config::{self, Config, ConfigSource};
+use squad::mock::{Fault, MockOptions};
+use squad::server::{self, Drain};
+use squad::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "squad",
+    version,
+    about = "Squad: one OpenAI-compatible API in front of five LLM providers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// YAML config file (default: ./squad.yaml when present).
+        #[arg(long, env = "SQUAD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen port (overrides config and SQUAD_PORT).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Bind address (overrides config and SQUAD_BIND).
+        #[arg(long)]
+        bind: Option<String>,
+        /// Start the simulated upstream in-process and point every provider at it.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Validate the configuration; print every problem with its path.
+    CheckConfig {
+        #[arg(long, env = "SQUAD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the simulated upstream (OpenAI-compatible and Gemini wire formats).
+    MockUpstream {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// Delay before each response, e.g. `0ms`, `250ms`, `2s`.
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// Streaming pace in tokens per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        tokens_per_second: f64,
+        /// Fault for every request (or a share, see --fault-rate): 503, 429, stall, cut, malformed.
+        #[arg(long, value_parser = parse_fault)]
+        fault: Option<Fault>,
+        #[arg(long, default_value_t = 1.0)]
+        fault_rate: f64,
+        /// Retry-After seconds on simulated 429s.
+        #[arg(long, default_value_t = 1)]
+        retry_after: u64,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    Fault::parse(s)
+        .ok_or_else(|| format!("unknown fault `{s}` (try 503, 429, stall, cut, malformed)"))
+}
+
+fn env_pairs() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, ConfigSource), ExitCode> {
+    config::load(path, &env_pairs()).map_err(|issues| {
+        eprintln!(
+            "invalid configuration ({} problem{}):",
+            issues.len(),
+            if issues.len() == 1 { "" } else { "s" }
+        );
+        for issue in &issues {
+            eprintln!("  - {issue}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("squad {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => check_config(config),
+        Command::Serve {
+            config,
+            port,
+            bind,
+            demo,
+        } => runtime().block_on(serve(config, port, bind, demo)),
+        Command::MockUpstream {
+            port,
+            bind,
+            latency,
+            tokens_per_second,
+            fault,
+            fault_rate,
+            retry_after,
+        } => {
+            let options = MockOptions {
+                latency,
+                tokens_per_second,
+                fault,
+                fault_rate,
+                retry_after_secs: retry_after,
+            };
+            runtime().block_on(mock_upstream(&bind, port, options))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    #[expect(
+        clippy::expect_used,
+        reason = "start-up: without a runtime there is nothing to run"
+    )]
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    let (config, source) = match load_config(path.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let secrets = Secrets::from_env(&config, |k| std::env::var(k).ok());
+    println!("configuration is valid");
+    match &source.file {
+        Some(f) => println!("  file: {}", f.display()),
+        None => println!("  file: none (built-in defaults)"),
+    }
+    if !source.env_overrides.is_empty() {
+        println!(
+            "  environment overrides: {}",
+            source.env_overrides.join(", ")
+        );
+    }
+    match app::registry(&config, &secrets) {
+        Ok(registry) => {
+            for entry in registry.entries() {
+                println!(
+                    "  provider {:<12} {:<13} default model {}",
+                    entry.id,
+                    entry.status(),
+                    entry.default_model
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("  {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(
+    path: Option<PathBuf>,
+    port: Option<u16>,
+    bind: Option<String>,
+    demo: bool,
+) -> ExitCode {
+    let (mut config, source) = match load_config(path.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(port) = port {
+        config.server.port = port;
+    }
+    if let Some(bind) = bind {
+        config.server.bind = bind;
+    }
+    telemetry::init_logging(&config.log);
+    let mut secrets = Secrets::from_env(&config, |k| std::env::var(k).ok());
+    if demo {
+        match start_demo_upstream().await {
+            Ok(addr) => app::demo_overrides(&mut config, &mut secrets, addr),
+            Err(e) => {
+                eprintln!("cannot start the simulated upstream: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let state = match app::state(&config, &secrets) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot build the gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = format!("{}:{}", config.server.bind, config.server.port);
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener.local_addr().ok();
+    let configured: Vec<&str> = state
+        .gateway
+        .registry()
+        .entries()
+        .filter(|e| e.status() == "configured")
+        .map(|e| e.id.as_str())
+        .collect();
+    tracing::info!(
+        address = %addr,
+        version = env!("CARGO_PKG_VERSION"),
+        config_file = source.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        providers = ?configured,
+        demo,
+        "squad listening"
+    );
+    if configured.is_empty() {
+        tracing::warn!(
+            "no provider is configured: set GROQ_API_KEY, GEMINI_API_KEY, … or run with --demo"
+        );
+    }
+    if demo && let Some(local) = local {
+        tokio::spawn(demo_banner(local));
+    }
+    let lifecycle = state.lifecycle.clone();
+    let drain = Drain {
+        delay: config.server.drain_delay,
+        grace: config.server.shutdown_grace,
+    };
+    match server::run(
+        listener,
+        app::router(state),
+        lifecycle,
+        drain,
+        server::signal(),
+    )
+    .await
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn mock_upstream(bind: &str, port: u16, options: MockOptions) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind((bind, port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {bind}:{port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    eprintln!("simulated upstream on http://{addr}");
+    eprintln!("  OpenAI-compatible: POST http://{addr}/v1/chat/completions");
+    eprintln!(
+        "  Gemini:            POST http://{addr}/v1beta/models/MODEL:generateContent (or :streamGenerateContent?alt=sse)"
+    );
+    let shutdown = async {
+        server::signal().await;
+    };
+    match squad::mock::serve(listener, options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simulated upstream failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start_demo_upstream() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let options = MockOptions {
+        latency: Duration::from_millis(20),
+        tokens_per_second: 200.0,
+        ..MockOptions::default()
+    };
+    tokio::spawn(squad::mock::serve(
+        listener,
+        options,
+        std::future::pending(),
+    ));
+    Ok(addr)
+}
+
+/// Shows the demo's main job: a real round trip through the gateway, the real
+/// adapters and the real wire formats to the simulated upstream.
+async fn demo_banner(addr: SocketAddr) {
+    let port = addr.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let body = serde_json::json!({"model": "gemini/gemini-3.5-flash",
+        "messages": [{"role": "user", "content": "Hello, Squad!"}]});
+    let reply = async {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await?;
+        resp.json::<serde_json::Value>().await
+    };
+    let shown = match reply.await {
+        Ok(v) => format!(
+            "{} answered: {}",
+            v["model"].as_str().unwrap_or("?"),
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("?")
+        ),
+        Err(e) => format!("demo round trip failed: {e}"),
+    };
+    eprintln!(
+        "\n  Squad demo is running on {base} (simulated upstream; no provider keys needed)\n\n  \
+         Round trip just now: {shown}\n\n  Try:\n    \
+         curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n      \
+         -d '{{\"model\":\"groq/openai/gpt-oss-120b\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n    \
+         curl -sN {base}/v1/chat/completions -H 'content-type: application/json' \\\n      \
+         -d '{{\"model\":\"deepseek/deepseek-flash\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n    \
+         curl -s {base}/v1/models    curl -s {base}/health    curl -s {base}/metrics\n\n  \
+         Simulate failures with a model name: groq/fault-503, groq/fault-429, groq/fault-cut\n"
+    );
+}

@@ -1,0 +1,45 @@
+//! Gemini `alt=sse` → domain chunks. There is no `[DONE]`: the stream ends at
+//! EOF, and EOF before any `finishReason` means it was truncated.
+
+use super::{convert, wire};
+use crate::providers::ProviderError;
+use crate::providers::sse::SseEvent;
+use crate::providers::stream::{Step, Translator};
+
+pub struct GeminiTranslator {
+    pub model: String,
+    pub finished: bool,
+}
+
+impl Translator for GeminiTranslator {
+    fn on_event(&mut self, ev: SseEvent) -> Result<Step, ProviderError> {
+        let data = ev.data.trim();
+        if data.is_empty() {
+            return Ok(Step::Skip);
+        }
+        let response: wire::Response = serde_json::from_str(data)
+            .map_err(|e| ProviderError::Decode(format!("malformed stream chunk: {e}")))?;
+        if let Some(error) = &response.error {
+            let status = error
+                .get("status")
+                .and_then(|s| s.as_str())
+                .unwrap_or("unknown");
+            return Err(ProviderError::Interrupted(format!(
+                "upstream error event ({status})"
+            )));
+        }
+        let chunk = convert::chunk_from_wire(response, &self.model);
+        self.finished |= chunk.finish_reason.is_some();
+        Ok(Step::Emit(chunk))
+    }
+
+    fn on_eof(&mut self) -> Result<(), ProviderError> {
+        if self.finished {
+            Ok(())
+        } else {
+            Err(ProviderError::Interrupted(
+                "stream ended without a finishReason".into(),
+            ))
+        }
+    }
+}

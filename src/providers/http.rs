@@ -1,0 +1,388 @@
+//! Shared HTTP plumbing for adapters: the pooled client, deadlines per phase,
+//! status classification into `ProviderError`, Retry-After parsing, bounded body
+//! reads and the SSE event stream with a per-chunk idle timeout.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::sse::{SseDecoder, SseEvent, SseLimits};
+use super::{CallContext, ProviderError};
+use crate::config::Timeouts;
+
+/// Non-streaming bodies above this are refused rather than buffered.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// How much of an upstream error body we read (for logs and classification).
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// One pooled client per provider. `TCP_NODELAY` because SSE chunks are small and
+/// latency-sensitive; no total timeout here because streams must not have one.
+pub fn build_client(timeouts: &Timeouts) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(timeouts.connect)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .user_agent(concat!("squad/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The earlier of `now + limit` and the request deadline, and which one it was.
+fn phase_deadline(
+    ctx: &CallContext,
+    limit: Duration,
+    phase: &'static str,
+) -> (Instant, &'static str) {
+    let own = Instant::now() + limit;
+    if own < ctx.deadline {
+        (own, phase)
+    } else {
+        (ctx.deadline, "deadline")
+    }
+}
+
+/// Sends and waits for response headers within the first-byte timeout, then
+/// turns any non-success status into a classified error.
+pub async fn send(
+    provider: &str,
+    builder: reqwest::RequestBuilder,
+    ctx: &CallContext,
+    timeouts: &Timeouts,
+) -> Result<reqwest::Response, ProviderError> {
+    let (until, phase) = phase_deadline(ctx, timeouts.first_byte, "first_byte");
+    let response = match tokio::time::timeout_at(until, builder.send()).await {
+        Err(_) => return Err(ProviderError::Timeout { phase }),
+        Ok(Err(e)) => return Err(transport_error(&e)),
+        Ok(Ok(r)) => r,
+    };
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = read_capped(response, MAX_ERROR_BODY_BYTES, until)
+        .await
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&body);
+    tracing::warn!(provider, status, upstream_body = %truncate(&body, 2048), "upstream returned an error status");
+    Err(classify(status, &headers, &body))
+}
+
+pub fn transport_error(e: &reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout { phase: "connect" }
+    } else if e.is_connect() {
+        ProviderError::Connect(root_cause(e))
+    } else {
+        ProviderError::Interrupted(root_cause(e))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Maps an upstream error status (and body) to our error type.
+pub fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
+    let json: Option<Value> = serde_json::from_str(body.trim_start()).ok();
+    match status {
+        429 => ProviderError::RateLimited {
+            status,
+            retry_after: retry_after(headers, SystemTime::now())
+                .or_else(|| json.as_ref().and_then(gemini_retry_delay)),
+        },
+        401 | 403 => ProviderError::Auth { status },
+        // Payment required: the account, not the request, is the problem.
+        402 => ProviderError::Auth { status },
+        // Gemini reports a bad key as 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
+        400 if body.contains("API_KEY_INVALID") => ProviderError::Auth { status },
+        408 => ProviderError::Timeout { phase: "upstream" },
+        // Groq's flex tier at capacity.
+        498 => ProviderError::Upstream { status },
+        s if s >= 500 => ProviderError::Upstream { status },
+        _ => ProviderError::Rejected {
+            status,
+            code: json.as_ref().and_then(error_code),
+        },
+    }
+}
+
+/// The upstream's short machine code, only when it looks like an identifier.
+fn error_code(json: &Value) -> Option<String> {
+    let err = json.get("error")?;
+    let candidates = [
+        err.get("code"),
+        err.get("status"),
+        err.get("type"),
+        err.pointer("/metadata/error_type"),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|s| is_identifier(s))
+        .map(str::to_owned)
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// `retry-after-ms`, then `retry-after` as (fractional) seconds, then as an HTTP-date.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        return positive_secs(ms / 1000.0);
+    }
+    let raw = header("retry-after")?;
+    if let Ok(secs) = raw.parse::<f64>() {
+        return positive_secs(secs);
+    }
+    let when = httpdate::parse_http_date(raw).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn positive_secs(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0 && secs < 1.0e9).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Gemini puts the delay in the body: `details[{"@type": "…RetryInfo", "retryDelay": "13.5s"}]`.
+pub fn gemini_retry_delay(json: &Value) -> Option<Duration> {
+    json.pointer("/error/details")?
+        .as_array()?
+        .iter()
+        .filter(|d| {
+            d.get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("google.rpc.RetryInfo"))
+        })
+        .find_map(|d| {
+            d.get("retryDelay")?
+                .as_str()?
+                .strip_suffix('s')?
+                .parse::<f64>()
+                .ok()
+        })
+        .and_then(positive_secs)
+}
+
+/// Reads a whole body, refusing more than `cap` bytes and stopping at `until`.
+async fn read_capped(
+    response: reqwest::Response,
+    cap: usize,
+    until: Instant,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    loop {
+        match tokio::time::timeout_at(until, stream.next()).await {
+            Err(_) => return Err(ProviderError::Timeout { phase: "total" }),
+            Ok(None) => return Ok(body),
+            Ok(Some(Err(e))) => return Err(ProviderError::Interrupted(root_cause(&e))),
+            Ok(Some(Ok(bytes))) => {
+                if body.len() + bytes.len() > cap {
+                    return Err(ProviderError::Decode(format!(
+                        "response body larger than {cap} bytes"
+                    )));
+                }
+                body.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+/// Reads and parses a JSON body within the total timeout. Leading whitespace is
+/// skipped: DeepSeek sends blank lines before the body while it queues.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    ctx: &CallContext,
+    timeouts: &Timeouts,
+    started: Instant,
+) -> Result<T, ProviderError> {
+    let own = started + timeouts.total;
+    let until = own.min(ctx.deadline);
+    let body = read_capped(response, MAX_BODY_BYTES, until).await?;
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    serde_json::from_slice(&body[start..]).map_err(|e| ProviderError::Decode(e.to_string()))
+}
+
+/// The response body as SSE events. Each chunk must arrive within `idle` (and
+/// before the request deadline); a transport error or oversized line ends the
+/// stream with an error.
+pub fn event_stream(
+    response: reqwest::Response,
+    idle: Duration,
+    deadline: Instant,
+) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send {
+    struct State<S> {
+        bytes: S,
+        decoder: SseDecoder,
+        ready: std::collections::VecDeque<SseEvent>,
+        done: bool,
+    }
+    let state = State {
+        bytes: response.bytes_stream(),
+        decoder: SseDecoder::new(SseLimits::default()),
+        ready: Default::default(),
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(ev) = st.ready.pop_front() {
+                return Some((Ok(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            let (until, phase) = {
+                let own = Instant::now() + idle;
+                if own < deadline {
+                    (own, "stream_idle")
+                } else {
+                    (deadline, "deadline")
+                }
+            };
+            let mut out = Vec::new();
+            let step: Result<(), ProviderError> =
+                match tokio::time::timeout_at(until, st.bytes.next()).await {
+                    Err(_) => Err(ProviderError::Timeout { phase }),
+                    Ok(Some(Ok(bytes))) => feed(&mut st.decoder, &bytes, &mut out),
+                    Ok(Some(Err(e))) => Err(ProviderError::Interrupted(root_cause(&e))),
+                    Ok(None) => {
+                        st.done = true;
+                        st.decoder
+                            .finish(&mut out)
+                            .map_err(|e| ProviderError::Decode(e.to_string()))
+                    }
+                };
+            st.ready.extend(out);
+            if let Err(e) = step {
+                st.done = true;
+                st.ready.clear();
+                return Some((Err(e), st));
+            }
+        }
+    })
+}
+
+fn feed(
+    decoder: &mut SseDecoder,
+    bytes: &Bytes,
+    out: &mut Vec<SseEvent>,
+) -> Result<(), ProviderError> {
+    decoder
+        .feed(bytes, out)
+        .map_err(|e| ProviderError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_in_all_three_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2.5")]), now),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after-ms", "1500")]), now),
+            Some(Duration::from_millis(1500))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-3")]), now), None);
+    }
+
+    #[test]
+    fn gemini_retry_info_is_found_whatever_the_order_of_details() {
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded.",
+            "details":[{"@type":"type.googleapis.com/google.rpc.Help","links":[]},
+                       {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"13.4s"}]}}"#;
+        match classify(429, &HeaderMap::new(), body) {
+            ProviderError::RateLimited { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_millis(13_400)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_kinds_and_free_text_never_becomes_the_code() {
+        let h = HeaderMap::new();
+        assert_eq!(classify(401, &h, ""), ProviderError::Auth { status: 401 });
+        assert_eq!(
+            classify(503, &h, ""),
+            ProviderError::Upstream { status: 503 }
+        );
+        let gemini_bad_key = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        assert_eq!(
+            classify(400, &h, gemini_bad_key),
+            ProviderError::Auth { status: 400 }
+        );
+        let openai = r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(
+            classify(400, &h, openai),
+            ProviderError::Rejected {
+                status: 400,
+                code: Some("context_length_exceeded".into())
+            }
+        );
+        let prose = r#"{"error":{"message":"x","code":"this is not a code"}}"#;
+        assert_eq!(
+            classify(422, &h, prose),
+            ProviderError::Rejected {
+                status: 422,
+                code: None
+            }
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! One adapter for every OpenAI-compatible upstream (Groq, Cerebras, OpenRouter,
+//! DeepSeek, and user-defined servers), parameterised by base URL and headers.
+
+mod convert;
+mod stream;
+mod wire;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use super::http::{self, event_stream};
+use super::{CallContext, ChunkStream, Provider, ProviderError};
+use crate::config::{MaxTokensField, ProviderConfig, Timeouts};
+use crate::domain::{ChatRequest, ChatResponse};
+
+pub struct OpenAiCompat {
+    id: String,
+    endpoint: String,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    timeouts: Timeouts,
+    max_tokens_field: MaxTokensField,
+    include_usage: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid header {0}")]
+    Header(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Request headers shared by every call: configured extras, then the key (marked
+/// sensitive so it never shows in debug output).
+pub(crate) fn base_headers(
+    cfg: &ProviderConfig,
+    key: Option<(&HeaderName, String)>,
+) -> Result<HeaderMap, BuildError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &cfg.headers {
+        let name =
+            HeaderName::try_from(name.as_str()).map_err(|_| BuildError::Header(name.clone()))?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| BuildError::Header(name.to_string()))?;
+        headers.insert(name, value);
+    }
+    if let Some((name, secret)) = key {
+        let mut value =
+            HeaderValue::try_from(secret).map_err(|_| BuildError::Header(name.to_string()))?;
+        value.set_sensitive(true);
+        headers.insert(name.clone(), value);
+    }
+    Ok(headers)
+}
+
+impl OpenAiCompat {
+    pub fn new(
+        id: &str,
+        cfg: &ProviderConfig,
+        key: Option<&SecretString>,
+    ) -> Result<Self, BuildError> {
+        let bearer = key.map(|k| (&AUTHORIZATION, format!("Bearer {}", k.expose_secret())));
+        Ok(Self {
+            id: id.to_owned(),
+            endpoint: format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')),
+            headers: base_headers(cfg, bearer)?,
+            client: http::build_client(&cfg.timeouts)?,
+            timeouts: cfg.timeouts,
+            max_tokens_field: cfg.max_tokens_field,
+            include_usage: cfg.stream_include_usage,
+        })
+    }
+
+    fn request(&self, req: &ChatRequest, stream: bool) -> reqwest::RequestBuilder {
+        let body = convert::to_wire(req, stream, self.max_tokens_field, self.include_usage);
+        self.client
+            .post(&self.endpoint)
+            .headers(self.headers.clone())
+            .json(&body)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for OpenAiCompat {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatResponse, ProviderError> {
+        let started = Instant::now();
+        let response = http::send(&self.id, self.request(req, false), ctx, &self.timeouts).await?;
+        let body: wire::Completion =
+            http::json_body(response, ctx, &self.timeouts, started).await?;
+        Ok(convert::from_wire(body))
+    }
+
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<ChunkStream, ProviderError> {
+        let response = http::send(&self.id, self.request(req, true), ctx, &self.timeouts).await?;
+        let events = event_stream(response, self.timeouts.stream_idle, ctx.deadline);
+        Ok(super::stream::drive(
+            events,
+            stream::OpenAiTranslator::default(),
+        ))
+    }
+}

@@ -1,0 +1,58 @@
+//! OpenAI-style SSE → domain chunks. The stream must end with `[DONE]` or at
+//! least a finish reason; an error event or a bare EOF is an interruption.
+
+use super::{convert, wire};
+use crate::domain::ChatChunk;
+use crate::providers::ProviderError;
+use crate::providers::sse::SseEvent;
+use crate::providers::stream::{Step, Translator};
+
+#[derive(Default)]
+pub struct OpenAiTranslator {
+    finished: bool,
+}
+
+impl Translator for OpenAiTranslator {
+    fn on_event(&mut self, ev: SseEvent) -> Result<Step, ProviderError> {
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            return Ok(Step::Done);
+        }
+        if ev.event.as_deref() == Some("error") {
+            return Err(ProviderError::Interrupted("upstream error event".into()));
+        }
+        if data.is_empty() {
+            return Ok(Step::Skip);
+        }
+        let chunk: wire::Chunk = serde_json::from_str(data)
+            .map_err(|e| ProviderError::Decode(format!("malformed stream chunk: {e}")))?;
+        if let Some(error) = &chunk.error {
+            return Err(ProviderError::Interrupted(convert::describe_stream_error(
+                error,
+            )));
+        }
+        if let Some(reason) = chunk
+            .extra
+            .get("x_groq")
+            .and_then(|x| x.get("error"))
+            .and_then(|e| e.as_str())
+        {
+            return Err(ProviderError::Interrupted(format!(
+                "upstream stopped early: {reason}"
+            )));
+        }
+        let chunk: ChatChunk = convert::chunk_from_wire(chunk);
+        self.finished |= chunk.finish_reason.is_some();
+        Ok(Step::Emit(chunk))
+    }
+
+    fn on_eof(&mut self) -> Result<(), ProviderError> {
+        if self.finished {
+            Ok(())
+        } else {
+            Err(ProviderError::Interrupted(
+                "stream ended before [DONE]".into(),
+            ))
+        }
+    }
+}
