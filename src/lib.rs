@@ -13,6 +13,8 @@
 //! - `app`: the composition root, the only place naming concrete adapters.
 //! - `server`: `run(listener, …, shutdown)` with readiness drain and grace period.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod api;
 pub mod app;
 pub mod config;

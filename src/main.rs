@@ -1,6 +1,8 @@
 //! CLI: parse arguments, load config, set up telemetry, build the app, run the
 //! server. Nothing else lives here.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -219,6 +221,7 @@ async fn serve(
         }
     };
     let local = listener.local_addr().ok();
+    let shown_addr = local.map(|a| a.to_string()).unwrap_or_else(|| addr.clone());
     let configured: Vec<&str> = state
         .gateway
         .registry()
@@ -227,7 +230,7 @@ async fn serve(
         .map(|e| e.id.as_str())
         .collect();
     tracing::info!(
-        address = %addr,
+        address = %shown_addr,
         version = env!("CARGO_PKG_VERSION"),
         config_file = source.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         providers = ?configured,

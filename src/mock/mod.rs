@@ -201,7 +201,16 @@ fn pick_fault(mock: &Mock, headers: &HeaderMap, model: &str) -> Option<Fault> {
 fn stream_response(reply: Reply, tokens_per_second: f64, malformed: bool, cut: bool) -> Response {
     let events = reply.stream_events();
     let total = events.len();
-    let pause = (tokens_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / tokens_per_second));
+    // A cut stream is paced a little even when pacing is off, so the events
+    // before the cut are on the wire before the connection drops.
+    let pace = if tokens_per_second > 0.0 {
+        1.0 / tokens_per_second
+    } else if cut {
+        0.002
+    } else {
+        0.0
+    };
+    let pause = (pace > 0.0).then(|| Duration::from_secs_f64(pace));
     let body =
         futures::stream::iter(events.into_iter().enumerate()).then(move |(i, ev)| async move {
             if let Some(p) = pause

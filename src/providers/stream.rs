@@ -9,7 +9,7 @@ use super::{ChunkStream, ProviderError};
 use crate::domain::ChatChunk;
 
 pub enum Step {
-    Emit(ChatChunk),
+    Emit(Box<ChatChunk>),
     Skip,
     /// The protocol's explicit terminator (`[DONE]`); later bytes are ignored.
     Done,
@@ -38,7 +38,7 @@ where
                     None => tr.on_eof().err().map(Err),
                     Some(Err(e)) => Some(Err(e)),
                     Some(Ok(ev)) => match tr.on_event(ev) {
-                        Ok(Step::Emit(chunk)) => Some(Ok(chunk)),
+                        Ok(Step::Emit(chunk)) => Some(Ok(*chunk)),
                         Ok(Step::Skip) => continue,
                         Ok(Step::Done) => None,
                         Err(e) => Some(Err(e)),

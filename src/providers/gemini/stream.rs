@@ -30,7 +30,7 @@ impl Translator for GeminiTranslator {
         }
         let chunk = convert::chunk_from_wire(response, &self.model);
         self.finished |= chunk.finish_reason.is_some();
-        Ok(Step::Emit(chunk))
+        Ok(Step::Emit(Box::new(chunk)))
     }
 
     fn on_eof(&mut self) -> Result<(), ProviderError> {

@@ -43,7 +43,7 @@ impl Translator for OpenAiTranslator {
         }
         let chunk: ChatChunk = convert::chunk_from_wire(chunk);
         self.finished |= chunk.finish_reason.is_some();
-        Ok(Step::Emit(chunk))
+        Ok(Step::Emit(Box::new(chunk)))
     }
 
     fn on_eof(&mut self) -> Result<(), ProviderError> {

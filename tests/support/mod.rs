@@ -1,0 +1,293 @@
+//! Test support: a scripted fake upstream on port 0 that counts its hits and
+//! records what it received, and a gateway started on port 0 in-process.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support module"
+)]
+
+pub mod dialects;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::Value;
+use squad::app::{self, Secrets};
+use squad::config::{Config, Timeouts};
+use squad::server::{self, Drain};
+
+/// What the fake answers to every request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Json {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    },
+    /// SSE events (already framed), `delay` apart; `cut` drops the connection
+    /// after the events instead of ending cleanly.
+    Sse {
+        events: Vec<String>,
+        delay: Duration,
+        cut: bool,
+    },
+    /// Accept and never answer.
+    Stall,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Reply::Json {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn sse(events: Vec<String>) -> Self {
+        Reply::Sse {
+            events,
+            delay: Duration::ZERO,
+            cut: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    reply: Arc<Mutex<Reply>>,
+    hits: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+pub struct Fake {
+    pub addr: SocketAddr,
+    state: FakeState,
+}
+
+impl Fake {
+    pub async fn start(reply: Reply) -> Fake {
+        let state = FakeState {
+            reply: Arc::new(Mutex::new(reply)),
+            hits: Arc::default(),
+            received: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .fallback(fake_handler)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Fake { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn set_reply(&self, reply: Reply) {
+        *self.state.reply.lock().unwrap() = reply;
+    }
+}
+
+async fn fake_handler(State(state): State<FakeState>, req: Request) -> Response {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let headers = req.headers().clone();
+    let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    state.received.lock().unwrap().push(Received {
+        path,
+        query,
+        headers,
+        body,
+    });
+    let reply = state.reply.lock().unwrap().clone();
+    match reply {
+        Reply::Json {
+            status,
+            headers,
+            body,
+        } => {
+            let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            for (k, v) in headers {
+                resp.headers_mut().insert(k, v.parse().unwrap());
+            }
+            resp
+        }
+        Reply::Sse { events, delay, cut } => {
+            let n = events.len();
+            let stream = futures::stream::iter(
+                events.into_iter().enumerate().map(Some).chain([None]),
+            )
+            .then(move |item| async move {
+                match item {
+                    Some((i, ev)) => {
+                        if i > 0 && !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok(Bytes::from(ev))
+                    }
+                    None if cut => Err(std::io::Error::other("cut")),
+                    None => Ok(Bytes::new()),
+                }
+            });
+            let _ = n;
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Reply::Stall => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    }
+}
+
+/// A config with `groq` (OpenAI-compatible) and `gemini` pointed at `fake`,
+/// short timeouts, and the other providers disabled.
+pub fn config_for(fake: &Fake) -> Config {
+    let mut config = Config::default();
+    for (id, p) in config.providers.iter_mut() {
+        p.enabled = matches!(id.as_str(), "groq" | "gemini");
+        p.timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_millis(500),
+            total: Duration::from_secs(5),
+            stream_idle: Duration::from_millis(500),
+        };
+    }
+    config.providers.get_mut("groq").unwrap().base_url = format!("{}/openai/v1", fake.url());
+    config.providers.get_mut("gemini").unwrap().base_url = format!("{}/v1beta", fake.url());
+    config.server.max_body_bytes = 64 * 1024;
+    config
+}
+
+pub const GROQ_KEY: &str = "gsk_test_SECRET_groq_0123456789";
+pub const GEMINI_KEY: &str = "AIza_test_SECRET_gemini_0123456789";
+
+pub fn secrets() -> Secrets {
+    let mut s = Secrets::default();
+    s.insert("groq", GROQ_KEY);
+    s.insert("gemini", GEMINI_KEY);
+    s
+}
+
+/// A gateway serving `config` on 127.0.0.1:0; stopped when dropped.
+pub struct Gateway {
+    pub url: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn gateway(config: Config) -> Gateway {
+    let state = app::state(&config, &secrets()).unwrap();
+    let lifecycle = state.lifecycle.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let drain = Drain {
+        delay: Duration::ZERO,
+        grace: Duration::from_secs(1),
+    };
+    tokio::spawn(server::run(
+        listener,
+        app::router(state),
+        lifecycle,
+        drain,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Gateway {
+        url,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+    }
+}
+
+impl Gateway {
+    pub async fn chat(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A parsed SSE response body: each `data:` payload, in order.
+pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
+    let text = resp.text().await.unwrap_or_default();
+    text.split("\n\n")
+        .filter_map(|ev| {
+            let data: Vec<&str> = ev
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: ").or(l.strip_prefix("data:")))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// Asserts `body` is our error shape and returns the error object.
+pub fn assert_error_body(body: &Value, code: &str) -> Value {
+    let err = body
+        .get("error")
+        .unwrap_or_else(|| panic!("no error object in {body}"));
+    for field in ["type", "message", "code", "request_id"] {
+        assert!(
+            err.get(field).and_then(Value::as_str).is_some(),
+            "missing {field} in {body}"
+        );
+    }
+    assert_eq!(err["code"], code, "{body}");
+    assert!(!err["request_id"].as_str().unwrap().is_empty());
+    err.clone()
+}
