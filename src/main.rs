@@ -73,6 +73,11 @@ enum Command {
     Version,
 }
 
+/// glibc's allocator showed up at ~13% of CPU under load; mimalloc is faster
+/// for the many small, short-lived allocations of request handling.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn parse_fault(s: &str) -> Result<Fault, String> {
     Fault::parse(s)
         .ok_or_else(|| format!("unknown fault `{s}` (try 503, 429, stall, cut, malformed)"))

@@ -16,7 +16,8 @@ use crate::domain::{ChatRequest, ChatResponse};
 
 pub struct OpenAiCompat {
     id: String,
-    endpoint: String,
+    /// Parsed once: reqwest would otherwise re-parse (and IDNA-check) a string URL per call.
+    endpoint: reqwest::Url,
     headers: HeaderMap,
     client: reqwest::Client,
     timeouts: Timeouts,
@@ -28,6 +29,8 @@ pub struct OpenAiCompat {
 pub enum BuildError {
     #[error("invalid header {0}")]
     Header(String),
+    #[error("invalid base URL: {0}")]
+    Url(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -64,7 +67,11 @@ impl OpenAiCompat {
         let bearer = key.map(|k| (&AUTHORIZATION, format!("Bearer {}", k.expose_secret())));
         Ok(Self {
             id: id.to_owned(),
-            endpoint: format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')),
+            endpoint: reqwest::Url::parse(&format!(
+                "{}/chat/completions",
+                cfg.base_url.trim_end_matches('/')
+            ))
+            .map_err(|e| BuildError::Url(e.to_string()))?,
             headers: base_headers(cfg, bearer)?,
             client: http::build_client(&cfg.timeouts)?,
             timeouts: cfg.timeouts,
@@ -76,7 +83,7 @@ impl OpenAiCompat {
     fn request(&self, req: &ChatRequest, stream: bool) -> reqwest::RequestBuilder {
         let body = convert::to_wire(req, stream, self.max_tokens_field, self.include_usage);
         self.client
-            .post(&self.endpoint)
+            .post(self.endpoint.clone())
             .headers(self.headers.clone())
             .json(&body)
     }
