@@ -7,12 +7,16 @@ use std::time::Instant;
 
 use secrecy::SecretString;
 
+use crate::agents::{PromptSettings, Roster};
 use crate::api::{self, AppState};
 use crate::config::{Config, ProviderKind};
+use crate::conversations::{Bounds, ConversationStore, MemoryStore, RedisStore};
 use crate::providers::DynProvider;
 use crate::providers::gemini::Gemini;
-use crate::providers::openai_compat::{BuildError, OpenAiCompat};
-use crate::service::{Gateway, Lifecycle, ProviderEntry, ProviderState, Registry};
+use crate::providers::http::BuildError;
+use crate::providers::openai_compat::OpenAiCompat;
+use crate::resilience::ProviderHealth;
+use crate::service::{Gateway, GatewayParts, Lifecycle, ProviderEntry, ProviderState, Registry};
 use crate::telemetry;
 
 /// Provider keys by provider id, read from the environment variables the config
@@ -27,21 +31,19 @@ impl Secrets {
             .iter()
             .filter_map(|(id, p)| {
                 let value = lookup(p.api_key_env.as_deref()?)?;
-                (!value.trim().is_empty())
-                    .then(|| (id.clone(), SecretString::from(value.trim().to_owned())))
+                (!value.trim().is_empty()).then(|| (id.clone(), SecretString::from(value.trim().to_owned())))
             })
             .collect();
         Self(keys)
     }
 
     pub fn insert(&mut self, provider: &str, key: &str) {
-        self.0
-            .insert(provider.to_owned(), SecretString::from(key.to_owned()));
+        self.0.insert(provider.to_owned(), SecretString::from(key.to_owned()));
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("provider {provider}: {source}")]
+#[error("{provider}: {source}")]
 pub struct AppError {
     provider: String,
     source: BuildError,
@@ -55,20 +57,13 @@ pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError
         let state = if !p.enabled {
             ProviderState::Disabled
         } else if let (Some(env), None) = (&p.api_key_env, key) {
-            ProviderState::Unconfigured {
-                key_env: env.clone(),
-            }
+            ProviderState::Unconfigured { key_env: env.clone() }
         } else {
             let built: Result<DynProvider, BuildError> = match p.kind {
-                ProviderKind::OpenaiCompatible => {
-                    OpenAiCompat::new(id, p, key).map(|a| Arc::new(a) as DynProvider)
-                }
+                ProviderKind::OpenaiCompatible => OpenAiCompat::new(id, p, key).map(|a| Arc::new(a) as DynProvider),
                 ProviderKind::Gemini => Gemini::new(id, p, key).map(|a| Arc::new(a) as DynProvider),
             };
-            ProviderState::Ready(built.map_err(|source| AppError {
-                provider: id.clone(),
-                source,
-            })?)
+            ProviderState::Ready(built.map_err(|source| AppError { provider: id.clone(), source })?)
         };
         entries.push(ProviderEntry {
             id: id.clone(),
@@ -76,6 +71,7 @@ pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError
             default_model: p.default_model.clone(),
             models: p.models.clone(),
             state,
+            health: Arc::new(ProviderHealth::new(config.resilience.breaker)),
         });
     }
     Ok(Registry::new(entries, config.aliases.clone()))
@@ -84,13 +80,44 @@ pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError
 /// The application state for `config`; the caller owns the lifecycle flags.
 pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
     let registry = registry(config, secrets)?;
+    let (roster, issues) = Roster::load(config.agents.dir.as_deref());
+    for issue in &issues {
+        tracing::error!(path = %issue.path, reason = %issue.reason, "agent file skipped");
+    }
+    for agent in roster.all() {
+        for link in agent.chain.iter().filter(|l| registry.get(&l.provider).is_none()) {
+            tracing::warn!(agent = %agent.id, provider = %link.provider, "agent chain names an unknown provider; it will be skipped");
+        }
+    }
+    let gateway = Gateway::new(GatewayParts {
+        registry,
+        roster,
+        prompt: PromptSettings { language: config.agents.language.clone(), user_name: config.agents.user_name.clone() },
+        policy: config.resilience.retry,
+        request_timeout: config.server.request_timeout,
+        stream_timeout: config.server.stream_timeout,
+        conversations: conversation_store(config)?,
+    });
     Ok(AppState {
-        gateway: Arc::new(Gateway::new(registry, config.server.request_timeout)),
+        gateway: Arc::new(gateway),
         lifecycle: Arc::new(Lifecycle::default()),
         metrics: telemetry::metrics::install(),
         started: Instant::now(),
         started_unix: crate::domain::unix_now(),
         max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout,
+    })
+}
+
+fn conversation_store(config: &Config) -> Result<Arc<dyn ConversationStore>, AppError> {
+    let c = &config.conversations;
+    let bounds = Bounds::from(c);
+    Ok(match &c.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::new(url, bounds, c.ttl)
+                .map_err(|e| AppError { provider: "conversations".into(), source: BuildError::Url(e.to_string()) })?,
+        ),
+        None => Arc::new(MemoryStore::new(bounds, c.ttl, c.max_memory_bytes)),
     })
 }
 

@@ -15,12 +15,15 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agents;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod conversations;
 pub mod domain;
 pub mod mock;
 pub mod providers;
+pub mod resilience;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -16,11 +16,7 @@ use squad::server::{self, Drain};
 use squad::telemetry;
 
 #[derive(Parser)]
-#[command(
-    name = "squad",
-    version,
-    about = "Squad: one OpenAI-compatible API in front of five LLM providers"
-)]
+#[command(name = "squad", version, about = "Squad: one OpenAI-compatible API in front of five LLM providers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,8 +75,7 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn parse_fault(s: &str) -> Result<Fault, String> {
-    Fault::parse(s)
-        .ok_or_else(|| format!("unknown fault `{s}` (try 503, 429, stall, cut, malformed)"))
+    Fault::parse(s).ok_or_else(|| format!("unknown fault `{s}` (try 503, 429, stall, cut, malformed)"))
 }
 
 fn env_pairs() -> Vec<(String, String)> {
@@ -89,11 +84,7 @@ fn env_pairs() -> Vec<(String, String)> {
 
 fn load_config(path: Option<&std::path::Path>) -> Result<(Config, ConfigSource), ExitCode> {
     config::load(path, &env_pairs()).map_err(|issues| {
-        eprintln!(
-            "invalid configuration ({} problem{}):",
-            issues.len(),
-            if issues.len() == 1 { "" } else { "s" }
-        );
+        eprintln!("invalid configuration ({} problem{}):", issues.len(), if issues.len() == 1 { "" } else { "s" });
         for issue in &issues {
             eprintln!("  - {issue}");
         }
@@ -109,42 +100,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => check_config(config),
-        Command::Serve {
-            config,
-            port,
-            bind,
-            demo,
-        } => runtime().block_on(serve(config, port, bind, demo)),
-        Command::MockUpstream {
-            port,
-            bind,
-            latency,
-            tokens_per_second,
-            fault,
-            fault_rate,
-            retry_after,
-        } => {
-            let options = MockOptions {
-                latency,
-                tokens_per_second,
-                fault,
-                fault_rate,
-                retry_after_secs: retry_after,
-            };
+        Command::Serve { config, port, bind, demo } => runtime().block_on(serve(config, port, bind, demo)),
+        Command::MockUpstream { port, bind, latency, tokens_per_second, fault, fault_rate, retry_after } => {
+            let options = MockOptions { latency, tokens_per_second, fault, fault_rate, retry_after_secs: retry_after };
             runtime().block_on(mock_upstream(&bind, port, options))
         }
     }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    #[expect(
-        clippy::expect_used,
-        reason = "start-up: without a runtime there is nothing to run"
-    )]
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    #[expect(clippy::expect_used, reason = "start-up: without a runtime there is nothing to run")]
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
@@ -159,20 +125,12 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         None => println!("  file: none (built-in defaults)"),
     }
     if !source.env_overrides.is_empty() {
-        println!(
-            "  environment overrides: {}",
-            source.env_overrides.join(", ")
-        );
+        println!("  environment overrides: {}", source.env_overrides.join(", "));
     }
     match app::registry(&config, &secrets) {
         Ok(registry) => {
             for entry in registry.entries() {
-                println!(
-                    "  provider {:<12} {:<13} default model {}",
-                    entry.id,
-                    entry.status(),
-                    entry.default_model
-                );
+                println!("  provider {:<12} {:<13} default model {}", entry.id, entry.status(), entry.default_model);
             }
             ExitCode::SUCCESS
         }
@@ -183,12 +141,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(
-    path: Option<PathBuf>,
-    port: Option<u16>,
-    bind: Option<String>,
-    demo: bool,
-) -> ExitCode {
+async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, demo: bool) -> ExitCode {
     let (mut config, source) = match load_config(path.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
@@ -227,13 +180,8 @@ async fn serve(
     };
     let local = listener.local_addr().ok();
     let shown_addr = local.map(|a| a.to_string()).unwrap_or_else(|| addr.clone());
-    let configured: Vec<&str> = state
-        .gateway
-        .registry()
-        .entries()
-        .filter(|e| e.status() == "configured")
-        .map(|e| e.id.as_str())
-        .collect();
+    let configured: Vec<&str> =
+        state.gateway.registry().entries().filter(|e| e.status() == "configured").map(|e| e.id.as_str()).collect();
     tracing::info!(
         address = %shown_addr,
         version = env!("CARGO_PKG_VERSION"),
@@ -243,27 +191,14 @@ async fn serve(
         "squad listening"
     );
     if configured.is_empty() {
-        tracing::warn!(
-            "no provider is configured: set GROQ_API_KEY, GEMINI_API_KEY, … or run with --demo"
-        );
+        tracing::warn!("no provider is configured: set GROQ_API_KEY, GEMINI_API_KEY, … or run with --demo");
     }
     if demo && let Some(local) = local {
         tokio::spawn(demo_banner(local));
     }
     let lifecycle = state.lifecycle.clone();
-    let drain = Drain {
-        delay: config.server.drain_delay,
-        grace: config.server.shutdown_grace,
-    };
-    match server::run(
-        listener,
-        app::router(state),
-        lifecycle,
-        drain,
-        server::signal(),
-    )
-    .await
-    {
+    let drain = Drain { delay: config.server.drain_delay, grace: config.server.shutdown_grace };
+    match server::run(listener, app::router(state), lifecycle, drain, server::signal()).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
@@ -280,10 +215,7 @@ async fn mock_upstream(bind: &str, port: u16, options: MockOptions) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     eprintln!("simulated upstream on http://{addr}");
     eprintln!("  OpenAI-compatible: POST http://{addr}/v1/chat/completions");
     eprintln!(
@@ -304,16 +236,9 @@ async fn mock_upstream(bind: &str, port: u16, options: MockOptions) -> ExitCode 
 async fn start_demo_upstream() -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let options = MockOptions {
-        latency: Duration::from_millis(20),
-        tokens_per_second: 200.0,
-        ..MockOptions::default()
-    };
-    tokio::spawn(squad::mock::serve(
-        listener,
-        options,
-        std::future::pending(),
-    ));
+    let options =
+        MockOptions { latency: Duration::from_millis(20), tokens_per_second: 200.0, ..MockOptions::default() };
+    tokio::spawn(squad::mock::serve(listener, options, std::future::pending()));
     Ok(addr)
 }
 
@@ -325,20 +250,14 @@ async fn demo_banner(addr: SocketAddr) {
     let body = serde_json::json!({"model": "gemini/gemini-3.5-flash",
         "messages": [{"role": "user", "content": "Hello, Squad!"}]});
     let reply = async {
-        let resp = reqwest::Client::new()
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await?;
+        let resp = reqwest::Client::new().post(format!("{base}/v1/chat/completions")).json(&body).send().await?;
         resp.json::<serde_json::Value>().await
     };
     let shown = match reply.await {
         Ok(v) => format!(
             "{} answered: {}",
             v["model"].as_str().unwrap_or("?"),
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap_or("?")
+            v["choices"][0]["message"]["content"].as_str().unwrap_or("?")
         ),
         Err(e) => format!("demo round trip failed: {e}"),
     };

@@ -43,16 +43,10 @@ pub async fn run(
         () = shutdown => {}
     }
     lifecycle.start_draining();
-    tracing::info!(
-        drain_delay_ms = drain.delay.as_millis() as u64,
-        "shutdown requested; readiness is now 503"
-    );
+    tracing::info!(drain_delay_ms = drain.delay.as_millis() as u64, "shutdown requested; readiness is now 503");
     tokio::time::sleep(drain.delay).await;
     let _ = stop_tx.send(());
-    tracing::info!(
-        grace_ms = drain.grace.as_millis() as u64,
-        "listener closed; waiting for in-flight requests"
-    );
+    tracing::info!(grace_ms = drain.grace.as_millis() as u64, "listener closed; waiting for in-flight requests");
     match tokio::time::timeout(drain.grace, &mut server).await {
         Ok(result) => {
             result.map_err(std::io::Error::other)??;

@@ -9,27 +9,14 @@ use support::dialects::{Dialect, OpenAi};
 use support::{Fake, Reply, assert_error_body, config_for, gateway, sse_data};
 
 /// (name, content type, body, expected status, expected code)
-type RawCase = (
-    &'static str,
-    Option<&'static str>,
-    Vec<u8>,
-    u16,
-    &'static str,
-);
+type RawCase = (&'static str, Option<&'static str>, Vec<u8>, u16, &'static str);
 
 fn ok_message() -> Value {
     json!([{"role": "user", "content": "hi"}])
 }
 
-async fn send_raw(
-    gw: &support::Gateway,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let mut req = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(body);
+async fn send_raw(gw: &support::Gateway, content_type: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut req = gw.client.post(format!("{}/v1/chat/completions", gw.url)).body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
@@ -45,48 +32,18 @@ async fn bad_input_is_refused_with_our_body_and_never_reaches_the_upstream() {
     let gw = gateway(config_for(&fake)).await;
     let m = OpenAi::MODEL;
     let json_cases: Vec<(&str, Value, u16, &str)> = vec![
-        (
-            "wrong type for messages",
-            json!({"model": m, "messages": "hi"}),
-            400,
-            "invalid_request",
-        ),
+        ("wrong type for messages", json!({"model": m, "messages": "hi"}), 400, "invalid_request"),
         (
             "wrong type for temperature",
             json!({"model": m, "messages": ok_message(), "temperature": "hot"}),
             400,
             "invalid_request",
         ),
-        (
-            "missing model",
-            json!({"messages": ok_message()}),
-            400,
-            "invalid_request",
-        ),
-        (
-            "empty model",
-            json!({"model": "", "messages": ok_message()}),
-            400,
-            "invalid_request",
-        ),
-        (
-            "empty messages",
-            json!({"model": m, "messages": []}),
-            400,
-            "invalid_request",
-        ),
-        (
-            "unknown role",
-            json!({"model": m, "messages": [{"role": "wizard", "content": "x"}]}),
-            400,
-            "invalid_request",
-        ),
-        (
-            "missing content",
-            json!({"model": m, "messages": [{"role": "user"}]}),
-            400,
-            "invalid_request",
-        ),
+        ("missing model", json!({"messages": ok_message()}), 400, "invalid_request"),
+        ("empty model", json!({"model": "", "messages": ok_message()}), 400, "invalid_request"),
+        ("empty messages", json!({"model": m, "messages": []}), 400, "invalid_request"),
+        ("unknown role", json!({"model": m, "messages": [{"role": "wizard", "content": "x"}]}), 400, "invalid_request"),
+        ("missing content", json!({"model": m, "messages": [{"role": "user"}]}), 400, "invalid_request"),
         (
             "image part",
             json!({"model": m, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
@@ -105,48 +62,23 @@ async fn bad_input_is_refused_with_our_body_and_never_reaches_the_upstream() {
             400,
             "invalid_request",
         ),
-        (
-            "max_tokens 0",
-            json!({"model": m, "messages": ok_message(), "max_tokens": 0}),
-            400,
-            "invalid_request",
-        ),
+        ("max_tokens 0", json!({"model": m, "messages": ok_message(), "max_tokens": 0}), 400, "invalid_request"),
         (
             "max_completion_tokens negative",
             json!({"model": m, "messages": ok_message(), "max_completion_tokens": -5}),
             400,
             "invalid_request",
         ),
-        (
-            "n = 2",
-            json!({"model": m, "messages": ok_message(), "n": 2}),
-            400,
-            "invalid_request",
-        ),
+        ("n = 2", json!({"model": m, "messages": ok_message(), "n": 2}), 400, "invalid_request"),
         (
             "five stop sequences",
             json!({"model": m, "messages": ok_message(), "stop": ["a","b","c","d","e"]}),
             400,
             "invalid_request",
         ),
-        (
-            "unknown provider",
-            json!({"model": "nosuch/model", "messages": ok_message()}),
-            404,
-            "model_not_found",
-        ),
-        (
-            "bare unknown model",
-            json!({"model": "gpt-4o", "messages": ok_message()}),
-            404,
-            "model_not_found",
-        ),
-        (
-            "provider with empty model",
-            json!({"model": "groq/", "messages": ok_message()}),
-            404,
-            "model_not_found",
-        ),
+        ("unknown provider", json!({"model": "nosuch/model", "messages": ok_message()}), 404, "model_not_found"),
+        ("bare unknown model", json!({"model": "gpt-4o", "messages": ok_message()}), 404, "model_not_found"),
+        ("provider with empty model", json!({"model": "groq/", "messages": ok_message()}), 404, "model_not_found"),
         (
             "disabled provider",
             json!({"model": "deepseek/deepseek-flash", "messages": ok_message()}),
@@ -155,24 +87,13 @@ async fn bad_input_is_refused_with_our_body_and_never_reaches_the_upstream() {
         ),
     ];
     for (name, body, status, code) in json_cases {
-        let (got, body) = send_raw(
-            &gw,
-            Some("application/json"),
-            serde_json::to_vec(&body).unwrap(),
-        )
-        .await;
+        let (got, body) = send_raw(&gw, Some("application/json"), serde_json::to_vec(&body).unwrap()).await;
         assert_eq!(got, status, "{name}: {body}");
         assert_error_body(&body, code);
     }
 
     let raw_cases: Vec<RawCase> = vec![
-        (
-            "malformed JSON",
-            Some("application/json"),
-            b"{\"model\": \"groq/x\", ".to_vec(),
-            400,
-            "malformed_json",
-        ),
+        ("malformed JSON", Some("application/json"), b"{\"model\": \"groq/x\", ".to_vec(), 400, "malformed_json"),
         (
             "trailing garbage",
             Some("application/json"),
@@ -180,29 +101,13 @@ async fn bad_input_is_refused_with_our_body_and_never_reaches_the_upstream() {
             400,
             "malformed_json",
         ),
-        (
-            "empty body",
-            Some("application/json"),
-            Vec::new(),
-            400,
-            "malformed_json",
-        ),
-        (
-            "invalid UTF-8",
-            Some("application/json"),
-            b"{\"model\": \"\xff\xfe\"}".to_vec(),
-            400,
-            "malformed_json",
-        ),
+        ("empty body", Some("application/json"), Vec::new(), 400, "malformed_json"),
+        ("invalid UTF-8", Some("application/json"), b"{\"model\": \"\xff\xfe\"}".to_vec(), 400, "malformed_json"),
         (
             "deeply nested",
             Some("application/json"),
-            format!(
-                r#"{{"model":"groq","messages":[],"vendor":{}{}}}"#,
-                "[".repeat(5000),
-                "]".repeat(5000)
-            )
-            .into_bytes(),
+            format!(r#"{{"model":"groq","messages":[],"vendor":{}{}}}"#, "[".repeat(5000), "]".repeat(5000))
+                .into_bytes(),
             400,
             "malformed_json",
         ),
@@ -213,13 +118,7 @@ async fn bad_input_is_refused_with_our_body_and_never_reaches_the_upstream() {
             415,
             "unsupported_media_type",
         ),
-        (
-            "body over the limit",
-            Some("application/json"),
-            vec![b' '; 65 * 1024],
-            413,
-            "payload_too_large",
-        ),
+        ("body over the limit", Some("application/json"), vec![b' '; 65 * 1024], 413, "payload_too_large"),
     ];
     for (name, ct, body, status, code) in raw_cases {
         let (got, body) = send_raw(&gw, ct, body).await;
@@ -260,24 +159,12 @@ async fn request_ids_are_echoed_when_well_formed_and_generated_otherwise() {
     let fake = Fake::start(Reply::json(200, OpenAi::completion("x", 1, 1))).await;
     let gw = gateway(config_for(&fake)).await;
     let url = format!("{}/v1/nothing", gw.url);
-    let resp = gw
-        .client
-        .get(&url)
-        .header("x-request-id", "client-abc.123")
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.client.get(&url).header("x-request-id", "client-abc.123").send().await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "client-abc.123");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["request_id"], "client-abc.123");
 
-    let resp = gw
-        .client
-        .get(&url)
-        .header("x-request-id", "bad id with spaces")
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.client.get(&url).header("x-request-id", "bad id with spaces").send().await.unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_ne!(generated, "bad id with spaces");
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
@@ -291,35 +178,22 @@ async fn request_ids_are_echoed_when_well_formed_and_generated_otherwise() {
 async fn models_lists_configured_providers_and_aliases() {
     let fake = Fake::start(Reply::json(200, OpenAi::completion("x", 1, 1))).await;
     let mut config = config_for(&fake);
-    config
-        .aliases
-        .insert("fast".into(), "groq/openai/gpt-oss-20b".into());
+    config.aliases.insert("fast".into(), "groq/openai/gpt-oss-20b".into());
     let gw = gateway(config).await;
     let list: Value = gw.get("/v1/models").await.json().await.unwrap();
     assert_eq!(list["object"], "list");
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"groq/openai/gpt-oss-120b"), "{ids:?}");
     assert!(ids.contains(&"gemini/gemini-3.5-flash"), "{ids:?}");
     assert!(ids.contains(&"fast"), "{ids:?}");
-    assert!(
-        !ids.iter().any(|id| id.starts_with("deepseek/")),
-        "disabled providers are not listed: {ids:?}"
-    );
+    assert!(!ids.iter().any(|id| id.starts_with("deepseek/")), "disabled providers are not listed: {ids:?}");
 
     // The alias routes to its target.
-    let resp = gw
-        .chat(json!({"model": "fast", "messages": ok_message()}))
-        .await;
+    let resp = gw.chat(json!({"model": "fast", "messages": ok_message()})).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(fake.received()[0].body["model"], "openai/gpt-oss-20b");
     // A bare provider id uses its default model.
-    gw.chat(json!({"model": "groq", "messages": ok_message()}))
-        .await;
+    gw.chat(json!({"model": "groq", "messages": ok_message()})).await;
     assert_eq!(fake.received()[1].body["model"], "openai/gpt-oss-120b");
 }
 
@@ -331,18 +205,9 @@ async fn health_endpoints_report_state() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert!(health["uptime_seconds"].is_u64());
-    assert_eq!(
-        health["components"]["providers"]["items"]["groq"]["status"],
-        "configured"
-    );
-    assert_eq!(
-        health["components"]["providers"]["items"]["deepseek"]["status"],
-        "disabled"
-    );
-    assert!(
-        !health.to_string().contains(support::GROQ_KEY),
-        "no key in health"
-    );
+    assert_eq!(health["components"]["providers"]["items"]["groq"]["status"], "configured");
+    assert_eq!(health["components"]["providers"]["items"]["deepseek"]["status"], "disabled");
+    assert!(!health.to_string().contains(support::GROQ_KEY), "no key in health");
     assert_eq!(gw.get("/health/live").await.status(), 200);
     assert_eq!(gw.get("/health/ready").await.status(), 200);
 }
@@ -351,19 +216,9 @@ async fn health_endpoints_report_state() {
 async fn metrics_cover_requests_upstream_calls_and_build_info() {
     let fake = Fake::start(Reply::json(200, OpenAi::completion("x", 4, 2))).await;
     let gw = gateway(config_for(&fake)).await;
-    assert_eq!(
-        gw.chat(json!({"model": OpenAi::MODEL, "messages": ok_message()}))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(gw.chat(json!({"model": OpenAi::MODEL, "messages": ok_message()})).await.status(), 200);
     fake.set_reply(Reply::json(503, "{}"));
-    assert_eq!(
-        gw.chat(json!({"model": OpenAi::MODEL, "messages": ok_message()}))
-            .await
-            .status(),
-        502
-    );
+    assert_eq!(gw.chat(json!({"model": OpenAi::MODEL, "messages": ok_message()})).await.status(), 502);
     let text = gw.get("/metrics").await.text().await.unwrap();
     for needle in [
         "squad_http_requests_total{route=\"/v1/chat/completions\",method=\"POST\",status=\"200\"}",
@@ -382,37 +237,22 @@ async fn metrics_cover_requests_upstream_calls_and_build_info() {
 
 #[tokio::test]
 async fn responses_parse_with_the_openai_sdk_types() {
-    use async_openai::types::chat::{
-        CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
-    };
+    use async_openai::types::chat::{CreateChatCompletionResponse, CreateChatCompletionStreamResponse};
     // Groq's `service_tier: "on_demand"` passes through untouched, and
     // async-openai's closed enum rejects that value; the rest of the vendor
     // fields stay in the fixture.
-    let mut upstream: Value =
-        serde_json::from_str(&OpenAi::completion("Bring a jacket.", 22, 5)).unwrap();
+    let mut upstream: Value = serde_json::from_str(&OpenAi::completion("Bring a jacket.", 22, 5)).unwrap();
     upstream.as_object_mut().unwrap().remove("service_tier");
     let fake = Fake::start(Reply::json(200, upstream.to_string())).await;
     let gw = gateway(config_for(&fake)).await;
-    let body = gw
-        .chat(json!({"model": OpenAi::MODEL, "messages": ok_message()}))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let parsed: CreateChatCompletionResponse =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    assert_eq!(
-        parsed.choices[0].message.content.as_deref(),
-        Some("Bring a jacket.")
-    );
+    let body = gw.chat(json!({"model": OpenAi::MODEL, "messages": ok_message()})).await.text().await.unwrap();
+    let parsed: CreateChatCompletionResponse = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(parsed.choices[0].message.content.as_deref(), Some("Bring a jacket."));
     assert_eq!(parsed.usage.unwrap().total_tokens, 27);
 
     for (dialect_events, model) in [
         (OpenAi::stream(&["a", "b"], 2, 2), OpenAi::MODEL),
-        (
-            support::dialects::Gemini::stream(&["a", "b"], 2, 2),
-            support::dialects::Gemini::MODEL,
-        ),
+        (support::dialects::Gemini::stream(&["a", "b"], 2, 2), support::dialects::Gemini::MODEL),
     ] {
         fake.set_reply(Reply::sse(dialect_events));
         let resp = gw

@@ -17,52 +17,31 @@ fn user(text: &str) -> Value {
 }
 
 async fn plain_completion<D: Dialect>() {
-    let fake = Fake::start(Reply::json(
-        200,
-        D::completion("Low tide is at 06:42.", 41, 9),
-    ))
-    .await;
+    let fake = Fake::start(Reply::json(200, D::completion("Low tide is at 06:42.", 41, 9))).await;
     let gw = gateway(config_for(&fake)).await;
     let (field, value, upstream_pointer) = D::vendor_request_field();
-    let mut body = json!({"model": D::MODEL, "messages": user("When is low tide?"), "temperature": 0.3, "max_tokens": 50});
+    let mut body =
+        json!({"model": D::MODEL, "messages": user("When is low tide?"), "temperature": 0.3, "max_tokens": 50});
     body[field] = value.clone();
     let resp = gw.chat(body).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["x-squad-provider"],
-        D::MODEL.split('/').next().unwrap()
-    );
+    assert_eq!(resp.headers()["x-squad-provider"], D::MODEL.split('/').next().unwrap());
     let out: Value = resp.json().await.unwrap();
     assert_eq!(out["object"], "chat.completion");
     assert_eq!(out["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(
-        out["choices"][0]["message"]["content"],
-        "Low tide is at 06:42."
-    );
+    assert_eq!(out["choices"][0]["message"]["content"], "Low tide is at 06:42.");
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
     assert_eq!(out["usage"]["prompt_tokens"], 41);
     assert_eq!(out["usage"]["completion_tokens"], 9);
     assert_eq!(out["usage"]["total_tokens"], 50);
-    assert!(
-        out.pointer(D::vendor_response_field()).is_some(),
-        "vendor field lost: {out}"
-    );
-    assert!(
-        out["model"]
-            .as_str()
-            .unwrap()
-            .starts_with(D::MODEL.split('/').next().unwrap())
-    );
+    assert!(out.pointer(D::vendor_response_field()).is_some(), "vendor field lost: {out}");
+    assert!(out["model"].as_str().unwrap().starts_with(D::MODEL.split('/').next().unwrap()));
 
     let received = fake.received();
     assert_eq!(received.len(), 1);
     D::assert_authenticated(
         &received[0],
-        if D::MODEL.starts_with("groq") {
-            support::GROQ_KEY
-        } else {
-            support::GEMINI_KEY
-        },
+        if D::MODEL.starts_with("groq") { support::GROQ_KEY } else { support::GEMINI_KEY },
     );
     assert_eq!(
         received[0].body.pointer(upstream_pointer),
@@ -80,61 +59,30 @@ async fn streaming<D: Dialect>() {
         .chat(json!({"model": D::MODEL, "messages": user("tide?"), "stream": true, "stream_options": {"include_usage": true}}))
         .await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let data = sse_data(resp).await;
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     let ids: Vec<&Value> = chunks.iter().map(|c| &c["id"]).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] == w[1]),
-        "one id for the whole stream: {ids:?}"
-    );
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one id for the whole stream: {ids:?}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks
         .iter()
-        .filter_map(|c| {
-            c["choices"]
-                .get(0)?
-                .get("delta")?
-                .get("content")?
-                .as_str()
-                .map(str::to_owned)
-        })
+        .filter_map(|c| c["choices"].get(0)?.get("delta")?.get("content")?.as_str().map(str::to_owned))
         .collect();
     assert_eq!(text, pieces.concat(), "chunk order");
-    let finish_at = chunks
-        .iter()
-        .position(|c| c["choices"][0]["finish_reason"] == "stop")
-        .expect("a finish chunk");
+    let finish_at = chunks.iter().position(|c| c["choices"][0]["finish_reason"] == "stop").expect("a finish chunk");
     let usage = chunks.last().unwrap();
-    assert!(
-        finish_at < chunks.len() - 1,
-        "usage chunk comes after the finish chunk"
-    );
+    assert!(finish_at < chunks.len() - 1, "usage chunk comes after the finish chunk");
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["prompt_tokens"], 41);
     assert_eq!(usage["usage"]["completion_tokens"], 9);
     let received = fake.received();
     if D::MODEL.starts_with("groq") {
         assert_eq!(received[0].body["stream"], true);
-        assert_eq!(
-            received[0].body["stream_options"]["include_usage"], true,
-            "usage always requested upstream"
-        );
+        assert_eq!(received[0].body["stream_options"]["include_usage"], true, "usage always requested upstream");
     } else {
-        assert!(
-            received[0].path.ends_with(":streamGenerateContent"),
-            "{}",
-            received[0].path
-        );
+        assert!(received[0].path.ends_with(":streamGenerateContent"), "{}", received[0].path);
         assert_eq!(received[0].query, "alt=sse");
     }
 }
@@ -142,11 +90,7 @@ async fn streaming<D: Dialect>() {
 async fn streaming_without_usage_option_has_no_usage_chunk<D: Dialect>() {
     let fake = Fake::start(Reply::sse(D::stream(&["a", "b"], 3, 2))).await;
     let gw = gateway(config_for(&fake)).await;
-    let data = sse_data(
-        gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true}))
-            .await,
-    )
-    .await;
+    let data = sse_data(gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true})).await).await;
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     for d in &data[..data.len() - 1] {
         let v: Value = serde_json::from_str(d).unwrap();
@@ -157,24 +101,17 @@ async fn streaming_without_usage_option_has_no_usage_chunk<D: Dialect>() {
 async fn client_error_is_returned_without_the_upstream_text<D: Dialect>() {
     let fake = Fake::start(Reply::json(400, D::error(400, SECRET_DETAIL))).await;
     let gw = gateway(config_for(&fake)).await;
-    let resp = gw
-        .chat(json!({"model": D::MODEL, "messages": user("x")}))
-        .await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x")})).await;
     assert_eq!(resp.status(), 400);
     let text = resp.text().await.unwrap();
-    assert!(
-        !text.contains(SECRET_DETAIL),
-        "upstream body leaked: {text}"
-    );
+    assert!(!text.contains(SECRET_DETAIL), "upstream body leaked: {text}");
     assert_error_body(&serde_json::from_str(&text).unwrap(), "upstream_rejected");
 }
 
 async fn auth_failure_is_a_bad_gateway<D: Dialect>() {
     let fake = Fake::start(Reply::json(401, D::error(401, SECRET_DETAIL))).await;
     let gw = gateway(config_for(&fake)).await;
-    let resp = gw
-        .chat(json!({"model": D::MODEL, "messages": user("x")}))
-        .await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x")})).await;
     assert_eq!(resp.status(), 502);
     let body: Value = resp.json().await.unwrap();
     let err = assert_error_body(&body, "upstream_failed");
@@ -186,15 +123,9 @@ async fn rate_limit_carries_retry_after<D: Dialect>() {
     for reply in D::rate_limited(7) {
         let fake = Fake::start(reply.clone()).await;
         let gw = gateway(config_for(&fake)).await;
-        let resp = gw
-            .chat(json!({"model": D::MODEL, "messages": user("x")}))
-            .await;
+        let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x")})).await;
         assert_eq!(resp.status(), 429, "{reply:?}");
-        let secs: u64 = resp.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let secs: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
         // An HTTP-date has one-second resolution, so it may read as 6 or 7.
         assert!((6..=7).contains(&secs), "retry-after {secs} for {reply:?}");
         assert_error_body(&resp.json().await.unwrap(), "providers");
@@ -205,9 +136,7 @@ async fn server_error_is_a_bad_gateway<D: Dialect>() {
     let fake = Fake::start(Reply::json(503, D::error(503, SECRET_DETAIL))).await;
     let gw = gateway(config_for(&fake)).await;
     for stream in [false, true] {
-        let resp = gw
-            .chat(json!({"model": D::MODEL, "messages": user("x"), "stream": stream}))
-            .await;
+        let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": stream})).await;
         assert_eq!(resp.status(), 502, "stream={stream}");
         let err = assert_error_body(&resp.json().await.unwrap(), "upstream_failed");
         assert!(err["message"].as_str().unwrap().contains("503"));
@@ -219,24 +148,16 @@ async fn timeout_is_a_gateway_timeout<D: Dialect>() {
     let gw = gateway(config_for(&fake)).await;
     for stream in [false, true] {
         let started = Instant::now();
-        let resp = gw
-            .chat(json!({"model": D::MODEL, "messages": user("x"), "stream": stream}))
-            .await;
+        let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": stream})).await;
         assert_eq!(resp.status(), 504, "stream={stream}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "first-byte timeout is 500 ms"
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "first-byte timeout is 500 ms");
         assert_error_body(&resp.json().await.unwrap(), "upstream_timeout");
     }
 }
 
 /// The stream ends with an explicit error event and never with `[DONE]`.
 fn assert_ends_in_error(data: &[String]) {
-    assert!(
-        !data.iter().any(|d| d == "[DONE]"),
-        "a broken stream must not end cleanly: {data:?}"
-    );
+    assert!(!data.iter().any(|d| d == "[DONE]"), "a broken stream must not end cleanly: {data:?}");
     let last: Value = serde_json::from_str(data.last().expect("some events")).unwrap();
     assert_error_body(&last, "stream_interrupted");
 }
@@ -244,16 +165,9 @@ fn assert_ends_in_error(data: &[String]) {
 async fn stream_cut_midway_ends_with_an_error_event<D: Dialect>() {
     let mut events = D::stream(&["one", " two", " three"], 3, 3);
     events.retain(|e| !e.contains("STOP") && !e.contains("\"stop\"") && !e.contains("[DONE]"));
-    let fake = Fake::start(Reply::Sse {
-        events,
-        delay: Duration::from_millis(5),
-        cut: true,
-    })
-    .await;
+    let fake = Fake::start(Reply::Sse { events, delay: Duration::from_millis(5), cut: true }).await;
     let gw = gateway(config_for(&fake)).await;
-    let resp = gw
-        .chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true}))
-        .await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true})).await;
     assert_eq!(resp.status(), 200);
     assert_ends_in_error(&sse_data(resp).await);
 }
@@ -264,11 +178,7 @@ async fn stream_ending_without_terminator_is_an_error<D: Dialect>() {
     let fake = Fake::start(Reply::sse(events)).await;
     let gw = gateway(config_for(&fake)).await;
     assert_ends_in_error(
-        &sse_data(
-            gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true}))
-                .await,
-        )
-        .await,
+        &sse_data(gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true})).await).await,
     );
 }
 
@@ -279,27 +189,19 @@ async fn malformed_chunk<D: Dialect>() {
     let fake = Fake::start(Reply::sse(events)).await;
     let gw = gateway(config_for(&fake)).await;
     assert_ends_in_error(
-        &sse_data(
-            gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true}))
-                .await,
-        )
-        .await,
+        &sse_data(gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true})).await).await,
     );
 
     // Before anything was sent: still time for a proper status.
     fake.set_reply(Reply::sse(vec![D::malformed_event()]));
-    let resp = gw
-        .chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true}))
-        .await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true})).await;
     assert_eq!(resp.status(), 502);
     let err = assert_error_body(&resp.json().await.unwrap(), "upstream_failed");
     assert!(err["message"].as_str().unwrap().contains("decode"), "{err}");
 
     // Non-streaming: a body that is not JSON.
     fake.set_reply(Reply::json(200, "{\"candidates\": [ {\"id\": "));
-    let resp = gw
-        .chat(json!({"model": D::MODEL, "messages": user("x")}))
-        .await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x")})).await;
     assert_eq!(resp.status(), 502);
 }
 
@@ -309,9 +211,7 @@ async fn oversized_sse_line_is_refused<D: Dialect>() {
     events.insert(1, huge);
     let fake = Fake::start(Reply::sse(events)).await;
     let gw = gateway(config_for(&fake)).await;
-    let resp = gw
-        .chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true}))
-        .await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": true})).await;
     // The line breaks the limit either before or after the first chunk went out.
     if resp.status() == 200 {
         assert_ends_in_error(&sse_data(resp).await);

@@ -12,7 +12,7 @@ use squad::server::{self, Drain};
 use support::{assert_error_body, sse_data};
 
 async fn demo_gateway() -> (String, std::sync::Arc<mock::MockStats>) {
-    let (mock_app, stats) = mock::router(MockOptions::default());
+    let (mock_app, stats) = mock::router(MockOptions { retry_after_secs: 7, ..MockOptions::default() });
     let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock_addr = mock_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(mock_listener, mock_app).await });
@@ -24,27 +24,13 @@ async fn demo_gateway() -> (String, std::sync::Arc<mock::MockStats>) {
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let drain = Drain {
-        delay: std::time::Duration::ZERO,
-        grace: std::time::Duration::from_secs(1),
-    };
-    tokio::spawn(server::run(
-        listener,
-        app::router(state),
-        lifecycle,
-        drain,
-        std::future::pending(),
-    ));
+    let drain = Drain { delay: std::time::Duration::ZERO, grace: std::time::Duration::from_secs(1) };
+    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, std::future::pending()));
     (url, stats)
 }
 
 async fn chat(url: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&body).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -56,10 +42,7 @@ async fn every_provider_answers_plain_and_streamed_through_the_simulated_upstrea
         assert_eq!(resp.status(), 200, "{provider}");
         let body: Value = resp.json().await.unwrap();
         let text = body["choices"][0]["message"]["content"].as_str().unwrap();
-        assert!(
-            text.ends_with(&format!("You said: ping {provider}")),
-            "{provider}: {text}"
-        );
+        assert!(text.ends_with(&format!("You said: ping {provider}")), "{provider}: {text}");
         assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
 
         let resp = chat(
@@ -74,73 +57,45 @@ async fn every_provider_answers_plain_and_streamed_through_the_simulated_upstrea
             .iter()
             .filter_map(|d| {
                 let v: Value = serde_json::from_str(d).unwrap();
-                v["choices"].get(0)?["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
+                v["choices"].get(0)?["delta"]["content"].as_str().map(str::to_owned)
             })
             .collect();
-        assert!(
-            text.ends_with(&format!("You said: ping {provider}")),
-            "{provider}: {text}"
-        );
+        assert!(text.ends_with(&format!("You said: ping {provider}")), "{provider}: {text}");
         let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
-        assert!(
-            usage["usage"]["completion_tokens"].as_u64().unwrap() > 0,
-            "{provider}: {usage}"
-        );
+        assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{provider}: {usage}");
     }
-    assert_eq!(
-        stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-        10
-    );
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::Relaxed), 10);
 }
 
+/// Each case gets a fresh gateway: a fault parks the provider (429) or counts
+/// against its circuit breaker, which would colour the next case.
 #[tokio::test]
 async fn faults_chosen_by_model_name_reach_the_client_correctly() {
-    let (url, _) = demo_gateway().await;
     let msg = json!([{"role": "user", "content": "hello there friend"}]);
     for provider in ["groq", "gemini"] {
-        let resp = chat(
-            &url,
-            json!({"model": format!("{provider}/fault-503"), "messages": msg}),
-        )
-        .await;
+        let (url, _) = demo_gateway().await;
+        let resp = chat(&url, json!({"model": format!("{provider}/fault-503"), "messages": msg})).await;
         assert_eq!(resp.status(), 502, "{provider}");
         assert_error_body(&resp.json().await.unwrap(), "upstream_failed");
 
-        let resp = chat(
-            &url,
-            json!({"model": format!("{provider}/fault-429"), "messages": msg}),
-        )
-        .await;
+        let (url, _) = demo_gateway().await;
+        let resp = chat(&url, json!({"model": format!("{provider}/fault-429"), "messages": msg})).await;
         assert_eq!(resp.status(), 429, "{provider}");
-        assert_eq!(resp.headers()["retry-after"], "1", "{provider}");
+        assert_eq!(resp.headers()["retry-after"], "7", "{provider}: the mock's Retry-After reaches the client");
 
-        let resp = chat(
-            &url,
-            json!({"model": format!("{provider}/fault-malformed"), "messages": msg}),
-        )
-        .await;
+        let (url, _) = demo_gateway().await;
+        let resp = chat(&url, json!({"model": format!("{provider}/fault-malformed"), "messages": msg})).await;
         assert_eq!(resp.status(), 502, "{provider}");
 
-        let resp = chat(
-            &url,
-            json!({"model": format!("{provider}/fault-cut"), "messages": msg, "stream": true}),
-        )
-        .await;
+        let (url, _) = demo_gateway().await;
+        let resp = chat(&url, json!({"model": format!("{provider}/fault-cut"), "messages": msg, "stream": true})).await;
         assert_eq!(resp.status(), 200, "{provider}");
         let data = sse_data(resp).await;
         assert!(!data.contains(&"[DONE]".to_owned()), "{provider}: {data:?}");
-        assert_error_body(
-            &serde_json::from_str(data.last().unwrap()).unwrap(),
-            "stream_interrupted",
-        );
+        assert_error_body(&serde_json::from_str(data.last().unwrap()).unwrap(), "stream_interrupted");
 
-        let resp = chat(
-            &url,
-            json!({"model": format!("{provider}/fault-cut"), "messages": msg}),
-        )
-        .await;
+        let (url, _) = demo_gateway().await;
+        let resp = chat(&url, json!({"model": format!("{provider}/fault-cut"), "messages": msg})).await;
         assert_eq!(resp.status(), 502, "{provider}");
     }
 }

@@ -17,8 +17,7 @@ const PROMPT: &str = "my private question about tides";
 
 fn squad() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_squad"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd
 }
 
@@ -50,8 +49,7 @@ fn spawn_serve(config: &std::path::Path) -> (Child, String, mpsc::Receiver<Strin
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
             if v["message"] == "squad listening" {
                 let addr = v["address"].as_str().unwrap().to_owned();
                 return (child, format!("http://{addr}"), rx);
@@ -64,10 +62,7 @@ fn spawn_serve(config: &std::path::Path) -> (Child, String, mpsc::Receiver<Strin
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -91,43 +86,20 @@ fn check_config_reports_every_problem_with_its_path() {
     let path = temp_config(
         "server:\n  port: 8000\n  colour: blue\nproviders:\n  groq:\n    base_url: nope\n  mine:\n    kind: openai_compatible\n",
     );
-    let out = squad()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = squad().args(["check-config", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for path in [
-        "server.colour",
-        "providers.groq.base_url",
-        "providers.mine.base_url",
-        "providers.mine.default_model",
-    ] {
+    for path in ["server.colour", "providers.groq.base_url", "providers.mine.base_url", "providers.mine.default_model"]
+    {
         assert!(err.contains(path), "{path} missing from:\n{err}");
     }
 
     let good = temp_config("providers:\n  groq:\n    enabled: true\n");
-    let out = squad()
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .env("GROQ_API_KEY", KEY)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = squad().args(["check-config", "--config"]).arg(&good).env("GROQ_API_KEY", KEY).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("groq") && text.contains("configured"),
-        "{text}"
-    );
-    assert!(
-        text.contains("gemini") && text.contains("unconfigured"),
-        "{text}"
-    );
+    assert!(text.contains("groq") && text.contains("configured"), "{text}");
+    assert!(text.contains("gemini") && text.contains("unconfigured"), "{text}");
     assert!(!text.contains(KEY));
 }
 
@@ -137,14 +109,8 @@ fn serve_refuses_invalid_config_before_binding() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let path = temp_config(&format!(
-        "server:\n  bind: 127.0.0.1\n  port: {port}\n  request_timeout: 0s\n"
-    ));
-    let out = squad()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let path = temp_config(&format!("server:\n  bind: 127.0.0.1\n  port: {port}\n  request_timeout: 0s\n"));
+    let out = squad().args(["serve", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.request_timeout"));
     // Nothing was listening, so the port is still free.
@@ -153,19 +119,8 @@ fn serve_refuses_invalid_config_before_binding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_readiness_refuses_new_work_and_finishes_the_stream() {
-    let events = OpenAi::stream(
-        &[
-            "one", " two", " three", " four", " five", " six", " seven", " eight",
-        ],
-        5,
-        8,
-    );
-    let fake = Fake::start(Reply::Sse {
-        events,
-        delay: Duration::from_millis(300),
-        cut: false,
-    })
-    .await;
+    let events = OpenAi::stream(&["one", " two", " three", " four", " five", " six", " seven", " eight"], 5, 8);
+    let fake = Fake::start(Reply::Sse { events, delay: Duration::from_millis(300), cut: false }).await;
     let config = temp_config(&format!(
         "server:\n  bind: 127.0.0.1\n  port: 0\n  drain_delay: 1s\n  shutdown_grace: 20s\n\
          providers:\n  groq:\n    base_url: {}/openai/v1\n",
@@ -187,20 +142,9 @@ async fn sigterm_drains_readiness_refuses_new_work_and_finishes_the_stream() {
 
     sigterm(&child);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = client
-        .get(format!("{url}/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let ready = client.get(format!("{url}/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "readiness must fail while draining");
-    let health: Value = client
-        .get(format!("{url}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "draining");
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -210,49 +154,25 @@ async fn sigterm_drains_readiness_refuses_new_work_and_finishes_the_stream() {
         .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "late"}]}))
         .send()
         .await;
-    assert!(
-        refused.is_err(),
-        "a new request after the drain delay must be refused: {refused:?}"
-    );
+    assert!(refused.is_err(), "a new request after the drain delay must be refused: {refused:?}");
 
     let data = stream_task.await.unwrap();
-    assert_eq!(
-        data.last().map(String::as_str),
-        Some("[DONE]"),
-        "the in-flight stream completes: {data:?}"
-    );
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-            .await
-            .unwrap();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "the in-flight stream completes: {data:?}");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
-    assert_eq!(
-        fake.hits(),
-        1,
-        "the late request never reached the upstream"
-    );
+    assert_eq!(fake.hits(), 1, "the late request never reached the upstream");
 
     let lines: Vec<String> = logs.try_iter().collect();
     let all = lines.join("\n");
     assert!(!all.contains(KEY), "the provider key must never be logged");
-    assert!(
-        !all.contains(PROMPT),
-        "message content is not logged at info level"
-    );
+    assert!(!all.contains(PROMPT), "message content is not logged at info level");
     let mine: Vec<Value> = lines
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|v| v.to_string().contains("slow-stream-1"))
         .collect();
-    assert!(
-        mine.iter()
-            .any(|v| v["message"] == "stream finished" && v["outcome"] == "ok"),
-        "{all}"
-    );
-    let access = mine
-        .iter()
-        .find(|v| v["message"] == "request")
-        .expect("access log line");
+    assert!(mine.iter().any(|v| v["message"] == "stream finished" && v["outcome"] == "ok"), "{all}");
+    let access = mine.iter().find(|v| v["message"] == "request").expect("access log line");
     assert_eq!(access["status"], 200);
     assert_eq!(access["provider"], "groq");
     assert_eq!(access["route"], "/v1/chat/completions");
@@ -278,16 +198,10 @@ async fn every_log_line_of_a_request_carries_its_id_and_upstream_bodies_stay_out
     assert!(!resp.text().await.unwrap().contains("UPSTREAM-DETAIL-xyz"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     sigterm(&child);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-            .await
-            .unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15))).await.unwrap();
     assert!(status.success());
 
-    let lines: Vec<Value> = logs
-        .try_iter()
-        .map(|l| serde_json::from_str(&l).unwrap())
-        .collect();
+    let lines: Vec<Value> = logs.try_iter().map(|l| serde_json::from_str(&l).unwrap()).collect();
     let upstream_line = lines
         .iter()
         .find(|v| v["message"] == "upstream returned an error status")
@@ -297,26 +211,13 @@ async fn every_log_line_of_a_request_carries_its_id_and_upstream_bodies_stay_out
     for v in lines.iter().filter(|v| v["span"].is_object()) {
         assert_eq!(v["span"]["request_id"], "req-upstream-400", "{v}");
     }
-    assert!(
-        lines
-            .iter()
-            .filter(|v| v["span"]["request_id"] == "req-upstream-400")
-            .count()
-            >= 2
-    );
+    assert!(lines.iter().filter(|v| v["span"]["request_id"] == "req-upstream-400").count() >= 2);
     assert!(!lines.iter().any(|v| v.to_string().contains(KEY)));
 }
 
 #[test]
 fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/squad.example.yaml");
-    let out = squad()
-        .args(["check-config", "--config", example])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = squad().args(["check-config", "--config", example]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -19,8 +19,7 @@ use crate::domain::{ChatChunk, Usage};
 use crate::providers::{ChunkStream, ProviderError};
 use crate::service::StartedStream;
 
-pub static PROVIDER_HEADER: header::HeaderName =
-    header::HeaderName::from_static("x-squad-provider");
+pub static PROVIDER_HEADER: header::HeaderName = header::HeaderName::from_static("x-squad-provider");
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -30,33 +29,25 @@ pub async fn chat_completions(
     let model = body.model.clone();
     let stream = body.wants_stream();
     let include_usage = body.wants_usage_chunk();
-    let request = body.into_domain()?;
-    let ctx = state.gateway.context(&request_id);
+    let mut request = body.into_domain()?;
+    let target = state.gateway.resolve(&model)?;
+    if let Some(agent) = &target.agent {
+        state.gateway.apply_persona(agent, &mut request);
+    }
+    let ctx = state.gateway.context(&request_id, stream);
     tracing::debug!(messages = request.messages.len(), "chat request validated");
 
     if stream {
-        let started = state.gateway.chat_stream(&model, request, &ctx).await?;
+        let started = state.gateway.chat_stream(&target, request, &ctx).await?;
         return Ok(sse_response(started, &request_id, include_usage));
     }
-    let done = state.gateway.chat(&model, request, &ctx).await?;
+    let done = state.gateway.chat(&target, request, &ctx).await?;
     let r = &done.response;
-    let id = if r.id.is_empty() {
-        format!("chatcmpl-{request_id}")
-    } else {
-        r.id.clone()
-    };
+    let id = if r.id.is_empty() { format!("chatcmpl-{request_id}") } else { r.id.clone() };
     let public_model = format!("{}/{}", done.provider, r.model);
-    let body = serde_json::to_vec(&wire::completion(r, &id, &public_model))
-        .map_err(|_| ApiError::Internal)?;
+    let body = serde_json::to_vec(&wire::completion(r, &id, &public_model)).map_err(|_| ApiError::Internal)?;
     Ok(with_provider(
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
         &done.provider,
     ))
 }
@@ -65,9 +56,7 @@ fn with_provider(mut response: Response, provider: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(provider) {
         response.headers_mut().insert(PROVIDER_HEADER.clone(), v);
     }
-    response
-        .extensions_mut()
-        .insert(ServedBy(provider.to_owned()));
+    response.extensions_mut().insert(ServedBy(provider.to_owned()));
     response
 }
 
@@ -108,12 +97,8 @@ impl Encoder {
 
     fn closing_events(&self) -> Vec<Event> {
         let usage = self.usage.filter(|_| self.include_usage);
-        let usage = usage
-            .and_then(|u| json_event(&wire::usage_chunk(u, &self.id, &self.model, self.created)));
-        usage
-            .into_iter()
-            .chain([Event::default().data("[DONE]")])
-            .collect()
+        let usage = usage.and_then(|u| json_event(&wire::usage_chunk(u, &self.id, &self.model, self.created)));
+        usage.into_iter().chain([Event::default().data("[DONE]")]).collect()
     }
 
     fn error_event(&self, error: &ProviderError) -> Event {
@@ -130,9 +115,7 @@ impl Encoder {
 }
 
 fn json_event<T: serde::Serialize>(value: &T) -> Option<Event> {
-    serde_json::to_string(value)
-        .ok()
-        .map(|s| Event::default().data(s))
+    serde_json::to_string(value).ok().map(|s| Event::default().data(s))
 }
 
 /// Upstream chunks → OpenAI SSE events: content chunks, the usage chunk when
@@ -140,59 +123,31 @@ fn json_event<T: serde::Serialize>(value: &T) -> Option<Event> {
 /// error event and the stream ends *without* `[DONE]`, so no client mistakes a
 /// truncated answer for a complete one. Nothing is spawned: dropping the
 /// response (the client went away) drops the upstream stream with it.
-fn encode(
-    started: StartedStream,
-    request_id: String,
-    include_usage: bool,
-) -> impl Stream<Item = Event> + Send {
-    let StartedStream {
-        provider,
-        first,
-        rest,
-    } = started;
+fn encode(started: StartedStream, request_id: String, include_usage: bool) -> impl Stream<Item = Event> + Send {
+    let StartedStream { provider, first, rest, .. } = started;
     let (id, model, created) = match &first {
         Some(c) if !c.id.is_empty() => (c.id.clone(), format!("{provider}/{}", c.model), c.created),
-        Some(c) => (
-            format!("chatcmpl-{request_id}"),
-            format!("{provider}/{}", c.model),
-            c.created,
-        ),
-        None => (
-            format!("chatcmpl-{request_id}"),
-            provider.clone(),
-            crate::domain::unix_now(),
-        ),
+        Some(c) => (format!("chatcmpl-{request_id}"), format!("{provider}/{}", c.model), c.created),
+        None => (format!("chatcmpl-{request_id}"), provider.clone(), crate::domain::unix_now()),
     };
-    let enc = Encoder {
-        id,
-        model,
-        created,
-        provider,
-        request_id,
-        include_usage,
-        sent_first: false,
-        usage: None,
-    };
+    let enc = Encoder { id, model, created, provider, request_id, include_usage, sent_first: false, usage: None };
     let head: ChunkStream = Box::pin(futures::stream::iter(first.map(Ok)));
     let upstream = head.chain(rest);
-    futures::stream::unfold(
-        (enc, upstream, false),
-        |(mut enc, mut upstream, over)| async move {
-            if over {
-                return None;
-            }
-            loop {
-                let events = match upstream.next().await {
-                    Some(Ok(chunk)) => match enc.chunk_event(&chunk) {
-                        Some(ev) => return Some((vec![ev], (enc, upstream, false))),
-                        None => continue,
-                    },
-                    Some(Err(error)) => vec![enc.error_event(&error)],
-                    None => enc.closing_events(),
-                };
-                return Some((events, (enc, upstream, true)));
-            }
-        },
-    )
+    futures::stream::unfold((enc, upstream, false), |(mut enc, mut upstream, over)| async move {
+        if over {
+            return None;
+        }
+        loop {
+            let events = match upstream.next().await {
+                Some(Ok(chunk)) => match enc.chunk_event(&chunk) {
+                    Some(ev) => return Some((vec![ev], (enc, upstream, false))),
+                    None => continue,
+                },
+                Some(Err(error)) => vec![enc.error_event(&error)],
+                None => enc.closing_events(),
+            };
+            return Some((events, (enc, upstream, true)));
+        }
+    })
     .flat_map(futures::stream::iter)
 }

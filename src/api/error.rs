@@ -1,7 +1,8 @@
 //! `ApiError`: the only error that becomes an HTTP response, in one exhaustive
-//! match. The body is `{"error":{"type","message","code","request_id"}}`; the
-//! request id is filled in by the request-id middleware, which also rewrites
-//! any error response not produced here (axum's own 404/405 and rejections).
+//! match. The body is `{"error":{"type","message","code","request_id"}}` (plus
+//! `param`, `attempts` or `valid_agents` where they apply); the request id is
+//! filled in by the request-id middleware, which also rewrites any error
+//! response not produced here (axum's own 404/405 and rejections).
 
 use std::time::Duration;
 
@@ -9,54 +10,89 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::providers::{ErrorKind, ProviderError};
-use crate::service::ServiceError;
+use super::middleware::ServedBy;
+use crate::providers::ErrorKind;
 use crate::service::registry::RouteError;
+use crate::service::{Attempt, Failure, Outcome, ServiceError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    InvalidRequest {
-        message: String,
-        param: Option<String>,
-    },
+    InvalidRequest { message: String, param: Option<String> },
+    /// Validation failures on the Squad routes (`/v1/agents`, `/v1/chat`).
+    #[error("{message}")]
+    Unprocessable { message: String, param: Option<String> },
     #[error("request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("unsupported content type; send application/json")]
     UnsupportedMediaType,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("the model `{0}` does not exist")]
     UnknownModel(String),
+    #[error("unknown agent `{id}`; valid agents: {}", valid.join(", "))]
+    UnknownAgent { id: String, valid: Vec<String> },
     #[error("{0}")]
     ProviderUnavailable(String),
+    #[error("conversation store unavailable")]
+    StoreUnavailable,
     #[error("server is not ready")]
     NotReady,
-    #[error("provider {provider} is rate limited")]
-    UpstreamRateLimited {
-        provider: String,
-        retry_after: Option<Duration>,
-    },
-    #[error("provider {provider} did not answer in time")]
-    UpstreamTimeout { provider: String },
+    #[error("every provider is rate limited: {}", summary(attempts))]
+    RateLimited { retry_after: Duration, attempts: Vec<Attempt> },
+    #[error("no provider answered in time: {}", summary(attempts))]
+    Timeout { attempts: Vec<Attempt> },
     #[error("provider {provider} rejected the request (status {status}{})", code.as_ref().map(|c| format!(", {c}")).unwrap_or_default())]
-    UpstreamRejected {
-        provider: String,
-        status: u16,
-        code: Option<String>,
-    },
-    #[error("provider {provider} failed: {}{}", kind.as_str(), status.map(|s| format!(" (status {s})")).unwrap_or_default())]
-    UpstreamFailed {
-        provider: String,
-        kind: ErrorKind,
-        status: Option<u16>,
-    },
+    UpstreamRejected { provider: String, status: u16, code: Option<String>, attempts: Vec<Attempt> },
+    #[error("every provider failed: {}", summary(attempts))]
+    AllFailed { attempts: Vec<Attempt> },
     #[error("internal error")]
     Internal,
+}
+
+/// `groq: upstream_5xx (status 503); gemini: unconfigured`
+fn summary(attempts: &[Attempt]) -> String {
+    let parts: Vec<String> = attempts
+        .iter()
+        .map(|a| match &a.outcome {
+            Outcome::Failed { status: Some(s), .. } => format!("{}: {} (status {s})", a.provider, a.outcome.label()),
+            _ => format!("{}: {}", a.provider, a.outcome.label()),
+        })
+        .collect();
+    if parts.is_empty() { "no provider in the chain".into() } else { parts.join("; ") }
+}
+
+/// One attempt as clients see it in error bodies and `provider_chain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub provider: String,
+    pub model: String,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        let status = match &a.outcome {
+            Outcome::Failed { status, .. } => *status,
+            _ => None,
+        };
+        Self {
+            provider: a.provider.clone(),
+            model: a.model.clone(),
+            outcome: a.outcome.label(),
+            status,
+            latency_ms: a.latency.as_millis() as u64,
+        }
+    }
 }
 
 /// The error object, serialised once the request id is known.
@@ -68,6 +104,10 @@ pub struct ErrorObject {
     pub code: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_agents: Option<Vec<String>>,
     pub request_id: String,
 }
 
@@ -82,74 +122,74 @@ pub struct PendingError(pub ErrorObject);
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>, param: &str) -> Self {
-        Self::InvalidRequest {
-            message: message.into(),
-            param: Some(param.to_owned()),
-        }
+        Self::InvalidRequest { message: message.into(), param: Some(param.to_owned()) }
     }
 
     /// Status, error type and machine code.
-    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use StatusCode as S;
-        let (status, kind, code) = match self {
-            Self::InvalidRequest { .. } => {
-                (S::BAD_REQUEST, "invalid_request_error", "invalid_request")
-            }
+        match self {
+            Self::InvalidRequest { .. } => (S::BAD_REQUEST, "invalid_request_error", "invalid_request"),
+            Self::Unprocessable { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_request_error", "validation_error"),
             Self::MalformedJson(_) => (S::BAD_REQUEST, "invalid_request_error", "malformed_json"),
-            Self::PayloadTooLarge { .. } => (
-                S::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "payload_too_large",
-            ),
-            Self::UnsupportedMediaType => (
-                S::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request_error",
-                "unsupported_media_type",
-            ),
+            Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large"),
+            Self::UnsupportedMediaType => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", "unsupported_media_type")
+            }
+            Self::BodyTimeout => (S::REQUEST_TIMEOUT, "invalid_request_error", "body_timeout"),
             Self::NotFound(_) => (S::NOT_FOUND, "not_found_error", "not_found"),
-            Self::MethodNotAllowed => (
-                S::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "method_not_allowed",
-            ),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed"),
             Self::UnknownModel(_) => (S::NOT_FOUND, "not_found_error", "model_not_found"),
-            Self::ProviderUnavailable(_) => (
-                S::SERVICE_UNAVAILABLE,
-                "unavailable_error",
-                "provider_unavailable",
-            ),
+            Self::UnknownAgent { .. } => (S::NOT_FOUND, "not_found_error", "agent_not_found"),
+            Self::ProviderUnavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable_error", "provider_unavailable"),
+            Self::StoreUnavailable => (S::SERVICE_UNAVAILABLE, "unavailable_error", "conversation_store_unavailable"),
             Self::NotReady => (S::SERVICE_UNAVAILABLE, "unavailable_error", "not_ready"),
-            Self::UpstreamRateLimited { .. } => {
-                (S::TOO_MANY_REQUESTS, "rate_limit_error", "providers")
-            }
-            Self::UpstreamTimeout { .. } => {
-                (S::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout")
-            }
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "providers"),
+            Self::Timeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             Self::UpstreamRejected { status, .. } => {
-                let status = StatusCode::from_u16(*status)
-                    .ok()
-                    .filter(|s| s.is_client_error())
-                    .unwrap_or(S::BAD_REQUEST);
+                let status =
+                    StatusCode::from_u16(*status).ok().filter(|s| s.is_client_error()).unwrap_or(S::BAD_REQUEST);
                 (status, "invalid_request_error", "upstream_rejected")
             }
-            Self::UpstreamFailed { .. } => (S::BAD_GATEWAY, "upstream_error", "upstream_failed"),
+            Self::AllFailed { .. } => (S::BAD_GATEWAY, "upstream_error", "upstream_failed"),
             Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal_error", "internal"),
-        };
-        (status, kind, code.to_owned())
+        }
+    }
+
+    fn attempts(&self) -> Option<&[Attempt]> {
+        match self {
+            Self::RateLimited { attempts, .. }
+            | Self::Timeout { attempts }
+            | Self::UpstreamRejected { attempts, .. }
+            | Self::AllFailed { attempts } => Some(attempts),
+            _ => None,
+        }
+    }
+
+    /// The last provider actually called, for the access log.
+    pub fn provider(&self) -> Option<&str> {
+        let attempts = self.attempts()?;
+        attempts.iter().rev().find(|a| !matches!(a.outcome, Outcome::Skipped(_))).map(|a| a.provider.as_str())
     }
 
     pub fn object(&self) -> ErrorObject {
         let (_, kind, code) = self.parts();
         let param = match self {
-            Self::InvalidRequest { param, .. } => param.clone(),
+            Self::InvalidRequest { param, .. } | Self::Unprocessable { param, .. } => param.clone(),
             Self::UnknownModel(_) => Some("model".to_owned()),
+            _ => None,
+        };
+        let valid_agents = match self {
+            Self::UnknownAgent { valid, .. } => Some(valid.clone()),
             _ => None,
         };
         ErrorObject {
             kind,
             message: self.to_string(),
-            code,
+            code: code.to_owned(),
             param,
+            attempts: self.attempts().map(|a| a.iter().map(AttemptView::from).collect()),
+            valid_agents,
             request_id: String::new(),
         }
     }
@@ -159,25 +199,29 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Route(RouteError::UnknownModel(m)) => Self::UnknownModel(m),
-            ServiceError::Route(
-                e @ (RouteError::Unconfigured { .. } | RouteError::Disabled(_)),
-            ) => Self::ProviderUnavailable(e.to_string()),
-            ServiceError::Provider { provider, error } => match error {
-                ProviderError::RateLimited { retry_after, .. } => Self::UpstreamRateLimited {
-                    provider,
-                    retry_after,
-                },
-                ProviderError::Timeout { .. } => Self::UpstreamTimeout { provider },
-                ProviderError::Rejected { status, code } => Self::UpstreamRejected {
-                    provider,
-                    status,
-                    code,
-                },
-                other => Self::UpstreamFailed {
-                    provider,
-                    kind: other.kind(),
-                    status: other.status(),
-                },
+            ServiceError::Route(e @ (RouteError::Unconfigured { .. } | RouteError::Disabled(_))) => {
+                Self::ProviderUnavailable(e.to_string())
+            }
+            ServiceError::UnknownAgent { id, valid } => Self::UnknownAgent { id, valid },
+            ServiceError::Store(_) => Self::StoreUnavailable,
+            ServiceError::Failed(failure) => match failure {
+                Failure::Rejected { provider, error, attempts } => {
+                    let status = error.status().unwrap_or(400);
+                    let code = match error {
+                        crate::providers::ProviderError::Rejected { code, .. } => code,
+                        _ => None,
+                    };
+                    Self::UpstreamRejected { provider, status, code, attempts }
+                }
+                Failure::AllRateLimited { retry_after, attempts } => Self::RateLimited { retry_after, attempts },
+                Failure::Deadline { attempts } => Self::Timeout { attempts },
+                Failure::AllFailed { attempts } => {
+                    let called: Vec<&Attempt> =
+                        attempts.iter().filter(|a| matches!(a.outcome, Outcome::Failed { .. })).collect();
+                    let all_timeouts = !called.is_empty()
+                        && called.iter().all(|a| matches!(a.outcome, Outcome::Failed { kind: ErrorKind::Timeout, .. }));
+                    if all_timeouts { Self::Timeout { attempts } } else { Self::AllFailed { attempts } }
+                }
             },
         }
     }
@@ -187,19 +231,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
         let mut response = status.into_response();
-        if let Self::UpstreamRateLimited { retry_after, .. } = &self {
+        if let Self::RateLimited { retry_after, .. } = &self {
             // Whole seconds, rounded up; at least 1 so clients do not spin.
-            let secs = retry_after
-                .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
-                .unwrap_or(1)
-                .max(1);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        response
-            .extensions_mut()
-            .insert(PendingError(self.object()));
+        if let Some(provider) = self.provider() {
+            response.extensions_mut().insert(ServedBy(provider.to_owned()));
+        }
+        response.extensions_mut().insert(PendingError(self.object()));
         response
     }
 }

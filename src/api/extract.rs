@@ -24,23 +24,28 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 return Err(ApiError::UnsupportedMediaType);
             }
         }
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        let body = http_body_util::Limited::new(req.into_body(), limit);
+        let collected = tokio::time::timeout(state.body_read_timeout, http_body_util::BodyExt::collect(body))
             .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+            .map_err(|_| ApiError::BodyTimeout)?;
+        let bytes = match collected {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Err(_) => return Err(ApiError::MalformedJson("the request body could not be read".into())),
+        };
         parse(&bytes).map(ApiJson)
     }
 }
 
 /// UTF-8 check, then JSON with the path of the first type error.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ApiError::MalformedJson("body is not valid UTF-8".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("body is not valid UTF-8".into()))?;
     if text.trim().is_empty() {
         return Err(ApiError::MalformedJson("body is empty".into()));
     }
@@ -60,7 +65,6 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => ApiError::MalformedJson(inner.to_string()),
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    de.end().map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     Ok(value)
 }

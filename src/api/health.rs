@@ -15,17 +15,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let entries: Vec<_> = state.gateway.registry().entries().cloned().collect();
     let providers: Map<String, Value> = entries
         .iter()
-        .map(|p| {
-            (
-                p.id.clone(),
-                json!({"status": p.status(), "kind": p.kind, "default_model": p.default_model}),
-            )
-        })
+        .map(|p| (p.id.clone(), json!({"status": p.status(), "kind": p.kind, "default_model": p.default_model})))
         .collect();
-    let configured = entries
-        .iter()
-        .filter(|p| matches!(p.state, ProviderState::Ready(_)))
-        .count();
+    let configured = entries.iter().filter(|p| matches!(p.state, ProviderState::Ready(_))).count();
     let status = if state.lifecycle.is_draining() {
         "draining"
     } else if configured == 0 {
@@ -59,15 +51,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render();
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// Configured providers' advertised models as `provider/model`, then aliases.
@@ -75,10 +59,7 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let registry = state.gateway.registry();
     let created = state.started_unix;
     let mut data = Vec::new();
-    for entry in registry
-        .entries()
-        .filter(|p| matches!(p.state, ProviderState::Ready(_)))
-    {
+    for entry in registry.entries().filter(|p| matches!(p.state, ProviderState::Ready(_))) {
         for model in &entry.models {
             data.push(ModelEntry {
                 id: format!("{}/{model}", entry.id),
@@ -91,16 +72,8 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     for (alias, target) in registry.aliases() {
         let owner = target.split_once('/').map(|(p, _)| p).unwrap_or_default();
         if data.iter().any(|m| m.owned_by == owner) {
-            data.push(ModelEntry {
-                id: alias.clone(),
-                object: "model",
-                created,
-                owned_by: owner.to_owned(),
-            });
+            data.push(ModelEntry { id: alias.clone(), object: "model", created, owned_by: owner.to_owned() });
         }
     }
-    Json(ModelList {
-        object: "list",
-        data,
-    })
+    Json(ModelList { object: "list", data })
 }

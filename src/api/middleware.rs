@@ -27,10 +27,52 @@ pub struct ServedBy(pub String);
 
 /// Accept a client's id only if it is short and plain (it ends up in logs).
 fn well_formed(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Bounded label for the HTTP method (hyper accepts any token).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Records metrics and the access line when dropped, so a request whose
+/// client went away before the response still leaves the in-flight gauge and
+/// shows up (status 499, as nginx logs it).
+struct Finish {
+    id: String,
+    route: String,
+    method: &'static str,
+    started: Instant,
+    status: Option<u16>,
+    provider: String,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(499);
+        let elapsed = self.started.elapsed();
+        metrics::http_finished(&self.route, self.method, status, elapsed);
+        tracing::info!(
+            request_id = %self.id,
+            route = %self.route,
+            method = self.method,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            provider = %self.provider,
+            client_closed = self.status.is_none(),
+            "request"
+        );
+    }
 }
 
 pub async fn request_context(mut req: Request, next: Next) -> Response {
@@ -42,39 +84,23 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .filter(|v| well_formed(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(req.method());
     req.extensions_mut().insert(RequestId(id.clone()));
 
     metrics::http_started();
-    let span = tracing::info_span!("request", request_id = %id, route = %route, method = %method);
+    let span = tracing::info_span!("request", request_id = %id, route = %route, method);
+    let mut finish = Finish { id, route, method, started, status: None, provider: String::new() };
     let mut response = next.run(req).instrument(span).await;
-    finish_error_body(&mut response, &id);
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    finish_error_body(&mut response, &finish.id);
+    if let Ok(value) = HeaderValue::from_str(&finish.id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
-
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    metrics::http_finished(&route, &method, status, elapsed);
-    let provider = response
-        .extensions()
-        .get::<ServedBy>()
-        .map(|s| s.0.as_str())
-        .unwrap_or("");
-    tracing::info!(
-        request_id = %id,
-        route = %route,
-        method = %method,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        provider,
-        "request"
-    );
+    finish.status = Some(response.status().as_u16());
+    if let Some(ServedBy(p)) = response.extensions().get::<ServedBy>() {
+        finish.provider = p.clone();
+    }
     response
 }
 
@@ -92,10 +118,7 @@ fn finish_error_body(response: &mut Response, request_id: &str) {
         None => fallback_error(status).object(),
     };
     *response.body_mut() = Body::from(render(object, request_id));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().remove(header::CONTENT_LENGTH);
 }
 
@@ -112,14 +135,10 @@ fn fallback_error(status: StatusCode) -> ApiError {
         StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::InvalidRequest {
-            message: "request body too large".into(),
-            param: None,
-        },
-        s if s.is_client_error() => ApiError::InvalidRequest {
-            message: "bad request".into(),
-            param: None,
-        },
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::InvalidRequest { message: "request body too large".into(), param: None }
+        }
+        s if s.is_client_error() => ApiError::InvalidRequest { message: "bad request".into(), param: None },
         _ => ApiError::Internal,
     }
 }

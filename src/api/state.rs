@@ -16,4 +16,5 @@ pub struct AppState {
     /// Start time as Unix seconds, for `created` on `/v1/models`.
     pub started_unix: u64,
     pub max_body_bytes: usize,
+    pub body_read_timeout: std::time::Duration,
 }

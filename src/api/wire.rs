@@ -80,10 +80,7 @@ impl ChatCompletionRequest {
     }
 
     pub fn wants_usage_chunk(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
+        self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
     }
 
     /// Validates and converts. The domain request's `model` is left empty:
@@ -93,32 +90,20 @@ impl ChatCompletionRequest {
             return Err(ApiError::invalid("`model` must not be empty", "model"));
         }
         if self.messages.is_empty() {
-            return Err(ApiError::invalid(
-                "`messages` must contain at least one message",
-                "messages",
-            ));
+            return Err(ApiError::invalid("`messages` must contain at least one message", "messages"));
         }
         if self.messages.len() > MAX_MESSAGES {
-            return Err(ApiError::invalid(
-                format!("at most {MAX_MESSAGES} messages"),
-                "messages",
-            ));
+            return Err(ApiError::invalid(format!("at most {MAX_MESSAGES} messages"), "messages"));
         }
         if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
         {
-            return Err(ApiError::invalid(
-                "`temperature` must be between 0 and 2",
-                "temperature",
-            ));
+            return Err(ApiError::invalid("`temperature` must be between 0 and 2", "temperature"));
         }
         if let Some(p) = self.top_p
             && !(p > 0.0 && p <= 1.0)
         {
-            return Err(ApiError::invalid(
-                "`top_p` must be greater than 0 and at most 1",
-                "top_p",
-            ));
+            return Err(ApiError::invalid("`top_p` must be greater than 0 and at most 1", "top_p"));
         }
         if let Some(n) = self.n
             && n != 1
@@ -134,10 +119,7 @@ impl ChatCompletionRequest {
             Some((field, v)) => match u32::try_from(v) {
                 Ok(v) if v >= 1 => Some(v),
                 _ => {
-                    return Err(ApiError::invalid(
-                        format!("`{field}` must be at least 1"),
-                        field,
-                    ));
+                    return Err(ApiError::invalid(format!("`{field}` must be at least 1"), field));
                 }
             },
             None => None,
@@ -150,12 +132,8 @@ impl ChatCompletionRequest {
         if stop.len() > 4 {
             return Err(ApiError::invalid("at most 4 stop sequences", "stop"));
         }
-        let messages = self
-            .messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| m.into_domain(i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages =
+            self.messages.into_iter().enumerate().map(|(i, m)| m.into_domain(i)).collect::<Result<Vec<_>, _>>()?;
         Ok(ChatRequest {
             model: String::new(),
             messages,
@@ -173,7 +151,10 @@ impl InMessage {
     fn into_domain(self, index: usize) -> Result<Message, ApiError> {
         let role = Role::parse(&self.role).ok_or_else(|| {
             ApiError::invalid(
-                format!("messages[{index}].role `{}` is not one of system, developer, user, assistant, tool", self.role),
+                format!(
+                    "messages[{index}].role `{}` is not one of system, developer, user, assistant, tool",
+                    self.role
+                ),
                 &format!("messages[{index}].role"),
             )
         })?;
@@ -186,9 +167,7 @@ impl InMessage {
                         ("text", Some(t)) => text.push_str(&t),
                         (kind, _) => {
                             return Err(ApiError::invalid(
-                                format!(
-                                    "messages[{index}]: content part type `{kind}` is not supported (text only)"
-                                ),
+                                format!("messages[{index}]: content part type `{kind}` is not supported (text only)"),
                                 &format!("messages[{index}].content"),
                             ));
                         }
@@ -197,9 +176,7 @@ impl InMessage {
                 text
             }
             // Assistant turns that only call tools carry no content.
-            None if role == Role::Assistant && self.extra.contains_key("tool_calls") => {
-                String::new()
-            }
+            None if role == Role::Assistant && self.extra.contains_key("tool_calls") => String::new(),
             None => {
                 return Err(ApiError::invalid(
                     format!("messages[{index}].content is required"),
@@ -207,11 +184,7 @@ impl InMessage {
                 ));
             }
         };
-        Ok(Message {
-            role,
-            content,
-            extra: self.extra,
-        })
+        Ok(Message { role, content, extra: self.extra })
     }
 }
 
@@ -256,12 +229,7 @@ pub struct OutUsage<'a> {
 
 impl<'a> OutUsage<'a> {
     pub fn new(u: Usage, extra: &'a Extra) -> Self {
-        Self {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.total(),
-            extra,
-        }
+        Self { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total(), extra }
     }
 }
 
@@ -274,11 +242,7 @@ pub fn completion<'a>(r: &'a ChatResponse, id: &'a str, model: &'a str) -> ChatC
         model,
         choices: [Choice {
             index: 0,
-            message: OutMessage {
-                role: "assistant",
-                content: &r.content,
-                extra: &r.message_extra,
-            },
+            message: OutMessage { role: "assistant", content: &r.content, extra: &r.message_extra },
             finish_reason: r.finish_reason.as_ref().map(|f| f.as_openai()),
             extra: &r.choice_extra,
         }],
@@ -322,17 +286,8 @@ static EMPTY: std::sync::LazyLock<Extra> = std::sync::LazyLock::new(Extra::new);
 
 /// A content chunk (one choice). `first` forces `role: assistant`, which some
 /// upstreams (Gemini) never send but OpenAI clients expect on the first delta.
-pub fn content_chunk<'a>(
-    c: &'a ChatChunk,
-    id: &'a str,
-    model: &'a str,
-    first: bool,
-) -> CompletionChunk<'a> {
-    let role = if first {
-        Some("assistant")
-    } else {
-        c.role.map(Role::as_str)
-    };
+pub fn content_chunk<'a>(c: &'a ChatChunk, id: &'a str, model: &'a str, first: bool) -> CompletionChunk<'a> {
+    let role = if first { Some("assistant") } else { c.role.map(Role::as_str) };
     CompletionChunk {
         id,
         object: "chat.completion.chunk",
@@ -340,11 +295,7 @@ pub fn content_chunk<'a>(
         model,
         choices: vec![ChunkChoice {
             index: 0,
-            delta: Delta {
-                role,
-                content: c.content.as_deref(),
-                extra: &c.delta_extra,
-            },
+            delta: Delta { role, content: c.content.as_deref(), extra: &c.delta_extra },
             finish_reason: c.finish_reason.as_ref().map(|f| f.as_openai()),
             extra: &c.choice_extra,
         }],
@@ -354,12 +305,7 @@ pub fn content_chunk<'a>(
 }
 
 /// The usage chunk sent before `[DONE]` when the client asked for it.
-pub fn usage_chunk<'a>(
-    usage: Usage,
-    id: &'a str,
-    model: &'a str,
-    created: u64,
-) -> CompletionChunk<'a> {
+pub fn usage_chunk<'a>(usage: Usage, id: &'a str, model: &'a str, created: u64) -> CompletionChunk<'a> {
     CompletionChunk {
         id,
         object: "chat.completion.chunk",

@@ -21,6 +21,7 @@ const NAMED_ENV: &[(&str, &str)] = &[
     ("SQUAD_BIND", "server.bind"),
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
+    ("REDIS_URL", "conversations.redis_url"),
 ];
 
 /// Prefix of generic overrides: `SQUAD__SERVER__REQUEST_TIMEOUT=60s` sets
@@ -29,27 +30,18 @@ const GENERIC_PREFIX: &str = "SQUAD__";
 
 /// Loads and validates. `explicit` is `--config`; without it `squad.yaml` in the
 /// working directory is used when present. Returns every issue found.
-pub fn load(
-    explicit: Option<&Path>,
-    env: &[(String, String)],
-) -> Result<(Config, ConfigSource), Vec<ConfigIssue>> {
+pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<(Config, ConfigSource), Vec<ConfigIssue>> {
     let mut source = ConfigSource::default();
-    let mut tree = serde_json::to_value(Config::default())
-        .map_err(|e| vec![ConfigIssue::new("", e.to_string())])?;
+    let mut tree = serde_json::to_value(Config::default()).map_err(|e| vec![ConfigIssue::new("", e.to_string())])?;
 
     let file = match explicit {
         Some(p) => Some(p.to_path_buf()),
         None => Some(PathBuf::from("squad.yaml")).filter(|p| p.is_file()),
     };
     if let Some(path) = &file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigIssue::new(
-                "",
-                format!("cannot read {}: {e}", path.display()),
-            )]
-        })?;
-        let overlay = parse_yaml(&text)
-            .map_err(|e| vec![ConfigIssue::new("", format!("{}: {e}", path.display()))])?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![ConfigIssue::new("", format!("cannot read {}: {e}", path.display()))])?;
+        let overlay = parse_yaml(&text).map_err(|e| vec![ConfigIssue::new("", format!("{}: {e}", path.display()))])?;
         merge(&mut tree, overlay);
         source.file = Some(path.clone());
     }
@@ -57,10 +49,7 @@ pub fn load(
     let mut issues = Vec::new();
     for (name, value) in env {
         let path = if let Some(rest) = name.strip_prefix(GENERIC_PREFIX) {
-            rest.split("__")
-                .map(str::to_ascii_lowercase)
-                .collect::<Vec<_>>()
-                .join(".")
+            rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".")
         } else if let Some((_, path)) = NAMED_ENV.iter().find(|(n, _)| n == name) {
             (*path).to_owned()
         } else {
@@ -94,21 +83,41 @@ fn parse_yaml(text: &str) -> Result<Value, String> {
     }
 }
 
+/// Deserialises section by section (each provider on its own), so one type
+/// error does not hide the others; then the whole tree once all parts pass.
 fn deserialize(tree: Value, issues: &mut Vec<ConfigIssue>) -> Option<Config> {
+    let mut blocked = false;
+    if let Value::Object(top) = &tree {
+        for (key, value) in top {
+            let parts: Vec<Value> = match (key.as_str(), value) {
+                ("providers", Value::Object(providers)) => {
+                    providers.iter().map(|(id, p)| serde_json::json!({ "providers": { id: p } })).collect()
+                }
+                _ => vec![Value::Object(Map::from_iter([(key.clone(), value.clone())]))],
+            };
+            for part in parts {
+                blocked |= deserialize_part(part, issues, true).is_none();
+            }
+        }
+    }
+    // Unknown keys were reported by the parts; they do not stop the semantic checks.
+    if blocked { None } else { deserialize_part(tree, issues, false) }
+}
+
+fn deserialize_part(tree: Value, issues: &mut Vec<ConfigIssue>, report_unknown: bool) -> Option<Config> {
     let mut unknown = Vec::new();
     let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
     let de = serde_ignored::Deserializer::new(tree, &mut on_unknown);
     let result: Result<Config, _> = serde_path_to_error::deserialize(de);
-    for path in unknown {
-        issues.push(ConfigIssue::new(&path, "unknown field".to_owned()));
+    if report_unknown {
+        for path in unknown {
+            issues.push(ConfigIssue::new(&path, "unknown field".to_owned()));
+        }
     }
     match result {
         Ok(config) => Some(config),
         Err(err) => {
-            issues.push(ConfigIssue::new(
-                &err.path().to_string(),
-                err.inner().to_string(),
-            ));
+            issues.push(ConfigIssue::new(&err.path().to_string(), err.inner().to_string()));
             None
         }
     }
@@ -145,9 +154,7 @@ fn set_path(tree: &mut Value, path: &str, value: Value) -> Result<(), String> {
             map.insert((*part).to_owned(), value);
             return Ok(());
         }
-        node = map
-            .entry((*part).to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
+        node = map.entry((*part).to_owned()).or_insert_with(|| Value::Object(Map::new()));
     }
     Ok(())
 }
@@ -167,10 +174,7 @@ mod tests {
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn write(text: &str) -> tempfile_path::TempPath {
@@ -182,8 +186,7 @@ mod tests {
         pub struct TempPath(pub PathBuf);
         impl TempPath {
             pub fn with(text: &str) -> Self {
-                let path =
-                    std::env::temp_dir().join(format!("squad-cfg-{}.yaml", uuid::Uuid::new_v4()));
+                let path = std::env::temp_dir().join(format!("squad-cfg-{}.yaml", uuid::Uuid::new_v4()));
                 let mut f = std::fs::File::create(&path).unwrap();
                 f.write_all(text.as_bytes()).unwrap();
                 Self(path)
@@ -217,10 +220,7 @@ mod tests {
     #[test]
     fn env_beats_file() {
         let f = write("server:\n  port: 9000\n");
-        let vars = env(&[
-            ("SQUAD_PORT", "9100"),
-            ("SQUAD__PROVIDERS__DEEPSEEK__ENABLED", "false"),
-        ]);
+        let vars = env(&[("SQUAD_PORT", "9100"), ("SQUAD__PROVIDERS__DEEPSEEK__ENABLED", "false")]);
         let (config, source) = load(Some(&f.0), &vars).unwrap();
         assert_eq!(config.server.port, 9100);
         assert!(!config.providers["deepseek"].enabled);
@@ -243,6 +243,18 @@ mod tests {
             "aliases.fast",
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn several_type_errors_are_all_reported() {
+        let f = write(
+            "server:\n  port: lots\nlog:\n  format: xml\nproviders:\n  groq:\n    enabled: maybe\n  gemini:\n    timeouts:\n      connect: soon\n",
+        );
+        let issues = load(Some(&f.0), &[]).unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        for expected in ["server.port", "log.format", "providers.groq.enabled", "providers.gemini.timeouts.connect"] {
+            assert!(paths.contains(&expected), "missing {expected} in {issues:?}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! Typed configuration: built-in defaults → YAML file → environment, validated once.
-//! Depends on nothing else in the crate. Secrets never live here: a provider names
+//! Depends only on `domain` and the plain config types of `resilience`. Secrets never live here: a provider names
 //! the environment variable that holds its key, and `app` reads it at start-up.
 
 mod load;
@@ -22,6 +22,61 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// `alias → provider/model`, e.g. `fast: groq/openai/gpt-oss-20b`.
     pub aliases: BTreeMap<String, String>,
+    pub agents: AgentsConfig,
+    pub conversations: ConversationsConfig,
+    pub resilience: ResilienceConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentsConfig {
+    /// Directory of extra agent files (`*.md`); a file with a built-in id overrides it.
+    pub dir: Option<std::path::PathBuf>,
+    /// Language agents reply in.
+    pub language: String,
+    /// How agents address the user; none by default.
+    pub user_name: Option<String>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self { dir: None, language: "English".into(), user_name: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConversationsConfig {
+    /// User turns kept per conversation (oldest dropped first).
+    pub max_turns: usize,
+    /// Approximate token budget of the kept history (4 bytes ≈ 1 token).
+    pub max_tokens: usize,
+    /// A conversation untouched for this long is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// In-memory backend: bound on the bytes of all histories together.
+    pub max_memory_bytes: usize,
+    /// `redis://…` to share conversations between replicas; also `REDIS_URL`.
+    pub redis_url: Option<String>,
+}
+
+impl Default for ConversationsConfig {
+    fn default() -> Self {
+        Self {
+            max_turns: 20,
+            max_tokens: 8000,
+            ttl: Duration::from_secs(3600),
+            max_memory_bytes: 64 * 1024 * 1024,
+            redis_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResilienceConfig {
+    pub retry: crate::resilience::RetryPolicy,
+    pub breaker: crate::resilience::BreakerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +89,13 @@ pub struct ServerConfig {
     /// Overall deadline for one API request, upstream calls included.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest a streamed response may run in total (streams also have a
+    /// per-chunk idle timeout per provider).
+    #[serde(with = "humantime_serde")]
+    pub stream_timeout: Duration,
+    /// Longest a client may take to send its request body (slow clients get 408).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// After SIGTERM: how long readiness reports 503 while still serving, so a
     /// load balancer can stop routing here before the listener closes.
     #[serde(with = "humantime_serde")]
@@ -50,6 +112,8 @@ impl Default for ServerConfig {
             port: 8000,
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(120),
+            stream_timeout: Duration::from_secs(600),
+            body_read_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
         }
@@ -66,10 +130,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Json,
-        }
+        Self { level: "info".into(), format: LogFormat::Json }
     }
 }
 
@@ -171,6 +232,9 @@ impl Default for Config {
             log: LogConfig::default(),
             providers: builtin_providers(),
             aliases: BTreeMap::new(),
+            agents: AgentsConfig::default(),
+            conversations: ConversationsConfig::default(),
+            resilience: ResilienceConfig::default(),
         }
     }
 }
@@ -201,20 +265,11 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
         OpenaiCompatible,
         "https://openrouter.ai/api/v1",
         "OPENROUTER_API_KEY",
-        &[
-            "openrouter/auto",
-            "openai/gpt-5.2",
-            "anthropic/claude-sonnet-4.5",
-        ],
+        &["openrouter/auto", "openai/gpt-5.2", "anthropic/claude-sonnet-4.5"],
         MaxTokens,
     );
-    openrouter.headers.insert(
-        "HTTP-Referer".into(),
-        "https://github.com/squad-gateway/squad".into(),
-    );
-    openrouter
-        .headers
-        .insert("X-OpenRouter-Title".into(), "Squad".into());
+    openrouter.headers.insert("HTTP-Referer".into(), "https://github.com/squad-gateway/squad".into());
+    openrouter.headers.insert("X-OpenRouter-Title".into(), "Squad".into());
     BTreeMap::from([
         (
             "groq".to_owned(),
@@ -222,11 +277,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
                 OpenaiCompatible,
                 "https://api.groq.com/openai/v1",
                 "GROQ_API_KEY",
-                &[
-                    "openai/gpt-oss-120b",
-                    "openai/gpt-oss-20b",
-                    "qwen/qwen3.6-27b",
-                ],
+                &["openai/gpt-oss-120b", "openai/gpt-oss-20b", "qwen/qwen3.6-27b"],
                 MaxCompletionTokens,
             ),
         ),
@@ -246,11 +297,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
                 Gemini,
                 "https://generativelanguage.googleapis.com/v1beta",
                 "GEMINI_API_KEY",
-                &[
-                    "gemini-3.5-flash",
-                    "gemini-3.5-flash-lite",
-                    "gemini-3.1-pro-preview",
-                ],
+                &["gemini-3.5-flash", "gemini-3.5-flash-lite", "gemini-3.1-pro-preview"],
                 MaxTokens,
             ),
         ),

@@ -15,20 +15,13 @@ pub struct ConfigIssue {
 
 impl ConfigIssue {
     pub fn new(path: &str, message: String) -> Self {
-        Self {
-            path: path.to_owned(),
-            message,
-        }
+        Self { path: path.to_owned(), message }
     }
 }
 
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -36,9 +29,7 @@ impl fmt::Display for ConfigIssue {
 pub fn is_valid_provider_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -47,46 +38,46 @@ fn is_env_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Upper bound for every duration: far beyond any sane setting, and far from
+/// the overflow of `Instant + Duration`.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
-    let mut issue = |path: String, message: &str| {
-        issues.push(ConfigIssue {
-            path,
-            message: message.to_owned(),
-        })
-    };
+    let mut issue = |path: String, message: &str| issues.push(ConfigIssue { path, message: message.to_owned() });
 
     let server = &config.server;
     if server.bind.parse::<IpAddr>().is_err() {
-        issue(
-            "server.bind".into(),
-            "must be an IP address such as 0.0.0.0 or 127.0.0.1",
-        );
+        issue("server.bind".into(), "must be an IP address such as 0.0.0.0 or 127.0.0.1");
     }
     if server.max_body_bytes < 1024 {
         issue("server.max_body_bytes".into(), "must be at least 1024");
     }
-    if server.request_timeout.is_zero() {
-        issue("server.request_timeout".into(), "must be greater than zero");
+    for (name, d) in [
+        ("request_timeout", server.request_timeout),
+        ("stream_timeout", server.stream_timeout),
+        ("body_read_timeout", server.body_read_timeout),
+    ] {
+        if d.is_zero() || d > MAX_DURATION {
+            issue(format!("server.{name}"), "must be greater than zero and at most 24h");
+        }
+    }
+    for (name, d) in [("drain_delay", server.drain_delay), ("shutdown_grace", server.shutdown_grace)] {
+        if d > MAX_DURATION {
+            issue(format!("server.{name}"), "must be at most 24h");
+        }
     }
     if tracing_filter_is_invalid(&config.log.level) {
-        issue(
-            "log.level".into(),
-            "not a valid level or filter (try info, debug, or squad=debug,info)",
-        );
+        issue("log.level".into(), "not a valid level or filter (try info, debug, or squad=debug,info)");
     }
 
     for (id, p) in &config.providers {
         let at = |field: &str| format!("providers.{id}.{field}");
         if !is_valid_provider_id(id) {
-            issue(
-                format!("providers.{id}"),
-                "provider ids use lowercase letters, digits, - and _",
-            );
+            issue(format!("providers.{id}"), "provider ids use lowercase letters, digits, - and _");
         }
         match p.base_url.parse::<http::Uri>() {
-            Ok(uri)
-                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
             _ => issue(at("base_url"), "required: an http:// or https:// URL"),
         }
         if p.default_model.trim().is_empty() {
@@ -105,14 +96,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             }
         }
         let t = &p.timeouts;
-        for (name, d) in [
-            ("connect", t.connect),
-            ("first_byte", t.first_byte),
-            ("total", t.total),
-            ("stream_idle", t.stream_idle),
-        ] {
-            if d.is_zero() {
-                issue(at(&format!("timeouts.{name}")), "must be greater than zero");
+        for (name, d) in
+            [("connect", t.connect), ("first_byte", t.first_byte), ("total", t.total), ("stream_idle", t.stream_idle)]
+        {
+            if d.is_zero() || d > MAX_DURATION {
+                issue(at(&format!("timeouts.{name}")), "must be greater than zero and at most 24h");
             }
         }
         if t.first_byte > t.total {
@@ -129,8 +117,7 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             issue(path.clone(), "an alias may not shadow a provider id");
         }
         match target.split_once('/') {
-            Some((provider, model))
-                if config.providers.contains_key(provider) && !model.is_empty() => {}
+            Some((provider, model)) if config.providers.contains_key(provider) && !model.is_empty() => {}
             _ => issue(path, "must be provider/model with a configured provider"),
         }
     }

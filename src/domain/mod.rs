@@ -47,11 +47,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-            extra: Extra::new(),
-        }
+        Self { role, content: content.into(), extra: Extra::new() }
     }
 }
 
@@ -147,6 +143,7 @@ pub struct ChatChunk {
     pub content: Option<String>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
+    pub usage_extra: Extra,
     pub delta_extra: Extra,
     pub choice_extra: Extra,
     pub extra: Extra,
@@ -154,8 +151,5 @@ pub struct ChatChunk {
 
 /// Seconds since the Unix epoch, for `created` fields.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -20,19 +20,12 @@ impl Fault {
     /// `503`, `429`, `stall`, `cut`, `malformed`; anything after the spec (a
     /// model name's tail, say) is ignored.
     pub fn parse(spec: &str) -> Option<Fault> {
-        let word: String = spec
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
+        let word: String = spec.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
         match word.as_str() {
             "stall" => Some(Fault::Stall),
             "cut" => Some(Fault::Cut),
             "malformed" => Some(Fault::Malformed),
-            digits => digits
-                .parse::<u16>()
-                .ok()
-                .filter(|s| (400..=599).contains(s))
-                .map(Fault::Status),
+            digits => digits.parse::<u16>().ok().filter(|s| (400..=599).contains(s)).map(Fault::Status),
         }
     }
 
@@ -40,9 +33,7 @@ impl Fault {
     /// (`cut`, `malformed`) return `None` and shape the body later.
     pub async fn before_body(&self, dialect: Dialect, retry_after_secs: u64) -> Option<Response> {
         match self {
-            Fault::Status(status) => {
-                Some(dialect.error(*status, "simulated failure", retry_after_secs))
-            }
+            Fault::Status(status) => Some(dialect.error(*status, "simulated failure", retry_after_secs)),
             Fault::Stall => {
                 std::future::pending::<()>().await;
                 None

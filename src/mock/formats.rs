@@ -57,8 +57,7 @@ impl Dialect {
         let mut resp = (code, axum::Json(body)).into_response();
         // Gemini has no Retry-After header; the OpenAI-style providers send one on 429.
         if status == 429 && self == Dialect::OpenAi {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp
     }
@@ -78,27 +77,14 @@ fn estimate_tokens(text: &str) -> u64 {
 }
 
 impl Reply {
-    pub fn from_request(
-        dialect: Dialect,
-        req: &Value,
-        model_in_path: Option<&str>,
-        url_stream: bool,
-    ) -> Reply {
+    pub fn from_request(dialect: Dialect, req: &Value, model_in_path: Option<&str>, url_stream: bool) -> Reply {
         let (model, stream, texts): (String, bool, Vec<String>) = match dialect {
             Dialect::OpenAi => {
                 let texts = req["messages"]
                     .as_array()
-                    .map(|ms| {
-                        ms.iter()
-                            .filter_map(|m| m["content"].as_str().map(str::to_owned))
-                            .collect()
-                    })
+                    .map(|ms| ms.iter().filter_map(|m| m["content"].as_str().map(str::to_owned)).collect())
                     .unwrap_or_default();
-                (
-                    req["model"].as_str().unwrap_or("mock").to_owned(),
-                    req["stream"] == true,
-                    texts,
-                )
+                (req["model"].as_str().unwrap_or("mock").to_owned(), req["stream"] == true, texts)
             }
             Dialect::Gemini | Dialect::GeminiArray => {
                 let texts = req["contents"]
@@ -110,27 +96,14 @@ impl Reply {
                             .collect()
                     })
                     .unwrap_or_default();
-                (
-                    model_in_path.unwrap_or("gemini-mock").to_owned(),
-                    url_stream,
-                    texts,
-                )
+                (model_in_path.unwrap_or("gemini-mock").to_owned(), url_stream, texts)
             }
         };
-        let last: String = texts
-            .last()
-            .map(|t| t.chars().take(200).collect())
-            .unwrap_or_default();
+        let last: String = texts.last().map(|t| t.chars().take(200).collect()).unwrap_or_default();
         let text = format!("Hello from Squad's simulated upstream. You said: {last}");
         let words = text.split_inclusive(' ').map(str::to_owned).collect();
         let prompt_tokens = texts.iter().map(|t| estimate_tokens(t)).sum::<u64>().max(1);
-        Reply {
-            dialect,
-            model,
-            stream,
-            words,
-            prompt_tokens,
-        }
+        Reply { dialect, model, stream, words, prompt_tokens }
     }
 
     fn completion_tokens(&self) -> u64 {
@@ -182,15 +155,8 @@ impl Reply {
             json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,
                    "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let mut out = vec![chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        )];
-        out.extend(
-            self.words
-                .iter()
-                .map(|w| chunk(json!({"content": w}), Value::Null)),
-        );
+        let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+        out.extend(self.words.iter().map(|w| chunk(json!({"content": w}), Value::Null)));
         out.push(chunk(json!({}), json!("stop")));
         let (p, c) = (self.prompt_tokens, self.completion_tokens());
         out.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,

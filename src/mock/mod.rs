@@ -41,13 +41,7 @@ pub struct MockOptions {
 
 impl Default for MockOptions {
     fn default() -> Self {
-        Self {
-            latency: Duration::ZERO,
-            tokens_per_second: 0.0,
-            fault: None,
-            fault_rate: 1.0,
-            retry_after_secs: 1,
-        }
+        Self { latency: Duration::ZERO, tokens_per_second: 0.0, fault: None, fault_rate: 1.0, retry_after_secs: 1 }
     }
 }
 
@@ -65,11 +59,7 @@ struct Mock {
 /// The simulated upstream as a router, plus its request counter.
 pub fn router(options: MockOptions) -> (Router, Arc<MockStats>) {
     let stats = Arc::new(MockStats::default());
-    let mock = Arc::new(Mock {
-        options,
-        stats: stats.clone(),
-        counter: AtomicU64::new(0),
-    });
+    let mock = Arc::new(Mock { options, stats: stats.clone(), counter: AtomicU64::new(0) });
     (Router::new().fallback(handle).with_state(mock), stats)
 }
 
@@ -80,9 +70,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (app, _) = router(options);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn handle(State(mock): State<Arc<Mock>>, req: Request) -> Response {
@@ -107,11 +95,7 @@ async fn handle(State(mock): State<Arc<Mock>>, req: Request) -> Response {
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };
     let Ok(json) = serde_json::from_slice::<Value>(&body) else {
-        return dialect.error(
-            400,
-            "request body is not valid JSON",
-            mock.options.retry_after_secs,
-        );
+        return dialect.error(400, "request body is not valid JSON", mock.options.retry_after_secs);
     };
     if !has_credentials(&headers) {
         return dialect.error(401, "missing API key", mock.options.retry_after_secs);
@@ -124,9 +108,7 @@ async fn handle(State(mock): State<Arc<Mock>>, req: Request) -> Response {
         tokio::time::sleep(latency).await;
     }
     if let Some(fault) = &fault
-        && let Some(resp) = fault
-            .before_body(dialect, mock.options.retry_after_secs)
-            .await
+        && let Some(resp) = fault.before_body(dialect, mock.options.retry_after_secs).await
     {
         return resp;
     }
@@ -135,17 +117,11 @@ async fn handle(State(mock): State<Arc<Mock>>, req: Request) -> Response {
     if reply.stream {
         stream_response(reply, mock.options.tokens_per_second, malformed, cut)
     } else {
-        let mut bytes = if malformed {
-            b"{\"id\": \"broken\", \"choices\": [".to_vec()
-        } else {
-            reply.full_body()
-        };
+        let mut bytes = if malformed { b"{\"id\": \"broken\", \"choices\": [".to_vec() } else { reply.full_body() };
         if cut {
             bytes.truncate(bytes.len() / 2);
-            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from(bytes)),
-                Err(std::io::Error::other("connection cut by mock fault")),
-            ];
+            let parts: Vec<Result<Bytes, std::io::Error>> =
+                vec![Ok(Bytes::from(bytes)), Err(std::io::Error::other("connection cut by mock fault"))];
             return (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -153,12 +129,7 @@ async fn handle(State(mock): State<Arc<Mock>>, req: Request) -> Response {
             )
                 .into_response();
         }
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            bytes,
-        )
-            .into_response()
+        (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
     }
 }
 
@@ -167,21 +138,11 @@ fn has_credentials(headers: &HeaderMap) -> bool {
 }
 
 fn header_ms(headers: &HeaderMap, name: &str) -> Option<Duration> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()?
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_millis)
+    headers.get(name)?.to_str().ok()?.parse::<u64>().ok().map(Duration::from_millis)
 }
 
 fn pick_fault(mock: &Mock, headers: &HeaderMap, model: &str) -> Option<Fault> {
-    if let Some(f) = headers
-        .get("x-mock-fault")
-        .and_then(|v| v.to_str().ok())
-        .and_then(Fault::parse)
-    {
+    if let Some(f) = headers.get("x-mock-fault").and_then(|v| v.to_str().ok()).and_then(Fault::parse) {
         return Some(f);
     }
     if let Some(spec) = model.split("fault-").nth(1)
@@ -193,8 +154,7 @@ fn pick_fault(mock: &Mock, headers: &HeaderMap, model: &str) -> Option<Fault> {
     // Deterministic share: every k-th request for a rate of 1/k.
     let n = mock.counter.fetch_add(1, Ordering::Relaxed);
     let rate = mock.options.fault_rate.clamp(0.0, 1.0);
-    let hit = rate >= 1.0
-        || (rate > 0.0 && ((n as f64 * rate).floor() != ((n + 1) as f64 * rate).floor()));
+    let hit = rate >= 1.0 || (rate > 0.0 && ((n as f64 * rate).floor() != ((n + 1) as f64 * rate).floor()));
     hit.then_some(fault)
 }
 
@@ -211,27 +171,23 @@ fn stream_response(reply: Reply, tokens_per_second: f64, malformed: bool, cut: b
         0.0
     };
     let pause = (pace > 0.0).then(|| Duration::from_secs_f64(pace));
-    let body =
-        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, ev)| async move {
-            if let Some(p) = pause
-                && i > 0
-            {
-                tokio::time::sleep(p).await;
-            }
-            if cut && i == total / 2 {
-                return Err(std::io::Error::other("connection cut by mock fault"));
-            }
-            if malformed && i == 1 {
-                return Ok(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n"));
-            }
-            Ok(Bytes::from(ev))
-        });
+    let body = futures::stream::iter(events.into_iter().enumerate()).then(move |(i, ev)| async move {
+        if let Some(p) = pause
+            && i > 0
+        {
+            tokio::time::sleep(p).await;
+        }
+        if cut && i == total / 2 {
+            return Err(std::io::Error::other("connection cut by mock fault"));
+        }
+        if malformed && i == 1 {
+            return Ok(Bytes::from_static(b"data: {\"choices\": [{\"delta\": \n\n"));
+        }
+        Ok(Bytes::from(ev))
+    });
     (
         StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
         Body::from_stream(body),
     )
         .into_response()

@@ -11,10 +11,7 @@ pub enum ProviderError {
     #[error("could not reach the upstream: {0}")]
     Connect(String),
     #[error("upstream rate limit (retry after {retry_after:?})")]
-    RateLimited {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
+    RateLimited { status: u16, retry_after: Option<Duration> },
     #[error("upstream server error (status {status})")]
     Upstream { status: u16 },
     #[error("upstream rejected our credentials (status {status})")]
@@ -87,10 +84,9 @@ impl ProviderError {
 
     pub fn disposition(&self) -> Disposition {
         match self {
-            Self::Timeout { .. }
-            | Self::Connect(_)
-            | Self::RateLimited { .. }
-            | Self::Upstream { .. } => Disposition::Retry,
+            Self::Timeout { .. } | Self::Connect(_) | Self::RateLimited { .. } | Self::Upstream { .. } => {
+                Disposition::Retry
+            }
             Self::Interrupted(_) => Disposition::Retry,
             Self::Auth { .. } | Self::Decode(_) => Disposition::NextProvider,
             Self::Rejected { .. } => Disposition::ReturnToClient,
@@ -115,36 +111,10 @@ mod tests {
 
     #[test]
     fn dispositions_follow_the_fallback_rules() {
-        assert_eq!(
-            ProviderError::Timeout {
-                phase: "first_byte"
-            }
-            .disposition(),
-            Disposition::Retry
-        );
-        assert_eq!(
-            ProviderError::Upstream { status: 503 }.disposition(),
-            Disposition::Retry
-        );
-        assert_eq!(
-            ProviderError::RateLimited {
-                status: 429,
-                retry_after: None
-            }
-            .disposition(),
-            Disposition::Retry
-        );
-        assert_eq!(
-            ProviderError::Auth { status: 401 }.disposition(),
-            Disposition::NextProvider
-        );
-        assert_eq!(
-            ProviderError::Rejected {
-                status: 400,
-                code: None
-            }
-            .disposition(),
-            Disposition::ReturnToClient
-        );
+        assert_eq!(ProviderError::Timeout { phase: "first_byte" }.disposition(), Disposition::Retry);
+        assert_eq!(ProviderError::Upstream { status: 503 }.disposition(), Disposition::Retry);
+        assert_eq!(ProviderError::RateLimited { status: 429, retry_after: None }.disposition(), Disposition::Retry);
+        assert_eq!(ProviderError::Auth { status: 401 }.disposition(), Disposition::NextProvider);
+        assert_eq!(ProviderError::Rejected { status: 400, code: None }.disposition(), Disposition::ReturnToClient);
     }
 }

@@ -6,23 +6,89 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::sse::{SseDecoder, SseEvent, SseLimits};
 use super::{CallContext, ProviderError};
-use crate::config::Timeouts;
+use crate::config::{ProviderConfig, Timeouts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid header {0}")]
+    Header(String),
+    #[error("invalid base URL: {0}")]
+    Url(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Request headers shared by every call: configured extras, then the key
+/// (marked sensitive so it never shows in debug output).
+pub fn base_headers(cfg: &ProviderConfig, key: Option<(&HeaderName, String)>) -> Result<HeaderMap, BuildError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &cfg.headers {
+        let name = HeaderName::try_from(name.as_str()).map_err(|_| BuildError::Header(name.clone()))?;
+        let value = HeaderValue::try_from(value.as_str()).map_err(|_| BuildError::Header(name.to_string()))?;
+        headers.insert(name, value);
+    }
+    if let Some((name, secret)) = key {
+        let mut value = HeaderValue::try_from(secret).map_err(|_| BuildError::Header(name.to_string()))?;
+        value.set_sensitive(true);
+        headers.insert(name.clone(), value);
+    }
+    Ok(headers)
+}
 
 /// Non-streaming bodies above this are refused rather than buffered.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// How much of an upstream error body we read (for logs and classification).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Removes what must never reach a log from an upstream body: our own key (a
+/// proxy may echo request headers) and anything shaped like a bearer token.
+/// Full PII redaction of logged text is the security module's job.
+fn scrub(body: &str, key: Option<&SecretString>) -> String {
+    let mut out = body.to_owned();
+    if let Some(key) = key.map(|k| k.expose_secret()).filter(|k| k.len() >= 8) {
+        out = out.replace(key, "[REDACTED]");
+    }
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("Bearer ") {
+        result.push_str(&rest[..i + 7]);
+        rest = &rest[i + 7..];
+        let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == '\'').unwrap_or(rest.len());
+        if end > 0 {
+            result.push_str("[REDACTED]");
+        }
+        rest = &rest[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+/// A serde error without the input it quotes (upstream content stays out of logs).
+pub fn decode_error(context: &str, e: &serde_json::Error) -> ProviderError {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "i/o error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "unexpected JSON shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    ProviderError::Decode(format!("{context}: {what} at line {} column {}", e.line(), e.column()))
+}
 
 /// One pooled client per provider. `TCP_NODELAY` because SSE chunks are small and
 /// latency-sensitive; no total timeout here because streams must not have one.
+/// Redirects are not followed: reqwest would carry `x-goog-api-key` and
+/// configured headers to the new host, and turn the POST into a GET.
 pub fn build_client(timeouts: &Timeouts) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .connect_timeout(timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -32,23 +98,16 @@ pub fn build_client(timeouts: &Timeouts) -> Result<reqwest::Client, reqwest::Err
 }
 
 /// The earlier of `now + limit` and the request deadline, and which one it was.
-fn phase_deadline(
-    ctx: &CallContext,
-    limit: Duration,
-    phase: &'static str,
-) -> (Instant, &'static str) {
+fn phase_deadline(ctx: &CallContext, limit: Duration, phase: &'static str) -> (Instant, &'static str) {
     let own = Instant::now() + limit;
-    if own < ctx.deadline {
-        (own, phase)
-    } else {
-        (ctx.deadline, "deadline")
-    }
+    if own < ctx.deadline { (own, phase) } else { (ctx.deadline, "deadline") }
 }
 
 /// Sends and waits for response headers within the first-byte timeout, then
 /// turns any non-success status into a classified error.
 pub async fn send(
     provider: &str,
+    key: Option<&SecretString>,
     builder: reqwest::RequestBuilder,
     ctx: &CallContext,
     timeouts: &Timeouts,
@@ -64,11 +123,13 @@ pub async fn send(
     }
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = read_capped(response, MAX_ERROR_BODY_BYTES, until)
-        .await
-        .unwrap_or_default();
+    // A fresh, short budget: the error may have arrived just before the
+    // first-byte deadline, and its body (RetryInfo, API_KEY_INVALID) matters.
+    let body_until = (Instant::now() + ERROR_BODY_TIMEOUT).min(ctx.deadline);
+    let body = read_capped(response, MAX_ERROR_BODY_BYTES, body_until).await.unwrap_or_default();
     let body = String::from_utf8_lossy(&body);
-    tracing::warn!(provider, status, upstream_body = %truncate(&body, 2048), "upstream returned an error status");
+    let shown = scrub(truncate(&body, 2048), key);
+    tracing::warn!(provider, status, upstream_body = %shown, "upstream returned an error status");
     Err(classify(status, &headers, &body))
 }
 
@@ -107,8 +168,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
     match status {
         429 => ProviderError::RateLimited {
             status,
-            retry_after: retry_after(headers, SystemTime::now())
-                .or_else(|| json.as_ref().and_then(gemini_retry_delay)),
+            retry_after: retry_after(headers, SystemTime::now()).or_else(|| json.as_ref().and_then(gemini_retry_delay)),
         },
         401 | 403 => ProviderError::Auth { status },
         // Payment required: the account, not the request, is the problem.
@@ -118,48 +178,33 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
         408 => ProviderError::Timeout { phase: "upstream" },
         // Groq's flex tier at capacity.
         498 => ProviderError::Upstream { status },
+        // We never follow redirects (see `build_client`): a misconfigured base URL.
+        300..=399 => ProviderError::Upstream { status },
         s if s >= 500 => ProviderError::Upstream { status },
-        _ => ProviderError::Rejected {
-            status,
-            code: json.as_ref().and_then(error_code),
-        },
+        _ => ProviderError::Rejected { status, code: json.as_ref().and_then(error_code) },
     }
 }
 
 /// The upstream's short machine code, only when it looks like an identifier.
 fn error_code(json: &Value) -> Option<String> {
     let err = json.get("error")?;
-    let candidates = [
-        err.get("code"),
-        err.get("status"),
-        err.get("type"),
-        err.pointer("/metadata/error_type"),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .find(|s| is_identifier(s))
-        .map(str::to_owned)
+    let candidates = [err.get("code"), err.get("status"), err.get("type"), err.pointer("/metadata/error_type")];
+    candidates.into_iter().flatten().filter_map(Value::as_str).find(|s| is_identifier(s)).map(str::to_owned)
 }
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 /// `retry-after-ms`, then `retry-after` as (fractional) seconds, then as an HTTP-date.
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        return positive_secs(ms / 1000.0);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(d) =
+        header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).and_then(|ms| positive_secs(ms / 1000.0))
+    {
+        return Some(d);
     }
     let raw = header("retry-after")?;
     if let Ok(secs) = raw.parse::<f64>() {
@@ -170,9 +215,7 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 fn positive_secs(secs: f64) -> Option<Duration> {
-    (0.0..1.0e9)
-        .contains(&secs)
-        .then(|| Duration::from_secs_f64(secs))
+    (0.0..1.0e9).contains(&secs).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Gemini puts the delay in the body: `details[{"@type": "…RetryInfo", "retryDelay": "13.5s"}]`.
@@ -180,27 +223,13 @@ pub fn gemini_retry_delay(json: &Value) -> Option<Duration> {
     json.pointer("/error/details")?
         .as_array()?
         .iter()
-        .filter(|d| {
-            d.get("@type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.ends_with("google.rpc.RetryInfo"))
-        })
-        .find_map(|d| {
-            d.get("retryDelay")?
-                .as_str()?
-                .strip_suffix('s')?
-                .parse::<f64>()
-                .ok()
-        })
+        .filter(|d| d.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with("google.rpc.RetryInfo")))
+        .find_map(|d| d.get("retryDelay")?.as_str()?.strip_suffix('s')?.parse::<f64>().ok())
         .and_then(positive_secs)
 }
 
 /// Reads a whole body, refusing more than `cap` bytes and stopping at `until`.
-async fn read_capped(
-    response: reqwest::Response,
-    cap: usize,
-    until: Instant,
-) -> Result<Vec<u8>, ProviderError> {
+async fn read_capped(response: reqwest::Response, cap: usize, until: Instant) -> Result<Vec<u8>, ProviderError> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     loop {
@@ -210,9 +239,7 @@ async fn read_capped(
             Ok(Some(Err(e))) => return Err(ProviderError::Interrupted(root_cause(&e))),
             Ok(Some(Ok(bytes))) => {
                 if body.len() + bytes.len() > cap {
-                    return Err(ProviderError::Decode(format!(
-                        "response body larger than {cap} bytes"
-                    )));
+                    return Err(ProviderError::Decode(format!("response body larger than {cap} bytes")));
                 }
                 body.extend_from_slice(&bytes);
             }
@@ -231,11 +258,8 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
     let own = started + timeouts.total;
     let until = own.min(ctx.deadline);
     let body = read_capped(response, MAX_BODY_BYTES, until).await?;
-    let start = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(body.len());
-    serde_json::from_slice(&body[start..]).map_err(|e| ProviderError::Decode(e.to_string()))
+    let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
+    serde_json::from_slice(&body[start..]).map_err(|e| decode_error("response body", &e))
 }
 
 /// The response body as SSE events. Each chunk must arrive within `idle` (and
@@ -251,60 +275,57 @@ pub fn event_stream(
         decoder: SseDecoder,
         ready: std::collections::VecDeque<SseEvent>,
         done: bool,
+        failure: Option<ProviderError>,
     }
     let state = State {
         bytes: response.bytes_stream(),
         decoder: SseDecoder::new(SseLimits::default()),
         ready: Default::default(),
         done: false,
+        failure: None,
     };
     futures::stream::unfold(state, move |mut st| async move {
         loop {
             if let Some(ev) = st.ready.pop_front() {
                 return Some((Ok(ev), st));
             }
+            if let Some(e) = st.failure.take() {
+                return Some((Err(e), st));
+            }
             if st.done {
                 return None;
             }
             let (until, phase) = {
                 let own = Instant::now() + idle;
-                if own < deadline {
-                    (own, "stream_idle")
-                } else {
-                    (deadline, "deadline")
-                }
+                if own < deadline { (own, "stream_idle") } else { (deadline, "deadline") }
             };
             let mut out = Vec::new();
-            let step: Result<(), ProviderError> =
-                match tokio::time::timeout_at(until, st.bytes.next()).await {
-                    Err(_) => Err(ProviderError::Timeout { phase }),
-                    Ok(Some(Ok(bytes))) => feed(&mut st.decoder, &bytes, &mut out),
-                    Ok(Some(Err(e))) => Err(ProviderError::Interrupted(root_cause(&e))),
-                    Ok(None) => {
-                        st.done = true;
-                        st.decoder
-                            .finish(&mut out)
-                            .map_err(|e| ProviderError::Decode(e.to_string()))
-                    }
-                };
+            let step: Result<(), ProviderError> = match tokio::time::timeout_at(until, st.bytes.next()).await {
+                Err(_) => Err(ProviderError::Timeout { phase }),
+                Ok(Some(Ok(bytes))) => feed(&mut st.decoder, &bytes, &mut out),
+                Ok(Some(Err(e))) => Err(ProviderError::Interrupted(root_cause(&e))),
+                Ok(None) => {
+                    st.done = true;
+                    st.decoder.finish(&mut out).map_err(|e| ProviderError::Decode(e.to_string()))
+                }
+            };
             st.ready.extend(out);
             if let Err(e) = step {
+                // Events decoded before the error are still delivered, then the error.
                 st.done = true;
-                st.ready.clear();
+                st.failure = Some(e);
+            }
+            if st.ready.is_empty()
+                && let Some(e) = st.failure.take()
+            {
                 return Some((Err(e), st));
             }
         }
     })
 }
 
-fn feed(
-    decoder: &mut SseDecoder,
-    bytes: &Bytes,
-    out: &mut Vec<SseEvent>,
-) -> Result<(), ProviderError> {
-    decoder
-        .feed(bytes, out)
-        .map_err(|e| ProviderError::Decode(e.to_string()))
+fn feed(decoder: &mut SseDecoder, bytes: &Bytes, out: &mut Vec<SseEvent>) -> Result<(), ProviderError> {
+    decoder.feed(bytes, out).map_err(|e| ProviderError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
@@ -321,25 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn scrub_removes_the_key_and_bearer_tokens() {
+        let key = SecretString::from("sk-live-0123456789");
+        let body = r#"{"error":"bad key sk-live-0123456789","echo":"Authorization: Bearer abc.def-ghi"}"#;
+        let out = scrub(body, Some(&key));
+        assert!(!out.contains("sk-live-0123456789") && !out.contains("abc.def-ghi"), "{out}");
+        assert!(out.contains("Bearer [REDACTED]"), "{out}");
+    }
+
+    #[test]
+    fn an_invalid_retry_after_ms_falls_back_to_retry_after() {
+        let h = headers(&[("retry-after-ms", "-5"), ("retry-after", "3")]);
+        assert_eq!(retry_after(&h, SystemTime::now()), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
     fn retry_after_in_all_three_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "7")]), now),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", "2.5")]), now),
-            Some(Duration::from_millis(2500))
-        );
-        assert_eq!(
-            retry_after(&headers(&[("retry-after-ms", "1500")]), now),
-            Some(Duration::from_millis(1500))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "7")]), now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers(&[("retry-after", "2.5")]), now), Some(Duration::from_millis(2500)));
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "1500")]), now), Some(Duration::from_millis(1500)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            retry_after(&headers(&[("retry-after", &date)]), now),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(retry_after(&headers(&[("retry-after", &date)]), now), Some(Duration::from_secs(30)));
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-3")]), now), None);
     }
@@ -361,30 +385,17 @@ mod tests {
     fn statuses_map_to_kinds_and_free_text_never_becomes_the_code() {
         let h = HeaderMap::new();
         assert_eq!(classify(401, &h, ""), ProviderError::Auth { status: 401 });
-        assert_eq!(
-            classify(503, &h, ""),
-            ProviderError::Upstream { status: 503 }
-        );
-        let gemini_bad_key = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
-        assert_eq!(
-            classify(400, &h, gemini_bad_key),
-            ProviderError::Auth { status: 400 }
-        );
-        let openai = r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(classify(503, &h, ""), ProviderError::Upstream { status: 503 });
+        let gemini_bad_key =
+            r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        assert_eq!(classify(400, &h, gemini_bad_key), ProviderError::Auth { status: 400 });
+        let openai =
+            r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
         assert_eq!(
             classify(400, &h, openai),
-            ProviderError::Rejected {
-                status: 400,
-                code: Some("context_length_exceeded".into())
-            }
+            ProviderError::Rejected { status: 400, code: Some("context_length_exceeded".into()) }
         );
         let prose = r#"{"error":{"message":"x","code":"this is not a code"}}"#;
-        assert_eq!(
-            classify(422, &h, prose),
-            ProviderError::Rejected {
-                status: 422,
-                code: None
-            }
-        );
+        assert_eq!(classify(422, &h, prose), ProviderError::Rejected { status: 422, code: None });
     }
 }

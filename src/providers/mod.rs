@@ -33,10 +33,7 @@ pub struct CallContext {
 
 impl CallContext {
     pub fn new(request_id: impl Into<String>, budget: Duration) -> Self {
-        Self {
-            request_id: request_id.into(),
-            deadline: Instant::now() + budget,
-        }
+        Self { request_id: request_id.into(), deadline: Instant::now() + budget }
     }
 }
 
@@ -45,19 +42,11 @@ pub trait Provider: Send + Sync {
     /// Stable id (`groq`, `gemini`, a user-defined id).
     fn id(&self) -> &str;
 
-    async fn chat(
-        &self,
-        req: &ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<ChatResponse, ProviderError>;
+    async fn chat(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChatResponse, ProviderError>;
 
     /// Resolves once response headers arrived with a success status, so errors
     /// before the first chunk come back here, where fallback is still possible.
-    async fn chat_stream(
-        &self,
-        req: &ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<ChunkStream, ProviderError>;
+    async fn chat_stream(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChunkStream, ProviderError>;
 }
 
 pub type DynProvider = Arc<dyn Provider>;

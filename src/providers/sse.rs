@@ -31,10 +31,7 @@ pub struct SseLimits {
 
 impl Default for SseLimits {
     fn default() -> Self {
-        Self {
-            max_line: 1024 * 1024,
-            max_event: 4 * 1024 * 1024,
-        }
+        Self { max_line: 1024 * 1024, max_event: 4 * 1024 * 1024 }
     }
 }
 
@@ -47,14 +44,13 @@ pub struct SseDecoder {
     data: String,
     has_data: bool,
     event: Option<String>,
+    /// Whether the first line was seen (a UTF-8 BOM before it is skipped).
+    started: bool,
 }
 
 impl SseDecoder {
     pub fn new(limits: SseLimits) -> Self {
-        Self {
-            limits,
-            ..Self::default()
-        }
+        Self { limits, ..Self::default() }
     }
 
     /// Feeds bytes; complete events are pushed to `out`.
@@ -105,12 +101,14 @@ impl SseDecoder {
     }
 
     fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        let line = if std::mem::replace(&mut self.started, true) {
+            line
+        } else {
+            line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
+        };
         if line.is_empty() {
             if self.has_data {
-                out.push(SseEvent {
-                    event: self.event.take(),
-                    data: std::mem::take(&mut self.data),
-                });
+                out.push(SseEvent { event: self.event.take(), data: std::mem::take(&mut self.data) });
             }
             self.has_data = false;
             self.event = None;
@@ -163,24 +161,20 @@ mod tests {
 
     #[test]
     fn every_line_ending_and_every_split_point_give_the_same_events() {
-        let lf =
-            "data: a\n\n: comment\ndata: b\ndata: c\n\nevent: error\ndata: {}\n\ndata: [DONE]\n\n";
-        for text in [
-            lf.to_owned(),
-            lf.replace('\n', "\r\n"),
-            lf.replace('\n', "\r"),
-        ] {
+        let lf = "data: a\n\n: comment\ndata: b\ndata: c\n\nevent: error\ndata: {}\n\ndata: [DONE]\n\n";
+        for text in [lf.to_owned(), lf.replace('\n', "\r\n"), lf.replace('\n', "\r")] {
             for split in 1..=text.len() {
                 let events = decode_all(text.as_bytes(), split).unwrap();
-                assert_eq!(
-                    data(&events),
-                    ["a", "b\nc", "{}", "[DONE]"],
-                    "split {split} of {text:?}"
-                );
+                assert_eq!(data(&events), ["a", "b\nc", "{}", "[DONE]"], "split {split} of {text:?}");
                 assert_eq!(events[2].event.as_deref(), Some("error"));
                 assert_eq!(events[0].event, None);
             }
         }
+    }
+
+    #[test]
+    fn a_leading_bom_is_skipped() {
+        assert_eq!(data(&decode_all(b"\xEF\xBB\xBFdata: x\n\n", 2).unwrap()), ["x"]);
     }
 
     #[test]
@@ -192,40 +186,25 @@ mod tests {
     fn multibyte_text_split_across_feeds_survives() {
         let text = "data: Olá, café ☕\n\n";
         for split in 1..text.len() {
-            assert_eq!(
-                data(&decode_all(text.as_bytes(), split).unwrap()),
-                ["Olá, café ☕"]
-            );
+            assert_eq!(data(&decode_all(text.as_bytes(), split).unwrap()), ["Olá, café ☕"]);
         }
     }
 
     #[test]
     fn oversized_lines_and_events_are_errors_not_buffers() {
-        let limits = SseLimits {
-            max_line: 16,
-            max_event: 24,
-        };
+        let limits = SseLimits { max_line: 16, max_event: 24 };
         let mut dec = SseDecoder::new(limits);
         let mut out = Vec::new();
-        assert_eq!(
-            dec.feed(&[b'x'; 64], &mut out),
-            Err(SseError::LineTooLong(16))
-        );
+        assert_eq!(dec.feed(&[b'x'; 64], &mut out), Err(SseError::LineTooLong(16)));
 
         let mut dec = SseDecoder::new(limits);
         let many = "data: 0123456789\n".repeat(3);
-        assert_eq!(
-            dec.feed(many.as_bytes(), &mut out),
-            Err(SseError::EventTooLarge(24))
-        );
+        assert_eq!(dec.feed(many.as_bytes(), &mut out), Err(SseError::EventTooLarge(24)));
     }
 
     #[test]
     fn invalid_utf8_is_an_error() {
-        assert_eq!(
-            decode_all(b"data: \xff\xfe\n\n", 4),
-            Err(SseError::InvalidUtf8)
-        );
+        assert_eq!(decode_all(b"data: \xff\xfe\n\n", 4), Err(SseError::InvalidUtf8));
     }
 
     proptest::proptest! {

@@ -27,26 +27,23 @@ where
     T: Translator,
 {
     let state = (Box::pin(events), translator, false);
-    Box::pin(futures::stream::unfold(
-        state,
-        |(mut events, mut tr, over)| async move {
-            if over {
-                return None;
-            }
-            loop {
-                let item = match events.next().await {
-                    None => tr.on_eof().err().map(Err),
-                    Some(Err(e)) => Some(Err(e)),
-                    Some(Ok(ev)) => match tr.on_event(ev) {
-                        Ok(Step::Emit(chunk)) => Some(Ok(*chunk)),
-                        Ok(Step::Skip) => continue,
-                        Ok(Step::Done) => None,
-                        Err(e) => Some(Err(e)),
-                    },
-                };
-                let stop = !matches!(item, Some(Ok(_)));
-                return item.map(|it| (it, (events, tr, stop)));
-            }
-        },
-    ))
+    Box::pin(futures::stream::unfold(state, |(mut events, mut tr, over)| async move {
+        if over {
+            return None;
+        }
+        loop {
+            let item = match events.next().await {
+                None => tr.on_eof().err().map(Err),
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok(ev)) => match tr.on_event(ev) {
+                    Ok(Step::Emit(chunk)) => Some(Ok(*chunk)),
+                    Ok(Step::Skip) => continue,
+                    Ok(Step::Done) => None,
+                    Err(e) => Some(Err(e)),
+                },
+            };
+            let stop = !matches!(item, Some(Ok(_)));
+            return item.map(|it| (it, (events, tr, stop)));
+        }
+    }))
 }

@@ -1,55 +1,95 @@
-//! The chat use case: resolve the model, call the provider within the request
-//! deadline, record upstream metrics. Streams are started here and their first
-//! chunk is awaited before the caller commits to a response, so an upstream that
-//! fails before producing anything still yields a proper error status.
+//! The chat use cases: resolve what the client asked for (a provider model, an
+//! alias or an agent) into a provider chain, and run it through the fallback
+//! runner, plain or streamed. Streams are started here and their first chunk
+//! awaited inside the runner, so a provider that fails before producing
+//! anything is simply the next link's turn, invisibly to the client.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
+use super::fallback::{Attempt, Failure, Runner};
 use super::registry::{Registry, RouteError};
-use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Usage};
+use crate::agents::{Agent, ChainLink, PromptSettings, Roster, system_prompt};
+use crate::conversations::{ConversationStore, StoreError};
+use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Message, Role, Usage};
 use crate::providers::{CallContext, ChunkStream, ProviderError};
+use crate::resilience::{ProviderHealth, RetryPolicy};
 use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Route(#[from] RouteError),
-    #[error("provider {provider}: {error}")]
-    Provider {
-        provider: String,
-        error: ProviderError,
-    },
+    #[error("unknown agent `{id}`")]
+    UnknownAgent { id: String, valid: Vec<String> },
+    #[error(transparent)]
+    Failed(#[from] Failure),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a request runs against: a chain of provider links, and the agent
+/// whose persona applies, if any.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub chain: Vec<ChainLink>,
+    pub agent: Option<Arc<Agent>>,
 }
 
 pub struct Completed {
     pub provider: String,
+    pub model: String,
     pub response: ChatResponse,
-    pub upstream_latency: Duration,
+    pub attempts: Vec<Attempt>,
+    pub fallback_used: bool,
 }
 
 pub struct StartedStream {
     pub provider: String,
+    pub model: String,
     /// The first chunk, already received; `None` if the upstream ended cleanly
     /// without sending one.
     pub first: Option<ChatChunk>,
     pub rest: ChunkStream,
+    pub attempts: Vec<Attempt>,
+    pub fallback_used: bool,
 }
 
 pub struct Gateway {
     registry: Registry,
+    roster: Roster,
+    prompt: PromptSettings,
+    policy: RetryPolicy,
     request_timeout: Duration,
+    stream_timeout: Duration,
+    conversations: Arc<dyn ConversationStore>,
+}
+
+pub struct GatewayParts {
+    pub registry: Registry,
+    pub roster: Roster,
+    pub prompt: PromptSettings,
+    pub policy: RetryPolicy,
+    pub request_timeout: Duration,
+    pub stream_timeout: Duration,
+    pub conversations: Arc<dyn ConversationStore>,
 }
 
 impl Gateway {
-    pub fn new(registry: Registry, request_timeout: Duration) -> Self {
+    pub fn new(p: GatewayParts) -> Self {
         Self {
-            registry,
-            request_timeout,
+            registry: p.registry,
+            roster: p.roster,
+            prompt: p.prompt,
+            policy: p.policy,
+            request_timeout: p.request_timeout,
+            stream_timeout: p.stream_timeout,
+            conversations: p.conversations,
         }
     }
 
@@ -57,113 +97,167 @@ impl Gateway {
         &self.registry
     }
 
-    /// A call context whose deadline is the configured request timeout from now.
-    pub fn context(&self, request_id: &str) -> CallContext {
-        CallContext::new(request_id, self.request_timeout)
+    pub fn roster(&self) -> &Roster {
+        &self.roster
     }
 
-    pub async fn chat(
-        &self,
-        model: &str,
-        mut req: ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<Completed, ServiceError> {
-        let route = self.registry.resolve(model)?;
-        req.model = route.model;
-        let started = Instant::now();
-        let result = route.provider.chat(&req, ctx).await;
-        let elapsed = started.elapsed();
-        match result {
-            Ok(response) => {
-                metrics::upstream_call(&route.provider_id, "ok", elapsed);
-                if let Some(u) = response.usage {
-                    metrics::tokens(&route.provider_id, u.prompt_tokens, u.completion_tokens);
-                }
-                Ok(Completed {
-                    provider: route.provider_id,
-                    response,
-                    upstream_latency: elapsed,
-                })
-            }
-            Err(error) => {
-                metrics::upstream_call(&route.provider_id, error.kind().as_str(), elapsed);
-                Err(ServiceError::Provider {
-                    provider: route.provider_id,
-                    error,
-                })
-            }
+    pub fn conversations(&self) -> &dyn ConversationStore {
+        self.conversations.as_ref()
+    }
+
+    /// A context whose deadline is the request timeout (or, for streams, the
+    /// stream timeout) from now.
+    pub fn context(&self, request_id: &str, stream: bool) -> CallContext {
+        CallContext::new(request_id, if stream { self.stream_timeout } else { self.request_timeout })
+    }
+
+    pub fn agent(&self, id: &str) -> Result<Arc<Agent>, ServiceError> {
+        self.roster
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownAgent { id: id.to_owned(), valid: self.roster.ids() })
+    }
+
+    /// `analyst` or `agent/analyst` → the agent; `provider/model`, a provider
+    /// id or an alias → a one-link chain.
+    pub fn resolve(&self, model: &str) -> Result<Target, ServiceError> {
+        if let Some(id) = model.strip_prefix("agent/") {
+            let agent = self.agent(id)?;
+            return Ok(Target { chain: agent.chain.clone(), agent: Some(agent) });
         }
+        if let Some(agent) = self.roster.get(model) {
+            return Ok(Target { chain: agent.chain.clone(), agent: Some(agent.clone()) });
+        }
+        let route = self.registry.resolve(model)?;
+        Ok(Target { chain: vec![ChainLink { provider: route.provider_id, model: route.model }], agent: None })
+    }
+
+    /// Puts the agent's persona first and fills sampling defaults the client left out.
+    pub fn apply_persona(&self, agent: &Agent, req: &mut ChatRequest) {
+        req.messages.insert(0, Message::new(Role::System, system_prompt(agent, &self.prompt)));
+        req.temperature = req.temperature.or(Some(agent.temperature));
+        req.max_tokens = req.max_tokens.or(Some(agent.max_tokens));
+    }
+
+    fn runner(&self, ctx: &CallContext) -> Runner<'_> {
+        Runner { registry: &self.registry, policy: self.policy, deadline: ctx.deadline }
+    }
+
+    pub async fn chat(&self, target: &Target, req: ChatRequest, ctx: &CallContext) -> Result<Completed, ServiceError> {
+        let runner = self.runner(ctx);
+        let outcome = runner
+            .run(&target.chain, |call| {
+                let mut req = req.clone();
+                req.model = call.model.clone();
+                async move { call.provider.chat(&req, ctx).await }
+            })
+            .await;
+        record_calls(&self.registry, outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts()));
+        let done = outcome?;
+        if let Some(u) = done.value.usage {
+            metrics::tokens(&done.provider, u.prompt_tokens, u.completion_tokens);
+        }
+        Ok(Completed {
+            fallback_used: done.fallback_used(&target.chain),
+            provider: done.provider,
+            model: done.model,
+            response: done.value,
+            attempts: done.attempts,
+        })
     }
 
     pub async fn chat_stream(
         &self,
-        model: &str,
-        mut req: ChatRequest,
+        target: &Target,
+        req: ChatRequest,
         ctx: &CallContext,
     ) -> Result<StartedStream, ServiceError> {
-        let route = self.registry.resolve(model)?;
-        req.model = route.model;
-        let started = Instant::now();
-        let fail = |error: ProviderError, provider: String| {
-            metrics::upstream_call(&provider, error.kind().as_str(), started.elapsed());
-            ServiceError::Provider { provider, error }
-        };
-        let mut stream = match route.provider.chat_stream(&req, ctx).await {
-            Ok(s) => s,
-            Err(e) => return Err(fail(e, route.provider_id)),
-        };
-        let first = match stream.next().await {
-            Some(Err(e)) => return Err(fail(e, route.provider_id)),
-            Some(Ok(chunk)) => Some(chunk),
-            None => None,
-        };
-        metrics::upstream_first_chunk(&route.provider_id, started.elapsed());
+        let runner = self.runner(ctx);
+        let outcome = runner
+            .run(&target.chain, |call| {
+                let mut req = req.clone();
+                req.model = call.model.clone();
+                async move {
+                    let started = Instant::now();
+                    let mut stream = call.provider.chat_stream(&req, ctx).await?;
+                    // The first chunk is part of the attempt: a failure before it
+                    // reaches the client still falls back.
+                    let first = match stream.next().await {
+                        Some(Err(e)) => return Err(e),
+                        Some(Ok(chunk)) => Some(chunk),
+                        None => None,
+                    };
+                    metrics::upstream_first_chunk(&call.provider_id, started.elapsed());
+                    Ok((first, stream, started))
+                }
+            })
+            .await;
+        record_calls(&self.registry, outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts()));
+        let done = outcome?;
+        let fallback_used = done.fallback_used(&target.chain);
+        let (first, stream, started) = done.value;
+        let health = self.registry.get(&done.provider).map(|e| e.health.clone());
         let mut recorder = Recorder {
-            provider: route.provider_id.clone(),
+            provider: done.provider.clone(),
             request_id: ctx.request_id.clone(),
             started,
-            usage: None,
+            usage: first.as_ref().and_then(|c| c.usage),
             finished: false,
+            health,
         };
-        if let Some(u) = first.as_ref().and_then(|c| c.usage) {
-            recorder.usage = Some(u);
-        }
         if first.is_none() {
-            recorder.finish("ok");
+            recorder.finish(None);
         }
-        let rest: ChunkStream = Box::pin(Recorded {
-            inner: stream,
-            recorder,
-        });
         Ok(StartedStream {
-            provider: route.provider_id,
+            provider: done.provider,
+            model: done.model,
             first,
-            rest,
+            rest: Box::pin(Recorded { inner: stream, recorder }),
+            attempts: done.attempts,
+            fallback_used,
         })
     }
 }
 
-/// Records the upstream outcome of a stream exactly once: at its end, at its
-/// first error, or as `cancelled` when the client goes away first.
+/// Upstream call metrics for every attempt that reached a provider.
+fn record_calls(registry: &Registry, attempts: &[Attempt]) {
+    use super::fallback::Outcome;
+    for a in attempts {
+        let outcome = match &a.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed { kind, .. } => kind.as_str(),
+            Outcome::Skipped(_) => continue,
+        };
+        if registry.get(&a.provider).is_some() {
+            metrics::upstream_call(&a.provider, outcome, a.latency);
+        }
+    }
+}
+
+/// Records the end of a stream exactly once: clean end, error, or
+/// `cancelled` when the client went away first. A failure after the first
+/// chunk also counts against the provider's health.
 struct Recorder {
     provider: String,
     request_id: String,
     started: Instant,
     usage: Option<Usage>,
     finished: bool,
+    health: Option<Arc<ProviderHealth>>,
 }
 
 impl Recorder {
-    fn finish(&mut self, outcome: &'static str) {
+    fn finish(&mut self, error: Option<&ProviderError>) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        let outcome = error.map(|e| e.kind().as_str()).unwrap_or("ok");
         let elapsed = self.started.elapsed();
-        metrics::upstream_call(&self.provider, outcome, elapsed);
-        let (input, output) = self
-            .usage
-            .map(|u| (u.prompt_tokens, u.completion_tokens))
-            .unwrap_or_default();
+        if let (Some(health), Some(e)) = (&self.health, error) {
+            health.record(elapsed, Some(e.kind().as_str()));
+            metrics::breaker_transition(&self.provider, health.breaker.record(false));
+        }
+        let (input, output) = self.usage.map(|u| (u.prompt_tokens, u.completion_tokens)).unwrap_or_default();
         if self.usage.is_some() {
             metrics::tokens(&self.provider, input, output);
         }
@@ -181,7 +275,10 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.finish("cancelled");
+        if !self.finished {
+            self.finished = true;
+            tracing::info!(request_id = %self.request_id, provider = %self.provider, outcome = "cancelled", "stream finished");
+        }
     }
 }
 
@@ -205,8 +302,8 @@ impl Stream for Recorded {
                     this.recorder.usage = Some(u);
                 }
             }
-            Some(Err(e)) => this.recorder.finish(e.kind().as_str()),
-            None => this.recorder.finish("ok"),
+            Some(Err(e)) => this.recorder.finish(Some(e)),
+            None => this.recorder.finish(None),
         }
         Poll::Ready(item)
     }

@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use crate::config::ProviderKind;
 use crate::providers::DynProvider;
+use crate::resilience::ProviderHealth;
 
 #[derive(Clone)]
 pub enum ProviderState {
@@ -23,6 +26,7 @@ pub struct ProviderEntry {
     pub default_model: String,
     pub models: Vec<String>,
     pub state: ProviderState,
+    pub health: Arc<ProviderHealth>,
 }
 
 impl ProviderEntry {
@@ -62,14 +66,15 @@ pub enum RouteError {
 
 impl Registry {
     pub fn new(providers: Vec<ProviderEntry>, aliases: BTreeMap<String, String>) -> Self {
-        Self {
-            providers: providers.into_iter().map(|p| (p.id.clone(), p)).collect(),
-            aliases,
-        }
+        Self { providers: providers.into_iter().map(|p| (p.id.clone(), p)).collect(), aliases }
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &ProviderEntry> {
         self.providers.values()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ProviderEntry> {
+        self.providers.get(id)
     }
 
     pub fn aliases(&self) -> &BTreeMap<String, String> {
@@ -82,25 +87,19 @@ impl Registry {
             Some((p, m)) => (p, Some(m)),
             None => (target, None),
         };
-        let entry = self
-            .providers
-            .get(provider_id)
-            .ok_or_else(|| RouteError::UnknownModel(name.to_owned()))?;
+        let entry = self.providers.get(provider_id).ok_or_else(|| RouteError::UnknownModel(name.to_owned()))?;
         let model = match model {
             Some("") => return Err(RouteError::UnknownModel(name.to_owned())),
             Some(m) => m.to_owned(),
             None => entry.default_model.clone(),
         };
         match &entry.state {
-            ProviderState::Ready(provider) => Ok(Route {
-                provider_id: entry.id.clone(),
-                provider: provider.clone(),
-                model,
-            }),
-            ProviderState::Unconfigured { key_env } => Err(RouteError::Unconfigured {
-                provider: entry.id.clone(),
-                key_env: key_env.clone(),
-            }),
+            ProviderState::Ready(provider) => {
+                Ok(Route { provider_id: entry.id.clone(), provider: provider.clone(), model })
+            }
+            ProviderState::Unconfigured { key_env } => {
+                Err(RouteError::Unconfigured { provider: entry.id.clone(), key_env: key_env.clone() })
+            }
             ProviderState::Disabled => Err(RouteError::Disabled(entry.id.clone())),
         }
     }

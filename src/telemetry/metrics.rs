@@ -15,10 +15,15 @@ pub const UPSTREAM_DURATION: &str = "squad_upstream_request_duration_seconds";
 pub const UPSTREAM_FIRST_CHUNK: &str = "squad_upstream_time_to_first_chunk_seconds";
 pub const TOKENS: &str = "squad_tokens_total";
 pub const BUILD_INFO: &str = "squad_build_info";
+pub const FALLBACKS: &str = "squad_fallbacks_total";
+pub const RETRIES: &str = "squad_retries_total";
+pub const BREAKER_TRANSITIONS: &str = "squad_breaker_transitions_total";
+pub const BREAKER_STATE: &str = "squad_breaker_state";
+pub const AGENT_REQUESTS: &str = "squad_agent_requests_total";
+pub const AGENT_DURATION: &str = "squad_agent_request_duration_seconds";
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -49,34 +54,54 @@ pub fn http_started() {
 pub fn http_finished(route: &str, method: &str, status: u16, elapsed: Duration) {
     gauge!(HTTP_IN_FLIGHT).decrement(1.0);
     let status = status_label(status);
-    let labels = [
-        ("route", route.to_owned()),
-        ("method", method.to_owned()),
-        ("status", status.to_owned()),
-    ];
+    let labels = [("route", route.to_owned()), ("method", method.to_owned()), ("status", status.to_owned())];
     counter!(HTTP_REQUESTS, &labels).increment(1);
     histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
 }
 
 /// `outcome` is `ok`, `cancelled`, or an `ErrorKind` label.
 pub fn upstream_call(provider: &str, outcome: &'static str, elapsed: Duration) {
-    let labels = [
-        ("provider", provider.to_owned()),
-        ("outcome", outcome.to_owned()),
-    ];
+    let labels = [("provider", provider.to_owned()), ("outcome", outcome.to_owned())];
     counter!(UPSTREAM_REQUESTS, &labels).increment(1);
     histogram!(UPSTREAM_DURATION, &labels).record(elapsed.as_secs_f64());
 }
 
 pub fn upstream_first_chunk(provider: &str, elapsed: Duration) {
-    histogram!(UPSTREAM_FIRST_CHUNK, "provider" => provider.to_owned())
-        .record(elapsed.as_secs_f64());
+    histogram!(UPSTREAM_FIRST_CHUNK, "provider" => provider.to_owned()).record(elapsed.as_secs_f64());
 }
 
 pub fn tokens(provider: &str, prompt: u64, completion: u64) {
     counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "input").increment(prompt);
-    counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "output")
-        .increment(completion);
+    counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "output").increment(completion);
+}
+
+/// The chain moved from one provider to the next.
+pub fn fallback(from: &str, to: &str) {
+    counter!(FALLBACKS, "from" => from.to_owned(), "to" => to.to_owned()).increment(1);
+}
+
+pub fn retry(provider: &str) {
+    counter!(RETRIES, "provider" => provider.to_owned()).increment(1);
+}
+
+/// Counts a breaker state change and sets the state gauge (0 closed, 1 half-open, 2 open).
+pub fn breaker_transition(provider: &str, transition: crate::resilience::breaker::Transition) {
+    use crate::resilience::breaker::State;
+    let Some((from, to)) = transition else { return };
+    counter!(BREAKER_TRANSITIONS, "provider" => provider.to_owned(), "from" => from.as_str(), "to" => to.as_str())
+        .increment(1);
+    let value = match to {
+        State::Closed => 0.0,
+        State::HalfOpen => 1.0,
+        State::Open => 2.0,
+    };
+    gauge!(BREAKER_STATE, "provider" => provider.to_owned()).set(value);
+    tracing::warn!(provider, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
+}
+
+pub fn agent_request(agent: &str, outcome: &'static str, elapsed: Duration) {
+    counter!(AGENT_REQUESTS, "agent" => agent.to_owned(), "outcome" => outcome).increment(1);
+    histogram!(AGENT_DURATION, "agent" => agent.to_owned()).record(elapsed.as_secs_f64());
 }
 
 fn status_label(status: u16) -> &'static str {
@@ -89,6 +114,7 @@ fn status_label(status: u16) -> &'static str {
         404 => "404",
         413 => "413",
         429 => "429",
+        499 => "499",
         500 => "500",
         502 => "502",
         503 => "503",

@@ -49,11 +49,7 @@ impl Dialect for OpenAi {
                    "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
         };
         let mut events = vec![chunk(json!({"role":"assistant","content":""}), Value::Null)];
-        events.extend(
-            pieces
-                .iter()
-                .map(|p| chunk(json!({"content":p}), Value::Null)),
-        );
+        events.extend(pieces.iter().map(|p| chunk(json!({"content":p}), Value::Null)));
         let mut last = chunk(json!({}), json!("stop"));
         last["x_groq"] = json!({"id":"req_01"});
         events.push(last);
@@ -75,25 +71,11 @@ impl Dialect for OpenAi {
         let body = json!({"error":{"message":"Rate limit reached for model `openai/gpt-oss-20b` on tokens per minute (TPM). Please try again in 2.6s.",
                                    "type":"tokens","code":"rate_limit_exceeded"}})
         .to_string();
-        let date = httpdate::fmt_http_date(
-            std::time::SystemTime::now() + std::time::Duration::from_secs(secs),
-        );
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(secs));
         vec![
-            Reply::Json {
-                status: 429,
-                headers: vec![("retry-after", secs.to_string())],
-                body: body.clone(),
-            },
-            Reply::Json {
-                status: 429,
-                headers: vec![("retry-after", date)],
-                body: body.clone(),
-            },
-            Reply::Json {
-                status: 429,
-                headers: vec![("retry-after-ms", (secs * 1000).to_string())],
-                body,
-            },
+            Reply::Json { status: 429, headers: vec![("retry-after", secs.to_string())], body: body.clone() },
+            Reply::Json { status: 429, headers: vec![("retry-after", date)], body: body.clone() },
+            Reply::Json { status: 429, headers: vec![("retry-after-ms", (secs * 1000).to_string())], body },
         ]
     }
 
@@ -107,11 +89,7 @@ impl Dialect for OpenAi {
 
     fn assert_authenticated(r: &Received, key: &str) {
         assert_eq!(r.headers["authorization"], format!("Bearer {key}"));
-        assert!(
-            r.path.ends_with("/openai/v1/chat/completions"),
-            "{}",
-            r.path
-        );
+        assert!(r.path.ends_with("/openai/v1/chat/completions"), "{}", r.path);
     }
 
     fn malformed_event() -> String {
@@ -173,8 +151,7 @@ impl Dialect for Gemini {
     }
 
     fn vendor_request_field() -> (&'static str, Value, &'static str) {
-        let settings =
-            json!([{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_ONLY_HIGH"}]);
+        let settings = json!([{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_ONLY_HIGH"}]);
         ("safetySettings", settings, "/safetySettings")
     }
 
@@ -182,11 +159,7 @@ impl Dialect for Gemini {
         assert_eq!(r.headers["x-goog-api-key"], key);
         assert!(r.headers.get("authorization").is_none());
         assert!(!r.query.contains("key="), "key must not travel in the URL");
-        assert!(
-            r.path.starts_with("/v1beta/models/gemini-3.5-flash:"),
-            "{}",
-            r.path
-        );
+        assert!(r.path.starts_with("/v1beta/models/gemini-3.5-flash:"), "{}", r.path);
     }
 
     fn malformed_event() -> String {

@@ -1,10 +1,7 @@
 //! Test support: a scripted fake upstream on port 0 that counts its hits and
 //! records what it received, and a gateway started on port 0 in-process.
 
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the support module"
-)]
+#![allow(dead_code, reason = "each test binary uses a different part of the support module")]
 
 pub mod dialects;
 
@@ -44,19 +41,11 @@ pub enum Reply {
 
 impl Reply {
     pub fn json(status: u16, body: impl Into<String>) -> Self {
-        Reply::Json {
-            status,
-            headers: Vec::new(),
-            body: body.into(),
-        }
+        Reply::Json { status, headers: Vec::new(), body: body.into() }
     }
 
     pub fn sse(events: Vec<String>) -> Self {
-        Reply::Sse {
-            events,
-            delay: Duration::ZERO,
-            cut: false,
-        }
+        Reply::Sse { events, delay: Duration::ZERO, cut: false }
     }
 }
 
@@ -82,14 +71,8 @@ pub struct Fake {
 
 impl Fake {
     pub async fn start(reply: Reply) -> Fake {
-        let state = FakeState {
-            reply: Arc::new(Mutex::new(reply)),
-            hits: Arc::default(),
-            received: Arc::default(),
-        };
-        let app = axum::Router::new()
-            .fallback(fake_handler)
-            .with_state(state.clone());
+        let state = FakeState { reply: Arc::new(Mutex::new(reply)), hits: Arc::default(), received: Arc::default() };
+        let app = axum::Router::new().fallback(fake_handler).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -118,26 +101,14 @@ async fn fake_handler(State(state): State<FakeState>, req: Request) -> Response 
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let headers = req.headers().clone();
-    let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
-        .await
-        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    state.received.lock().unwrap().push(Received {
-        path,
-        query,
-        headers,
-        body,
-    });
+    state.received.lock().unwrap().push(Received { path, query, headers, body });
     let reply = state.reply.lock().unwrap().clone();
     match reply {
-        Reply::Json {
-            status,
-            headers,
-            body,
-        } => {
+        Reply::Json { status, headers, body } => {
             let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
-            resp.headers_mut()
-                .insert("content-type", "application/json".parse().unwrap());
+            resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
             for (k, v) in headers {
                 resp.headers_mut().insert(k, v.parse().unwrap());
             }
@@ -145,26 +116,22 @@ async fn fake_handler(State(state): State<FakeState>, req: Request) -> Response 
         }
         Reply::Sse { events, delay, cut } => {
             let n = events.len();
-            let stream = futures::stream::iter(
-                events.into_iter().enumerate().map(Some).chain([None]),
-            )
-            .then(move |item| async move {
-                match item {
-                    Some((i, ev)) => {
-                        if i > 0 && !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
+            let stream = futures::stream::iter(events.into_iter().enumerate().map(Some).chain([None])).then(
+                move |item| async move {
+                    match item {
+                        Some((i, ev)) => {
+                            if i > 0 && !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok(Bytes::from(ev))
                         }
-                        Ok(Bytes::from(ev))
+                        None if cut => Err(std::io::Error::other("cut")),
+                        None => Ok(Bytes::new()),
                     }
-                    None if cut => Err(std::io::Error::other("cut")),
-                    None => Ok(Bytes::new()),
-                }
-            });
+                },
+            );
             let _ = n;
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(Body::from_stream(stream))
-                .unwrap()
+            Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
         }
         Reply::Stall => {
             std::future::pending::<()>().await;
@@ -223,42 +190,20 @@ pub async fn gateway(config: Config) -> Gateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let drain = Drain {
-        delay: Duration::ZERO,
-        grace: Duration::from_secs(1),
-    };
-    tokio::spawn(server::run(
-        listener,
-        app::router(state),
-        lifecycle,
-        drain,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Gateway {
-        url,
-        client: reqwest::Client::new(),
-        stop: Some(stop),
-    }
+    let drain = Drain { delay: Duration::ZERO, grace: Duration::from_secs(1) };
+    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, async {
+        let _ = stopped.await;
+    }));
+    Gateway { url, client: reqwest::Client::new(), stop: Some(stop) }
 }
 
 impl Gateway {
     pub async fn chat(&self, body: Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/chat/completions", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(format!("{}/v1/chat/completions", self.url)).json(&body).send().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap()
+        self.client.get(format!("{}{path}", self.url)).send().await.unwrap()
     }
 }
 
@@ -267,10 +212,8 @@ pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
     let text = resp.text().await.unwrap_or_default();
     text.split("\n\n")
         .filter_map(|ev| {
-            let data: Vec<&str> = ev
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: ").or(l.strip_prefix("data:")))
-                .collect();
+            let data: Vec<&str> =
+                ev.lines().filter_map(|l| l.strip_prefix("data: ").or(l.strip_prefix("data:"))).collect();
             (!data.is_empty()).then(|| data.join("\n"))
         })
         .collect()
@@ -278,14 +221,9 @@ pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
 
 /// Asserts `body` is our error shape and returns the error object.
 pub fn assert_error_body(body: &Value, code: &str) -> Value {
-    let err = body
-        .get("error")
-        .unwrap_or_else(|| panic!("no error object in {body}"));
+    let err = body.get("error").unwrap_or_else(|| panic!("no error object in {body}"));
     for field in ["type", "message", "code", "request_id"] {
-        assert!(
-            err.get(field).and_then(Value::as_str).is_some(),
-            "missing {field} in {body}"
-        );
+        assert!(err.get(field).and_then(Value::as_str).is_some(), "missing {field} in {body}");
     }
     assert_eq!(err["code"], code, "{body}");
     assert!(!err["request_id"].as_str().unwrap().is_empty());

@@ -5,18 +5,10 @@
 use serde_json::{Map, Value};
 
 use super::wire;
-use crate::domain::{
-    ChatChunk, ChatRequest, ChatResponse, Extra, FinishReason, Role, Usage, unix_now,
-};
+use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Extra, FinishReason, Role, Usage, unix_now};
 
 /// Request fields Gemini understands natively and that we pass through as-is.
-const PASSTHROUGH: &[&str] = &[
-    "safetySettings",
-    "tools",
-    "toolConfig",
-    "cachedContent",
-    "labels",
-];
+const PASSTHROUGH: &[&str] = &["safetySettings", "tools", "toolConfig", "cachedContent", "labels"];
 
 /// OpenAI-style extras with a `generationConfig` counterpart.
 const GENERATION_ALIASES: &[(&str, &str)] = &[
@@ -32,23 +24,16 @@ pub fn to_wire(req: &ChatRequest) -> wire::Request {
     for m in &req.messages {
         let role = match m.role {
             Role::System => {
-                system.push(wire::Part {
-                    text: m.content.clone(),
-                });
+                system.push(wire::Part { text: m.content.clone() });
                 continue;
             }
             Role::Assistant => "model",
             Role::User | Role::Tool => "user",
         };
-        let part = wire::Part {
-            text: m.content.clone(),
-        };
+        let part = wire::Part { text: m.content.clone() };
         match contents.last_mut() {
             Some(last) if last.role == role => last.parts.push(part),
-            _ => contents.push(wire::Content {
-                role,
-                parts: vec![part],
-            }),
+            _ => contents.push(wire::Content { role, parts: vec![part] }),
         }
     }
 
@@ -61,10 +46,7 @@ pub fn to_wire(req: &ChatRequest) -> wire::Request {
     set("temperature", req.temperature.map(Value::from));
     set("topP", req.top_p.map(Value::from));
     set("maxOutputTokens", req.max_tokens.map(Value::from));
-    set(
-        "stopSequences",
-        (!req.stop.is_empty()).then(|| Value::from(req.stop.clone())),
-    );
+    set("stopSequences", (!req.stop.is_empty()).then(|| Value::from(req.stop.clone())));
     set("candidateCount", Some(Value::from(1)));
 
     let mut extra = Extra::new();
@@ -85,8 +67,7 @@ pub fn to_wire(req: &ChatRequest) -> wire::Request {
 
     wire::Request {
         contents,
-        system_instruction: (!system.is_empty())
-            .then_some(wire::SystemInstruction { parts: system }),
+        system_instruction: (!system.is_empty()).then_some(wire::SystemInstruction { parts: system }),
         generation_config: generation,
         extra,
     }
@@ -105,9 +86,7 @@ pub fn finish_reason(raw: &str) -> FinishReason {
         | "IMAGE_SAFETY"
         | "IMAGE_PROHIBITED_CONTENT"
         | "IMAGE_RECITATION" => FinishReason::ContentFilter,
-        "MALFORMED_FUNCTION_CALL" | "UNEXPECTED_TOOL_CALL" | "TOO_MANY_TOOL_CALLS" => {
-            FinishReason::Error
-        }
+        "MALFORMED_FUNCTION_CALL" | "UNEXPECTED_TOOL_CALL" | "TOO_MANY_TOOL_CALLS" => FinishReason::Error,
         other => FinishReason::Other(other.to_owned()),
     }
 }
@@ -143,26 +122,19 @@ pub fn parse_candidate(r: &mut wire::Response) -> Parsed {
     match r.candidates.drain(..).next() {
         Some(c) => {
             for part in c.content.map(|c| c.parts).unwrap_or_default() {
+                // Fields beside the text (`thoughtSignature`, `functionCall`, …)
+                // are kept whole; the text itself always counts.
                 if !part.extra.is_empty() {
                     parsed.other_parts.push(Value::Object(part.extra));
-                    continue;
                 }
-                let target = if part.thought == Some(true) {
-                    &mut parsed.thoughts
-                } else {
-                    &mut parsed.text
-                };
+                let target = if part.thought == Some(true) { &mut parsed.thoughts } else { &mut parsed.text };
                 target.push_str(part.text.as_deref().unwrap_or_default());
             }
             parsed.finish = c.finish_reason.as_deref().map(finish_reason);
             parsed.candidate_extra = c.extra;
         }
         None => {
-            if r.prompt_feedback
-                .as_ref()
-                .and_then(|f| f.get("blockReason"))
-                .is_some()
-            {
+            if r.prompt_feedback.as_ref().and_then(|f| f.get("blockReason")).is_some() {
                 parsed.finish = Some(FinishReason::ContentFilter);
             }
         }
@@ -183,16 +155,10 @@ fn top_level_extra(r: &mut wire::Response) -> Extra {
 fn side_fields(parsed: &mut Parsed) -> Extra {
     let mut extra = Extra::new();
     if !parsed.thoughts.is_empty() {
-        extra.insert(
-            "reasoning".into(),
-            Value::String(std::mem::take(&mut parsed.thoughts)),
-        );
+        extra.insert("reasoning".into(), Value::String(std::mem::take(&mut parsed.thoughts)));
     }
     if !parsed.other_parts.is_empty() {
-        extra.insert(
-            "gemini_parts".into(),
-            Value::Array(std::mem::take(&mut parsed.other_parts)),
-        );
+        extra.insert("gemini_parts".into(), Value::Array(std::mem::take(&mut parsed.other_parts)));
     }
     extra
 }
@@ -207,10 +173,7 @@ pub fn from_wire(mut r: wire::Response, requested_model: &str) -> ChatResponse {
     ChatResponse {
         id: r.response_id.take().unwrap_or_default(),
         created: unix_now(),
-        model: r
-            .model_version
-            .take()
-            .unwrap_or_else(|| requested_model.to_owned()),
+        model: r.model_version.take().unwrap_or_else(|| requested_model.to_owned()),
         content: parsed.text,
         finish_reason: parsed.finish,
         usage,
@@ -221,27 +184,21 @@ pub fn from_wire(mut r: wire::Response, requested_model: &str) -> ChatResponse {
     }
 }
 
-/// One stream event. Usage is attached only to the chunk that finishes the
-/// candidate: Gemini repeats running totals on earlier chunks.
+/// One stream event. Usage is the running total Gemini repeats on many
+/// chunks; the stream translator keeps the last one for the finishing chunk.
 pub fn chunk_from_wire(mut r: wire::Response, requested_model: &str) -> ChatChunk {
     let mut parsed = parse_candidate(&mut r);
-    let usage = r
-        .usage_metadata
-        .take()
-        .map(|u| usage(u).0)
-        .filter(|_| parsed.finish.is_some());
+    let usage = r.usage_metadata.take().map(|u| usage(u).0);
     let delta_extra = side_fields(&mut parsed);
     ChatChunk {
         id: r.response_id.take().unwrap_or_default(),
         created: unix_now(),
-        model: r
-            .model_version
-            .take()
-            .unwrap_or_else(|| requested_model.to_owned()),
+        model: r.model_version.take().unwrap_or_else(|| requested_model.to_owned()),
         role: None,
         content: (!parsed.text.is_empty()).then_some(parsed.text),
         finish_reason: parsed.finish,
         usage,
+        usage_extra: Extra::new(),
         delta_extra,
         choice_extra: parsed.candidate_extra,
         extra: top_level_extra(&mut r),
@@ -275,17 +232,11 @@ mod tests {
             json["systemInstruction"]["parts"],
             serde_json::json!([{"text":"Be brief."},{"text":"Also polite."}])
         );
-        assert_eq!(
-            json["contents"][0],
-            serde_json::json!({"role":"user","parts":[{"text":"a"},{"text":"b"}]})
-        );
+        assert_eq!(json["contents"][0], serde_json::json!({"role":"user","parts":[{"text":"a"},{"text":"b"}]}));
         assert_eq!(json["contents"][1]["role"], "model");
         assert_eq!(json["contents"].as_array().unwrap().len(), 3);
         assert_eq!(json["generationConfig"]["maxOutputTokens"], 20);
-        assert_eq!(
-            json["generationConfig"]["stopSequences"],
-            serde_json::json!(["END"])
-        );
+        assert_eq!(json["generationConfig"]["stopSequences"], serde_json::json!(["END"]));
         assert_eq!(json["generationConfig"]["temperature"], 0.3);
     }
 
@@ -294,14 +245,17 @@ mod tests {
         assert_eq!(finish_reason("STOP"), FinishReason::Stop);
         assert_eq!(finish_reason("MAX_TOKENS"), FinishReason::Length);
         assert_eq!(finish_reason("SAFETY"), FinishReason::ContentFilter);
-        assert_eq!(
-            finish_reason("MALFORMED_FUNCTION_CALL"),
-            FinishReason::Error
-        );
-        assert_eq!(
-            finish_reason("NEW_THING"),
-            FinishReason::Other("NEW_THING".into())
-        );
+        assert_eq!(finish_reason("MALFORMED_FUNCTION_CALL"), FinishReason::Error);
+        assert_eq!(finish_reason("NEW_THING"), FinishReason::Other("NEW_THING".into()));
+    }
+
+    #[test]
+    fn text_parts_with_signatures_keep_their_text() {
+        let raw = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Visible.","thoughtSignature":"c2ln"}]},
+            "finishReason":"STOP"}]}"#;
+        let resp = from_wire(serde_json::from_str(raw).unwrap(), "m");
+        assert_eq!(resp.content, "Visible.");
+        assert_eq!(resp.message_extra["gemini_parts"][0]["thoughtSignature"], "c2ln");
     }
 
     #[test]
@@ -313,13 +267,7 @@ mod tests {
         let resp = from_wire(serde_json::from_str(raw).unwrap(), "x");
         assert_eq!(resp.content, "Hi.");
         assert_eq!(resp.message_extra["reasoning"], "hmm");
-        assert_eq!(
-            resp.usage,
-            Some(Usage {
-                prompt_tokens: 14,
-                completion_tokens: 40
-            })
-        );
+        assert_eq!(resp.usage, Some(Usage { prompt_tokens: 14, completion_tokens: 40 }));
         assert!(resp.choice_extra.contains_key("safetyRatings"));
         assert_eq!(resp.model, "gemini-3.5-flash");
     }

@@ -9,8 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::http::{self, event_stream};
-use super::openai_compat::{BuildError, base_headers};
+use super::http::{self, BuildError, base_headers, event_stream};
 use super::{CallContext, ChunkStream, Provider, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
 use crate::domain::{ChatRequest, ChatResponse};
@@ -21,6 +20,7 @@ pub struct Gemini {
     id: String,
     base: String,
     headers: HeaderMap,
+    key: Option<SecretString>,
     client: reqwest::Client,
     timeouts: Timeouts,
 }
@@ -31,51 +31,31 @@ fn model_path(model: &str) -> Result<&str, ProviderError> {
     let model = model.strip_prefix("models/").unwrap_or(model);
     let ok = !model.is_empty()
         && model.len() <= 128
-        && model
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if ok {
-        Ok(model)
-    } else {
-        Err(ProviderError::Rejected {
-            status: 400,
-            code: Some("invalid_model".into()),
-        })
-    }
+        && model.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok { Ok(model) } else { Err(ProviderError::Rejected { status: 400, code: Some("invalid_model".into()) }) }
 }
 
 impl Gemini {
-    pub fn new(
-        id: &str,
-        cfg: &ProviderConfig,
-        key: Option<&SecretString>,
-    ) -> Result<Self, BuildError> {
-        let key = key.map(|k| (&API_KEY_HEADER, k.expose_secret().to_owned()));
+    pub fn new(id: &str, cfg: &ProviderConfig, key: Option<&SecretString>) -> Result<Self, BuildError> {
+        let header = key.map(|k| (&API_KEY_HEADER, k.expose_secret().to_owned()));
         Ok(Self {
             id: id.to_owned(),
+            key: key.cloned(),
             base: cfg.base_url.trim_end_matches('/').to_owned(),
-            headers: base_headers(cfg, key)?,
+            headers: base_headers(cfg, header)?,
             client: http::build_client(&cfg.timeouts)?,
             timeouts: cfg.timeouts,
         })
     }
 
-    fn request(
-        &self,
-        req: &ChatRequest,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    fn request(&self, req: &ChatRequest, stream: bool) -> Result<reqwest::RequestBuilder, ProviderError> {
         let model = model_path(&req.model)?;
         let url = if stream {
             format!("{}/models/{model}:streamGenerateContent?alt=sse", self.base)
         } else {
             format!("{}/models/{model}:generateContent", self.base)
         };
-        Ok(self
-            .client
-            .post(url)
-            .headers(self.headers.clone())
-            .json(&convert::to_wire(req)))
+        Ok(self.client.post(url).headers(self.headers.clone()).json(&convert::to_wire(req)))
     }
 }
 
@@ -85,28 +65,17 @@ impl Provider for Gemini {
         &self.id
     }
 
-    async fn chat(
-        &self,
-        req: &ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<ChatResponse, ProviderError> {
+    async fn chat(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChatResponse, ProviderError> {
         let started = Instant::now();
-        let response = http::send(&self.id, self.request(req, false)?, ctx, &self.timeouts).await?;
+        let response = http::send(&self.id, self.key.as_ref(), self.request(req, false)?, ctx, &self.timeouts).await?;
         let body: wire::Response = http::json_body(response, ctx, &self.timeouts, started).await?;
         Ok(convert::from_wire(body, &req.model))
     }
 
-    async fn chat_stream(
-        &self,
-        req: &ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<ChunkStream, ProviderError> {
-        let response = http::send(&self.id, self.request(req, true)?, ctx, &self.timeouts).await?;
+    async fn chat_stream(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChunkStream, ProviderError> {
+        let response = http::send(&self.id, self.key.as_ref(), self.request(req, true)?, ctx, &self.timeouts).await?;
         let events = event_stream(response, self.timeouts.stream_idle, ctx.deadline);
-        let translator = stream::GeminiTranslator {
-            model: req.model.clone(),
-            finished: false,
-        };
+        let translator = stream::GeminiTranslator { model: req.model.clone(), finished: false, usage: None };
         Ok(super::stream::drive(events, translator))
     }
 }

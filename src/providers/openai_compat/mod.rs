@@ -5,11 +5,11 @@ mod convert;
 mod stream;
 mod wire;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::http::{self, event_stream};
+use super::http::{self, BuildError, base_headers, event_stream};
 use super::{CallContext, ChunkStream, Provider, ProviderError};
 use crate::config::{MaxTokensField, ProviderConfig, Timeouts};
 use crate::domain::{ChatRequest, ChatResponse};
@@ -19,60 +19,22 @@ pub struct OpenAiCompat {
     /// Parsed once: reqwest would otherwise re-parse (and IDNA-check) a string URL per call.
     endpoint: reqwest::Url,
     headers: HeaderMap,
+    key: Option<SecretString>,
     client: reqwest::Client,
     timeouts: Timeouts,
     max_tokens_field: MaxTokensField,
     include_usage: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("invalid header {0}")]
-    Header(String),
-    #[error("invalid base URL: {0}")]
-    Url(String),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
-}
-
-/// Request headers shared by every call: configured extras, then the key (marked
-/// sensitive so it never shows in debug output).
-pub(crate) fn base_headers(
-    cfg: &ProviderConfig,
-    key: Option<(&HeaderName, String)>,
-) -> Result<HeaderMap, BuildError> {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &cfg.headers {
-        let name =
-            HeaderName::try_from(name.as_str()).map_err(|_| BuildError::Header(name.clone()))?;
-        let value = HeaderValue::try_from(value.as_str())
-            .map_err(|_| BuildError::Header(name.to_string()))?;
-        headers.insert(name, value);
-    }
-    if let Some((name, secret)) = key {
-        let mut value =
-            HeaderValue::try_from(secret).map_err(|_| BuildError::Header(name.to_string()))?;
-        value.set_sensitive(true);
-        headers.insert(name.clone(), value);
-    }
-    Ok(headers)
-}
-
 impl OpenAiCompat {
-    pub fn new(
-        id: &str,
-        cfg: &ProviderConfig,
-        key: Option<&SecretString>,
-    ) -> Result<Self, BuildError> {
+    pub fn new(id: &str, cfg: &ProviderConfig, key: Option<&SecretString>) -> Result<Self, BuildError> {
         let bearer = key.map(|k| (&AUTHORIZATION, format!("Bearer {}", k.expose_secret())));
         Ok(Self {
             id: id.to_owned(),
-            endpoint: reqwest::Url::parse(&format!(
-                "{}/chat/completions",
-                cfg.base_url.trim_end_matches('/')
-            ))
-            .map_err(|e| BuildError::Url(e.to_string()))?,
+            endpoint: reqwest::Url::parse(&format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')))
+                .map_err(|e| BuildError::Url(e.to_string()))?,
             headers: base_headers(cfg, bearer)?,
+            key: key.cloned(),
             client: http::build_client(&cfg.timeouts)?,
             timeouts: cfg.timeouts,
             max_tokens_field: cfg.max_tokens_field,
@@ -82,10 +44,7 @@ impl OpenAiCompat {
 
     fn request(&self, req: &ChatRequest, stream: bool) -> reqwest::RequestBuilder {
         let body = convert::to_wire(req, stream, self.max_tokens_field, self.include_usage);
-        self.client
-            .post(self.endpoint.clone())
-            .headers(self.headers.clone())
-            .json(&body)
+        self.client.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body)
     }
 }
 
@@ -95,28 +54,16 @@ impl Provider for OpenAiCompat {
         &self.id
     }
 
-    async fn chat(
-        &self,
-        req: &ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<ChatResponse, ProviderError> {
+    async fn chat(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChatResponse, ProviderError> {
         let started = Instant::now();
-        let response = http::send(&self.id, self.request(req, false), ctx, &self.timeouts).await?;
-        let body: wire::Completion =
-            http::json_body(response, ctx, &self.timeouts, started).await?;
-        Ok(convert::from_wire(body))
+        let response = http::send(&self.id, self.key.as_ref(), self.request(req, false), ctx, &self.timeouts).await?;
+        let body: wire::Completion = http::json_body(response, ctx, &self.timeouts, started).await?;
+        convert::from_wire(body)
     }
 
-    async fn chat_stream(
-        &self,
-        req: &ChatRequest,
-        ctx: &CallContext,
-    ) -> Result<ChunkStream, ProviderError> {
-        let response = http::send(&self.id, self.request(req, true), ctx, &self.timeouts).await?;
+    async fn chat_stream(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChunkStream, ProviderError> {
+        let response = http::send(&self.id, self.key.as_ref(), self.request(req, true), ctx, &self.timeouts).await?;
         let events = event_stream(response, self.timeouts.stream_idle, ctx.deadline);
-        Ok(super::stream::drive(
-            events,
-            stream::OpenAiTranslator::default(),
-        ))
+        Ok(super::stream::drive(events, stream::OpenAiTranslator::default()))
     }
 }
