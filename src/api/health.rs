@@ -69,6 +69,9 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
             });
         }
     }
+    for agent in state.gateway.roster().all() {
+        data.push(ModelEntry { id: agent.id.clone(), object: "model", created, owned_by: "squad".into() });
+    }
     for (alias, target) in registry.aliases() {
         let owner = target.split_once('/').map(|(p, _)| p).unwrap_or_default();
         if data.iter().any(|m| m.owned_by == owner) {

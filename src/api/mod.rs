@@ -1,10 +1,12 @@
 //! The only axum-facing code: routes, wire DTOs, extractors, `ApiError`, middleware.
 
+pub mod agents;
 pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod middleware;
+pub mod providers;
 pub mod state;
 pub mod wire;
 
@@ -22,6 +24,11 @@ pub use state::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{agent}", get(agents::show).post(agents::ask_agent))
+        .route("/v1/chat", post(agents::chat))
+        .route("/providers", get(providers::list))
+        .route("/providers/{name}", get(providers::show))
         .route("/v1/models", get(health::models))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

@@ -1,0 +1,218 @@
+//! The Squad contract: `POST /v1/agents/{agent}`, `POST /v1/chat`, and the
+//! roster (`GET /v1/agents`, `GET /v1/agents/{agent}`). Malformed JSON is 400;
+//! a body that parses but breaks a rule is 422 naming the field.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, http::HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::chat::PROVIDER_HEADER;
+use super::error::{ApiError, AttemptView};
+use super::extract::ApiJson;
+use super::middleware::{RequestId, ServedBy};
+use super::state::AppState;
+use crate::agents::{Agent, ChainLink};
+use crate::service::{Answer, Ask};
+
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+
+/// Unknown fields are ignored (clients send extra context freely).
+#[derive(Debug, Deserialize)]
+pub struct AgentBody {
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Accepted alias of `prompt`.
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Only on `POST /v1/chat`.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+fn unprocessable(message: impl Into<String>, param: &str) -> ApiError {
+    ApiError::Unprocessable { message: message.into(), param: Some(param.to_owned()) }
+}
+
+/// Type errors become 422 with the field's path (the JSON itself was fine).
+fn decode(value: Value) -> Result<AgentBody, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        unprocessable(format!("invalid field `{path}`: {}", e.inner()), &path)
+    })
+}
+
+impl AgentBody {
+    fn into_ask(self, agent: String) -> Result<Ask, ApiError> {
+        let prompt = self.prompt.or(self.task).ok_or_else(|| unprocessable("`prompt` is required", "prompt"))?;
+        let chars = prompt.chars().count();
+        if chars == 0 || prompt.trim().is_empty() {
+            return Err(unprocessable("`prompt` must not be empty", "prompt"));
+        }
+        if chars > MAX_PROMPT_CHARS {
+            return Err(unprocessable(format!("`prompt` is limited to {MAX_PROMPT_CHARS} characters"), "prompt"));
+        }
+        if let Some(id) = &self.conversation_id
+            && !crate::conversations::is_valid_id(id)
+        {
+            return Err(unprocessable(
+                "`conversation_id` must be 1-128 characters of A-Z a-z 0-9 - _ . :",
+                "conversation_id",
+            ));
+        }
+        if let Some(user) = &self.user_id
+            && !crate::conversations::is_valid_id(user)
+        {
+            return Err(unprocessable("`user_id` must be 1-128 characters of A-Z a-z 0-9 - _ . :", "user_id"));
+        }
+        if self.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+            return Err(unprocessable("`metadata` must be an object", "metadata"));
+        }
+        let max_tokens = match self.max_tokens {
+            Some(n) if (1..=100_000).contains(&n) => Some(n as u32),
+            Some(_) => return Err(unprocessable("`max_tokens` must be between 1 and 100000", "max_tokens")),
+            None => None,
+        };
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(unprocessable("`temperature` must be between 0 and 2", "temperature"));
+        }
+        Ok(Ask {
+            agent,
+            prompt,
+            conversation_id: self.conversation_id,
+            user_id: self.user_id,
+            metadata: self.metadata,
+            max_tokens,
+            temperature: self.temperature,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct AnswerMetadata {
+    request_id: String,
+    latency_ms: u64,
+    tokens_input: u64,
+    tokens_output: u64,
+    provider_chain: Vec<AttemptView>,
+    fallback_used: bool,
+    turns: u64,
+    rate_limit_wait_ms: u64,
+}
+
+#[derive(Serialize)]
+struct AnswerBody {
+    response: String,
+    provider: String,
+    model: String,
+    agent: String,
+    agent_name: String,
+    conversation_id: String,
+    metadata: AnswerMetadata,
+}
+
+fn answer_response(a: Answer, request_id: String) -> Response {
+    let provider = a.provider.clone();
+    let body = AnswerBody {
+        response: a.response,
+        provider: a.provider,
+        model: a.model,
+        agent: a.agent.id.clone(),
+        agent_name: a.agent.name.clone(),
+        conversation_id: a.conversation_id,
+        metadata: AnswerMetadata {
+            request_id,
+            latency_ms: a.latency_ms,
+            tokens_input: a.usage.prompt_tokens,
+            tokens_output: a.usage.completion_tokens,
+            provider_chain: a.attempts.iter().map(AttemptView::from).collect(),
+            fallback_used: a.fallback_used,
+            turns: a.turns,
+            rate_limit_wait_ms: 0,
+        },
+    };
+    let mut response = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&provider) {
+        response.headers_mut().insert(PROVIDER_HEADER.clone(), v);
+    }
+    response.extensions_mut().insert(ServedBy(provider));
+    response
+}
+
+async fn run(state: &AppState, request_id: String, agent: String, body: AgentBody) -> Result<Response, ApiError> {
+    // An unknown agent is a 404 even when the body is also wrong.
+    state.gateway.agent(&agent)?;
+    let ask = body.into_ask(agent)?;
+    let ctx = state.gateway.context(&request_id, false);
+    let answer = state.gateway.ask(ask, &ctx).await?;
+    Ok(answer_response(answer, request_id))
+}
+
+pub async fn ask_agent(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path(agent): Path<String>,
+    ApiJson(value): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    run(&state, request_id, agent, decode(value)?).await
+}
+
+pub async fn chat(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    ApiJson(value): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let mut body = decode(value)?;
+    let agent = body.agent.take().ok_or_else(|| unprocessable("`agent` is required", "agent"))?;
+    run(&state, request_id, agent, body).await
+}
+
+#[derive(Serialize)]
+pub struct AgentSummary {
+    id: String,
+    name: String,
+    title: String,
+    icon: String,
+    description: String,
+    providers: Vec<ChainLink>,
+}
+
+impl From<&Agent> for AgentSummary {
+    fn from(a: &Agent) -> Self {
+        Self {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            title: a.title.clone(),
+            icon: a.icon.clone(),
+            description: a.description.clone(),
+            providers: a.chain.clone(),
+        }
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Response {
+    let agents: Vec<AgentSummary> = state.gateway.roster().all().map(|a| AgentSummary::from(a.as_ref())).collect();
+    Json(serde_json::json!({"count": agents.len(), "agents": agents})).into_response()
+}
+
+pub async fn show(State(state): State<AppState>, Path(agent): Path<String>) -> Result<Response, ApiError> {
+    let agent = state.gateway.agent(&agent)?;
+    let mut body = serde_json::to_value(AgentSummary::from(agent.as_ref())).map_err(|_| ApiError::Internal)?;
+    body["default_temperature"] = agent.temperature.into();
+    body["default_max_tokens"] = agent.max_tokens.into();
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,111 @@
+//! `GET /providers` and `GET /providers/{name}`: status from the breaker and a
+//! rolling window of recent calls. Never a key.
+
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::service::{ProviderEntry, ProviderState};
+
+#[derive(Debug, Serialize)]
+pub struct ProviderStatus {
+    name: String,
+    kind: crate::config::ProviderKind,
+    enabled: bool,
+    configured: bool,
+    default_model: String,
+    models: Vec<String>,
+    /// healthy / degraded / unavailable
+    status: &'static str,
+    breaker: &'static str,
+    /// Calls in the recent window (5 minutes, at most 512 calls).
+    requests: u64,
+    failures: u64,
+    failure_rate: f64,
+    latency_p50_ms: Option<f64>,
+    latency_p95_ms: Option<f64>,
+    last_error: Option<&'static str>,
+    /// Unix seconds.
+    last_error_at: Option<u64>,
+    last_rate_limited_at: Option<u64>,
+    parked_for_ms: Option<u64>,
+    total_requests: u64,
+    total_failures: u64,
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn status_of(entry: &ProviderEntry) -> ProviderStatus {
+    let r = entry.health.report();
+    let configured = matches!(entry.state, ProviderState::Ready(_));
+    ProviderStatus {
+        name: entry.id.clone(),
+        kind: entry.kind,
+        enabled: !matches!(entry.state, ProviderState::Disabled),
+        configured: !matches!(entry.state, ProviderState::Unconfigured { .. }),
+        default_model: entry.default_model.clone(),
+        models: entry.models.clone(),
+        status: if configured { r.status } else { "unavailable" },
+        breaker: r.breaker,
+        requests: r.window_requests as u64,
+        failures: r.failures,
+        failure_rate: (r.window_failure_rate * 1000.0).round() / 1000.0,
+        latency_p50_ms: r.p50_ms,
+        latency_p95_ms: r.p95_ms,
+        last_error: r.last_error.map(|e| e.0),
+        last_error_at: r.last_error.map(|e| unix(e.1)),
+        last_rate_limited_at: r.last_rate_limited.map(unix),
+        parked_for_ms: r.parked_for.map(|d| d.as_millis() as u64),
+        total_requests: r.total_requests,
+        total_failures: r.total_failures,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    sort: Option<String>,
+}
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "healthy" => 0,
+        "degraded" => 1,
+        _ => 2,
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut items: Vec<ProviderStatus> = state.gateway.registry().entries().map(status_of).collect();
+    if let Some(wanted) = &q.status {
+        if !["healthy", "degraded", "unavailable"].contains(&wanted.as_str()) {
+            return Err(ApiError::invalid("`status` must be healthy, degraded or unavailable", "status"));
+        }
+        items.retain(|p| p.status == wanted);
+    }
+    match q.sort.as_deref() {
+        None | Some("name") => {}
+        Some("status") => items.sort_by_key(|p| rank(p.status)),
+        Some("failure_rate") => items.sort_by(|a, b| b.failure_rate.total_cmp(&a.failure_rate)),
+        Some("latency") => {
+            items.sort_by(|a, b| b.latency_p95_ms.unwrap_or(-1.0).total_cmp(&a.latency_p95_ms.unwrap_or(-1.0)))
+        }
+        Some(_) => return Err(ApiError::invalid("`sort` must be name, status, failure_rate or latency", "sort")),
+    }
+    Ok(Json(serde_json::json!({"count": items.len(), "providers": items})))
+}
+
+pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderStatus>, ApiError> {
+    let entry =
+        state.gateway.registry().get(&name).ok_or_else(|| ApiError::NotFound(format!("unknown provider `{name}`")))?;
+    Ok(Json(status_of(entry)))
+}
