@@ -29,36 +29,7 @@ fn temp_config(text: &str) -> std::path::PathBuf {
 
 /// Spawns `squad serve` and waits for its "listening" log line.
 fn spawn_serve(config: &std::path::Path) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = squad()
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("GROQ_API_KEY", KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            if v["message"] == "squad listening" {
-                let addr = v["address"].as_str().unwrap().to_owned();
-                return (child, format!("http://{addr}"), rx);
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("squad serve did not start");
+    spawn_serve_with(config, &[])
 }
 
 fn sigterm(child: &Child) {
@@ -220,4 +191,72 @@ fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/squad.example.yaml");
     let out = squad().args(["check-config", "--config", example]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
+    let mut cmd = squad();
+    cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            if v["message"] == "squad listening" {
+                let addr = v["address"].as_str().unwrap().to_owned();
+                return (child, format!("http://{addr}"), rx);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("squad serve did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_see_the_same_conversation() {
+    let Ok(redis_url) = std::env::var("REDIS_URL") else {
+        eprintln!("\n*** SKIPPED two_replicas_sharing_redis_see_the_same_conversation: REDIS_URL is not set ***\n");
+        return;
+    };
+    let fake = Fake::start(Reply::json(200, support::dialects::Gemini::completion("noted", 1, 1))).await;
+    let config = temp_config(&format!(
+        "server:\n  bind: 127.0.0.1\n  port: 0\nproviders:\n  gemini:\n    base_url: {}/v1beta\n",
+        fake.url()
+    ));
+    let (mut one, url_one, _) = spawn_serve_with(&config, &[("REDIS_URL", &redis_url)]);
+    let (mut two, url_two, _) = spawn_serve_with(&config, &[("REDIS_URL", &redis_url)]);
+    let client = reqwest::Client::new();
+    let conversation = format!("redis-test-{}", uuid::Uuid::new_v4());
+    let ask = |url: &str, prompt: &str| {
+        client
+            .post(format!("{url}/v1/agents/analyst"))
+            .json(&json!({"prompt": prompt, "conversation_id": conversation}))
+            .send()
+    };
+    let first: Value = ask(&url_one, "remember the tide").await.unwrap().json().await.unwrap();
+    assert_eq!(first["metadata"]["turns"], 1, "{first}");
+    let second: Value = ask(&url_two, "what did I say?").await.unwrap().json().await.unwrap();
+    assert_eq!(second["metadata"]["turns"], 2, "replica two continues replica one's conversation: {second}");
+    let sent = fake.received().last().unwrap().body.clone();
+    assert_eq!(sent["contents"][0]["parts"][0]["text"], "remember the tide");
+    assert_eq!(sent["contents"][1]["parts"][0]["text"], "noted");
+    for child in [&mut one, &mut two] {
+        sigterm(child);
+    }
+    for child in [&mut one, &mut two] {
+        let status = tokio::task::block_in_place(|| wait_exit(child, Duration::from_secs(15)));
+        assert!(status.success());
+    }
 }

@@ -229,3 +229,56 @@ pub fn assert_error_body(body: &Value, code: &str) -> Value {
     assert!(!err["request_id"].as_str().unwrap().is_empty());
     err.clone()
 }
+
+/// A config where each listed provider points at its own fake (OpenAI-style
+/// providers at `/v1`, Gemini at `/v1beta`) and every other provider is disabled.
+pub fn config_with(fakes: &[(&str, &Fake)]) -> Config {
+    let mut config = Config::default();
+    for (id, p) in config.providers.iter_mut() {
+        p.timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            first_byte: Duration::from_millis(800),
+            total: Duration::from_secs(5),
+            stream_idle: Duration::from_millis(800),
+        };
+        match fakes.iter().find(|(name, _)| name == id) {
+            Some((_, fake)) => {
+                p.enabled = true;
+                p.base_url = match p.kind {
+                    squad::config::ProviderKind::Gemini => format!("{}/v1beta", fake.url()),
+                    squad::config::ProviderKind::OpenaiCompatible => format!("{}/v1", fake.url()),
+                };
+            }
+            None => p.enabled = false,
+        }
+    }
+    config
+}
+
+/// Secrets for every built-in provider.
+pub fn all_secrets() -> Secrets {
+    let mut s = Secrets::default();
+    for id in ["groq", "cerebras", "gemini", "openrouter", "deepseek"] {
+        s.insert(id, &format!("test-key-{id}-0123456789"));
+    }
+    s
+}
+
+pub async fn gateway_with(config: Config, secrets: Secrets) -> Gateway {
+    let state = app::state(&config, &secrets).unwrap();
+    let lifecycle = state.lifecycle.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let drain = Drain { delay: Duration::ZERO, grace: Duration::from_secs(1) };
+    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, async {
+        let _ = stopped.await;
+    }));
+    Gateway { url, client: reqwest::Client::new(), stop: Some(stop) }
+}
+
+impl Gateway {
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap()
+    }
+}
