@@ -56,11 +56,12 @@ enum Command {
         /// Streaming pace in tokens per second (0: as fast as possible).
         #[arg(long, default_value_t = 0.0)]
         tokens_per_second: f64,
-        /// Fault for every request (or a share, see --fault-rate): 503, 429, stall, cut, malformed.
-        #[arg(long, value_parser = parse_fault)]
+        /// Fault for every request: 503 (any 4xx/5xx), 429, stall, cut, malformed.
+        #[arg(long, value_parser = parse_fault, conflicts_with = "faults")]
         fault: Option<Fault>,
-        #[arg(long, default_value_t = 1.0)]
-        fault_rate: f64,
+        /// Random faults with their shares, e.g. `500=0.2,429=0.1,stall=0.05`.
+        #[arg(long, value_parser = squad::mock::parse_mix)]
+        faults: Option<squad::mock::FaultMix>,
         /// Retry-After seconds on simulated 429s.
         #[arg(long, default_value_t = 1)]
         retry_after: u64,
@@ -101,8 +102,9 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => check_config(config),
         Command::Serve { config, port, bind, demo } => runtime().block_on(serve(config, port, bind, demo)),
-        Command::MockUpstream { port, bind, latency, tokens_per_second, fault, fault_rate, retry_after } => {
-            let options = MockOptions { latency, tokens_per_second, fault, fault_rate, retry_after_secs: retry_after };
+        Command::MockUpstream { port, bind, latency, tokens_per_second, fault, faults, retry_after } => {
+            let faults = faults.map(|m| m.0).unwrap_or_else(|| fault.map(|f| vec![(f, 1.0)]).unwrap_or_default());
+            let options = MockOptions { latency, tokens_per_second, faults, retry_after_secs: retry_after };
             runtime().block_on(mock_upstream(&bind, port, options))
         }
     }

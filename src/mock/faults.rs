@@ -43,6 +43,28 @@ impl Fault {
     }
 }
 
+/// Faults and the share of requests each gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultMix(pub Vec<(Fault, f64)>);
+
+/// `500=0.2,429=0.1,stall=0.05`.
+pub fn parse_mix(spec: &str) -> Result<FaultMix, String> {
+    let mut mix = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, share) = part.split_once('=').ok_or_else(|| format!("`{part}`: expected FAULT=SHARE"))?;
+        let fault = Fault::parse(name).ok_or_else(|| format!("unknown fault `{name}`"))?;
+        let share: f64 = share.parse().map_err(|_| format!("`{share}` is not a number"))?;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!("share `{share}` must be between 0 and 1"));
+        }
+        mix.push((fault, share));
+    }
+    if mix.iter().map(|(_, s)| s).sum::<f64>() > 1.0 + 1e-9 {
+        return Err("the shares add up to more than 1".into());
+    }
+    Ok(FaultMix(mix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +76,13 @@ mod tests {
         assert_eq!(Fault::parse("cut"), Some(Fault::Cut));
         assert_eq!(Fault::parse("200"), None);
         assert_eq!(Fault::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn mixes_parse_and_reject_nonsense() {
+        assert_eq!(parse_mix("500=0.2, stall=0.05").unwrap().0, vec![(Fault::Status(500), 0.2), (Fault::Stall, 0.05)]);
+        assert!(parse_mix("500=0.7,429=0.5").is_err());
+        assert!(parse_mix("teapot=0.1").is_err());
+        assert!(parse_mix("500").is_err());
     }
 }

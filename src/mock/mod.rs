@@ -4,8 +4,8 @@
 //! overhead benchmark.
 //!
 //! Faults are chosen per request by the `x-mock-fault` header or by a model name
-//! containing `fault-<spec>` (so they work through Squad), or for a share of all
-//! requests by flags. Specs: `500`..`599`, `4xx`, `429` (with Retry-After),
+//! containing `fault-<spec>` (so they work through Squad), or at random for a
+//! share of all requests (`--faults 500=0.2,429=0.1,stall=0.05`). Specs: `500`..`599`, `4xx`, `429` (with Retry-After),
 //! `stall` (never answer), `cut` (drop the connection mid-body), `malformed`.
 
 mod faults;
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::Value;
 
-pub use faults::Fault;
+pub use faults::{Fault, FaultMix, parse_mix};
 use formats::{Dialect, Reply};
 
 #[derive(Debug, Clone)]
@@ -32,16 +32,16 @@ pub struct MockOptions {
     pub latency: Duration,
     /// Streaming pace; 0 sends every token at once.
     pub tokens_per_second: f64,
-    /// A fault applied to a share (`fault_rate`) of requests.
-    pub fault: Option<Fault>,
-    pub fault_rate: f64,
+    /// Faults drawn at random per request: each applies to its share of
+    /// requests (`[(503, 0.2), (429, 0.1)]`: 20% 503s, 10% 429s, 70% fine).
+    pub faults: Vec<(Fault, f64)>,
     /// Seconds advertised in Retry-After on 429s.
     pub retry_after_secs: u64,
 }
 
 impl Default for MockOptions {
     fn default() -> Self {
-        Self { latency: Duration::ZERO, tokens_per_second: 0.0, fault: None, fault_rate: 1.0, retry_after_secs: 1 }
+        Self { latency: Duration::ZERO, tokens_per_second: 0.0, faults: Vec::new(), retry_after_secs: 1 }
     }
 }
 
@@ -53,13 +53,12 @@ pub struct MockStats {
 struct Mock {
     options: MockOptions,
     stats: Arc<MockStats>,
-    counter: AtomicU64,
 }
 
 /// The simulated upstream as a router, plus its request counter.
 pub fn router(options: MockOptions) -> (Router, Arc<MockStats>) {
     let stats = Arc::new(MockStats::default());
-    let mock = Arc::new(Mock { options, stats: stats.clone(), counter: AtomicU64::new(0) });
+    let mock = Arc::new(Mock { options, stats: stats.clone() });
     (Router::new().fallback(handle).with_state(mock), stats)
 }
 
@@ -150,12 +149,14 @@ fn pick_fault(mock: &Mock, headers: &HeaderMap, model: &str) -> Option<Fault> {
     {
         return Some(f);
     }
-    let fault = mock.options.fault.clone()?;
-    // Deterministic share: every k-th request for a rate of 1/k.
-    let n = mock.counter.fetch_add(1, Ordering::Relaxed);
-    let rate = mock.options.fault_rate.clamp(0.0, 1.0);
-    let hit = rate >= 1.0 || (rate > 0.0 && ((n as f64 * rate).floor() != ((n + 1) as f64 * rate).floor()));
-    hit.then_some(fault)
+    let mut draw = fastrand::f64();
+    for (fault, share) in &mock.options.faults {
+        if draw < *share {
+            return Some(fault.clone());
+        }
+        draw -= share;
+    }
+    None
 }
 
 fn stream_response(reply: Reply, tokens_per_second: f64, malformed: bool, cut: bool) -> Response {

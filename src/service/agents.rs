@@ -13,7 +13,6 @@ use crate::agents::Agent;
 use crate::conversations::ConvKey;
 use crate::domain::{ChatRequest, Message, Role, Usage};
 use crate::providers::CallContext;
-use crate::telemetry::metrics;
 
 #[derive(Debug, Clone)]
 pub struct Ask {
@@ -63,10 +62,8 @@ impl Gateway {
         };
         self.apply_persona(&agent, &mut req);
         let target = Target { chain: agent.chain.clone(), agent: Some(agent.clone()) };
-        let result = self.chat(&target, req, ctx).await;
+        let done = self.chat(&target, req, ctx).await?;
         let elapsed = started.elapsed();
-        metrics::agent_request(&agent.id, if result.is_ok() { "ok" } else { "error" }, elapsed);
-        let done = result?;
 
         let reply = Message::new(Role::Assistant, done.response.content.clone());
         let turns = match self.conversations().append(&key, &user, &reply).await {

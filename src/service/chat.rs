@@ -144,6 +144,7 @@ impl Gateway {
     }
 
     pub async fn chat(&self, target: &Target, req: ChatRequest, ctx: &CallContext) -> Result<Completed, ServiceError> {
+        let started = Instant::now();
         let runner = self.runner(ctx);
         let outcome = runner
             .run(&target.chain, |call| {
@@ -153,6 +154,9 @@ impl Gateway {
             })
             .await;
         record_calls(&self.registry, outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts()));
+        if let Some(agent) = &target.agent {
+            metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started.elapsed());
+        }
         let done = outcome?;
         if let Some(u) = done.value.usage {
             metrics::tokens(&done.provider, u.prompt_tokens, u.completion_tokens);
@@ -172,6 +176,7 @@ impl Gateway {
         req: ChatRequest,
         ctx: &CallContext,
     ) -> Result<StartedStream, ServiceError> {
+        let started_at = Instant::now();
         let runner = self.runner(ctx);
         let outcome = runner
             .run(&target.chain, |call| {
@@ -193,6 +198,10 @@ impl Gateway {
             })
             .await;
         record_calls(&self.registry, outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts()));
+        if let Some(agent) = &target.agent {
+            // For streams: time to the first chunk.
+            metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started_at.elapsed());
+        }
         let done = outcome?;
         let fallback_used = done.fallback_used(&target.chain);
         let (first, stream, started) = done.value;
