@@ -152,7 +152,9 @@ async fn sigterm_drains_readiness_refuses_new_work_and_finishes_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_of_a_request_carries_its_id_and_upstream_bodies_stay_out_of_responses() {
-    let fake = Fake::start(Reply::json(400, OpenAi::error(400, "UPSTREAM-DETAIL-xyz"))).await;
+    // The upstream (a misbehaving proxy, say) echoes our key and a bearer token.
+    let echo = format!("UPSTREAM-DETAIL-xyz key={KEY} Authorization: Bearer {KEY}");
+    let fake = Fake::start(Reply::json(400, OpenAi::error(400, &echo))).await;
     let config = temp_config(&format!(
         "log:\n  level: debug\nserver:\n  bind: 127.0.0.1\n  port: 0\nproviders:\n  groq:\n    base_url: {}/openai/v1\n",
         fake.url()
@@ -178,6 +180,7 @@ async fn every_log_line_of_a_request_carries_its_id_and_upstream_bodies_stay_out
         .find(|v| v["message"] == "upstream returned an error status")
         .expect("the upstream error body is logged");
     assert!(upstream_line.to_string().contains("UPSTREAM-DETAIL-xyz"));
+    assert!(upstream_line.to_string().contains("[REDACTED]"), "{upstream_line}");
     // Lines emitted while handling the request carry its id through the span.
     for v in lines.iter().filter(|v| v["span"].is_object()) {
         assert_eq!(v["span"]["request_id"], "req-upstream-400", "{v}");

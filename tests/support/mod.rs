@@ -150,7 +150,7 @@ pub fn config_for(fake: &Fake) -> Config {
             connect: Duration::from_secs(2),
             first_byte: Duration::from_millis(500),
             total: Duration::from_secs(5),
-            stream_idle: Duration::from_millis(500),
+            stream_idle: Duration::from_millis(800),
         };
     }
     config.providers.get_mut("groq").unwrap().base_url = format!("{}/openai/v1", fake.url());
