@@ -129,6 +129,11 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     if !source.env_overrides.is_empty() {
         println!("  environment overrides: {}", source.env_overrides.join(", "));
     }
+    let (roster, agent_issues) = squad::agents::Roster::load(config.agents.dir.as_deref());
+    println!("  agents: {} ({})", roster.len(), roster.ids().join(", "));
+    for issue in &agent_issues {
+        println!("  agent file skipped: {}: {}", issue.path, issue.reason);
+    }
     match app::registry(&config, &secrets) {
         Ok(registry) => {
             for entry in registry.entries() {

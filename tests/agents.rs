@@ -148,6 +148,20 @@ async fn the_breaker_opens_after_failures_and_closes_after_a_good_probe() {
     assert_eq!(body["provider"], "gemini", "the probe went through and succeeded");
     let status: Value = gw.get("/providers/gemini").await.json().await.unwrap();
     assert_eq!(status["breaker"], "closed");
+    assert_eq!(status["configured"], true);
+    assert!(status["failure_rate"].as_f64().unwrap() > 0.0);
+    assert!(status["latency_p95_ms"].is_number());
+    assert_eq!(status["last_error"], "upstream_5xx");
+    assert!(!status.to_string().contains("test-key"), "never a key");
+
+    let all: Value = gw.get("/providers?sort=failure_rate").await.json().await.unwrap();
+    assert_eq!(all["count"], 5);
+    assert_eq!(all["providers"][0]["name"], "gemini", "highest failure rate first");
+    let down: Value = gw.get("/providers?status=unavailable").await.json().await.unwrap();
+    let names: Vec<&str> = down["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cerebras", "deepseek", "openrouter"], "disabled providers are unavailable");
+    assert_eq!(gw.get("/providers?sort=colour").await.status(), 400);
+    assert_eq!(gw.get("/providers/nosuch").await.status(), 404);
     let metrics = gw.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("squad_breaker_transitions_total{provider=\"gemini\",from=\"closed\",to=\"open\"}"),
