@@ -73,6 +73,7 @@ pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError
             state,
             health: Arc::new(ProviderHealth::new(config.resilience.breaker)),
         });
+        telemetry::metrics::breaker_initial(id);
     }
     Ok(Registry::new(entries, config.aliases.clone()))
 }

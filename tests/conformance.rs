@@ -143,16 +143,26 @@ async fn server_error_is_a_bad_gateway<D: Dialect>() {
     }
 }
 
-async fn timeout_is_a_gateway_timeout<D: Dialect>() {
+/// A provider timing out is a failed provider (502 listing the timeouts); 504
+/// is kept for the request deadline itself.
+async fn timeout_is_a_failed_provider_and_the_deadline_a_gateway_timeout<D: Dialect>() {
     let fake = Fake::start(Reply::Stall).await;
     let gw = gateway(config_for(&fake)).await;
     for stream in [false, true] {
         let started = Instant::now();
         let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x"), "stream": stream})).await;
-        assert_eq!(resp.status(), 504, "stream={stream}");
-        assert!(started.elapsed() < Duration::from_secs(3), "first-byte timeout is 500 ms");
-        assert_error_body(&resp.json().await.unwrap(), "upstream_timeout");
+        assert_eq!(resp.status(), 502, "stream={stream}");
+        assert!(started.elapsed() < Duration::from_secs(3), "first-byte timeout is 500 ms, tried twice");
+        let err = assert_error_body(&resp.json().await.unwrap(), "upstream_failed");
+        assert_eq!(err["attempts"][0]["outcome"], "timeout");
+        assert_eq!(err["attempts"].as_array().unwrap().len(), 2, "retried once");
     }
+    let mut config = config_for(&fake);
+    config.server.request_timeout = Duration::from_millis(300);
+    let gw = gateway(config).await;
+    let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x")})).await;
+    assert_eq!(resp.status(), 504);
+    assert_error_body(&resp.json().await.unwrap(), "deadline_exceeded");
 }
 
 /// The stream ends with an explicit error event and never with `[DONE]`.
@@ -253,8 +263,9 @@ async fn slow_body_hits_the_total_timeout<D: Dialect>() {
     let gw = gateway(config).await;
     let started = Instant::now();
     let resp = gw.chat(json!({"model": D::MODEL, "messages": user("x")})).await;
-    assert_eq!(resp.status(), 504);
-    assert_error_body(&resp.json().await.unwrap(), "upstream_timeout");
+    assert_eq!(resp.status(), 502);
+    let err = assert_error_body(&resp.json().await.unwrap(), "upstream_failed");
+    assert_eq!(err["attempts"][0]["outcome"], "timeout");
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
 }
 
@@ -292,8 +303,8 @@ macro_rules! conformance {
                 super::server_error_is_a_bad_gateway::<$dialect>().await;
             }
             #[tokio::test]
-            async fn timeout_is_a_gateway_timeout() {
-                super::timeout_is_a_gateway_timeout::<$dialect>().await;
+            async fn timeout_is_a_failed_provider_and_the_deadline_a_gateway_timeout() {
+                super::timeout_is_a_failed_provider_and_the_deadline_a_gateway_timeout::<$dialect>().await;
             }
             #[tokio::test]
             async fn stream_cut_midway_ends_with_an_error_event() {

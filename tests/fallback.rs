@@ -117,6 +117,7 @@ fn policy() -> RetryPolicy {
         retry_after_max_wait: Duration::from_secs(1),
         park_max: Duration::from_secs(300),
         park_default: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(10),
     }
 }
 
@@ -271,7 +272,7 @@ async fn the_request_deadline_bounds_every_attempt() {
         .await;
     assert!(started.elapsed() <= Duration::from_secs(2) + Duration::from_millis(5), "{:?}", started.elapsed());
     let attempts = match result {
-        Err(Failure::AllFailed { attempts } | Failure::Deadline { attempts }) => attempts,
+        Err(Failure::Deadline { attempts }) => attempts,
         other => panic!("{other:?}"),
     };
     assert_eq!(attempts[0].outcome.label(), "timeout");
@@ -299,4 +300,93 @@ async fn the_breaker_opens_after_consecutive_failures_and_closes_after_a_good_pr
     let done = run(&w, &links).await.unwrap();
     assert_eq!(done.provider, "a", "the probe after the cooldown succeeds");
     assert_eq!(w.registry.get("a").unwrap().health.breaker.state().as_str(), "closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalling_provider_gets_one_attempt_timeout_per_try_and_the_next_one_answers() {
+    let stall = Scripted::timed("a", vec![(Duration::from_secs(600), Ok(())), (Duration::from_secs(600), Ok(()))]);
+    let healthy = Scripted::new("b", vec![Ok(())]);
+    let registry = Registry::new(
+        vec![entry("a", ProviderState::Ready(stall.clone())), entry("b", ProviderState::Ready(healthy))],
+        BTreeMap::new(),
+    );
+    let runner = Runner { registry: &registry, policy: policy(), deadline: Instant::now() + Duration::from_secs(120) };
+    let ctx = CallContext::new("t", Duration::from_secs(120));
+    let started = Instant::now();
+    let done = runner
+        .run(&chain(&["a", "b"]), |call| {
+            let ctx = ctx.clone();
+            async move { call.provider.chat(&ChatRequest::default(), &ctx).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.provider, "b");
+    assert_eq!(labels(&done.attempts), ["a:timeout", "a:timeout", "b:ok"]);
+    assert!(started.elapsed() < Duration::from_secs(22), "two 10 s attempts, not the 120 s deadline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limits_and_unknown_models_do_not_open_the_breaker() {
+    let limited = || ProviderError::RateLimited { status: 429, retry_after: Some(Duration::from_secs(2)) };
+    let w = world(
+        vec![
+            ("a", (0..6).map(|_| Err(limited())).collect()),
+            ("b", vec![Ok(()); 12]),
+            ("c", (0..6).map(|_| Err(ProviderError::NotFound { code: None })).collect()),
+        ],
+        vec![],
+    );
+    for _ in 0..6 {
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let done = run(&w, &chain(&["a", "b"])).await.unwrap();
+        assert_eq!(done.provider, "b");
+        let done = run(&w, &chain(&["c", "b"])).await.unwrap();
+        assert_eq!(labels(&done.attempts), ["c:not_found", "b:ok"], "a 404 moves on without retry");
+    }
+    for id in ["a", "c"] {
+        assert_eq!(w.registry.get(id).unwrap().health.breaker.state().as_str(), "closed", "{id}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
+    let slow = Scripted::timed(
+        "a",
+        vec![
+            (Duration::ZERO, Err(E503)),
+            (Duration::ZERO, Err(E503)),
+            (Duration::ZERO, Err(E503)),
+            (Duration::from_secs(60), Ok(())),
+            (Duration::ZERO, Ok(())),
+        ],
+    );
+    let registry = Registry::new(vec![entry("a", ProviderState::Ready(slow.clone()))], BTreeMap::new());
+    let go = || async {
+        let runner =
+            Runner { registry: &registry, policy: policy(), deadline: Instant::now() + Duration::from_secs(90) };
+        let ctx = CallContext::new("t", Duration::from_secs(90));
+        runner
+            .run(&chain(&["a"]), |call| {
+                let ctx = ctx.clone();
+                async move { call.provider.chat(&ChatRequest::default(), &ctx).await }
+            })
+            .await
+    };
+    let _ = go().await;
+    let _ = go().await;
+    assert_eq!(registry.get("a").unwrap().health.breaker.state().as_str(), "open");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // The probe stalls and the client gives up: the request future is dropped.
+    assert!(tokio::time::timeout(Duration::from_secs(1), go()).await.is_err());
+    let done = go().await.unwrap();
+    assert_eq!(done.provider, "a", "a new probe was allowed and succeeded");
+    assert_eq!(registry.get("a").unwrap().health.breaker.state().as_str(), "closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_waiting_out_retry_after_is_reported() {
+    let limited = ProviderError::RateLimited { status: 429, retry_after: Some(Duration::from_millis(700)) };
+    let w = world(vec![("a", vec![Err(limited), Ok(())])], vec![]);
+    let done = run(&w, &chain(&["a"])).await.unwrap();
+    assert_eq!(done.rate_limit_wait, Duration::from_millis(700));
 }

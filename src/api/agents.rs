@@ -68,14 +68,14 @@ impl AgentBody {
             && !crate::conversations::is_valid_id(id)
         {
             return Err(unprocessable(
-                "`conversation_id` must be 1-128 characters of A-Z a-z 0-9 - _ . :",
+                "`conversation_id` must be 1-128 characters of A-Z a-z 0-9 - _ .",
                 "conversation_id",
             ));
         }
         if let Some(user) = &self.user_id
             && !crate::conversations::is_valid_id(user)
         {
-            return Err(unprocessable("`user_id` must be 1-128 characters of A-Z a-z 0-9 - _ . :", "user_id"));
+            return Err(unprocessable("`user_id` must be 1-128 characters of A-Z a-z 0-9 - _ .", "user_id"));
         }
         if self.metadata.as_ref().is_some_and(|m| !m.is_object()) {
             return Err(unprocessable("`metadata` must be an object", "metadata"));
@@ -142,7 +142,7 @@ fn answer_response(a: Answer, request_id: String) -> Response {
             provider_chain: a.attempts.iter().map(AttemptView::from).collect(),
             fallback_used: a.fallback_used,
             turns: a.turns,
-            rate_limit_wait_ms: 0,
+            rate_limit_wait_ms: a.rate_limit_wait_ms,
         },
     };
     let mut response = Json(body).into_response();
@@ -154,7 +154,6 @@ fn answer_response(a: Answer, request_id: String) -> Response {
 }
 
 async fn run(state: &AppState, request_id: String, agent: String, body: AgentBody) -> Result<Response, ApiError> {
-    // An unknown agent is a 404 even when the body is also wrong.
     state.gateway.agent(&agent)?;
     let ask = body.into_ask(agent)?;
     let ctx = state.gateway.context(&request_id, false);
@@ -168,6 +167,8 @@ pub async fn ask_agent(
     Path(agent): Path<String>,
     ApiJson(value): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
+    // An unknown agent is a 404 even when the body is also wrong.
+    state.gateway.agent(&agent)?;
     run(&state, request_id, agent, decode(value)?).await
 }
 

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::middleware::ServedBy;
-use crate::providers::ErrorKind;
 use crate::service::registry::RouteError;
 use crate::service::{Attempt, Failure, Outcome, ServiceError};
 
@@ -46,7 +45,7 @@ pub enum ApiError {
     NotReady,
     #[error("every provider is rate limited: {}", summary(attempts))]
     RateLimited { retry_after: Duration, attempts: Vec<Attempt> },
-    #[error("no provider answered in time: {}", summary(attempts))]
+    #[error("the request deadline passed: {}", summary(attempts))]
     Timeout { attempts: Vec<Attempt> },
     #[error("provider {provider} rejected the request (status {status}{})", code.as_ref().map(|c| format!(", {c}")).unwrap_or_default())]
     UpstreamRejected { provider: String, status: u16, code: Option<String>, attempts: Vec<Attempt> },
@@ -145,7 +144,7 @@ impl ApiError {
             Self::StoreUnavailable => (S::SERVICE_UNAVAILABLE, "unavailable_error", "conversation_store_unavailable"),
             Self::NotReady => (S::SERVICE_UNAVAILABLE, "unavailable_error", "not_ready"),
             Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "providers"),
-            Self::Timeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
+            Self::Timeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_error", "deadline_exceeded"),
             Self::UpstreamRejected { status, .. } => {
                 let status =
                     StatusCode::from_u16(*status).ok().filter(|s| s.is_client_error()).unwrap_or(S::BAD_REQUEST);
@@ -215,13 +214,9 @@ impl From<ServiceError> for ApiError {
                 }
                 Failure::AllRateLimited { retry_after, attempts } => Self::RateLimited { retry_after, attempts },
                 Failure::Deadline { attempts } => Self::Timeout { attempts },
-                Failure::AllFailed { attempts } => {
-                    let called: Vec<&Attempt> =
-                        attempts.iter().filter(|a| matches!(a.outcome, Outcome::Failed { .. })).collect();
-                    let all_timeouts = !called.is_empty()
-                        && called.iter().all(|a| matches!(a.outcome, Outcome::Failed { kind: ErrorKind::Timeout, .. }));
-                    if all_timeouts { Self::Timeout { attempts } } else { Self::AllFailed { attempts } }
-                }
+                // Every provider failed (timeouts included): 502 with the list.
+                // 504 is kept for the request deadline itself.
+                Failure::AllFailed { attempts } => Self::AllFailed { attempts },
             },
         }
     }

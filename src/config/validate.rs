@@ -108,6 +108,56 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         }
     }
 
+    let c = &config.conversations;
+    if c.max_turns == 0 || c.max_tokens == 0 {
+        issue("conversations".into(), "max_turns and max_tokens must be at least 1");
+    }
+    if c.ttl < std::time::Duration::from_secs(1) || c.ttl > MAX_DURATION {
+        issue("conversations.ttl".into(), "must be between 1s and 24h");
+    }
+    if c.max_memory_bytes < 1024 * 1024 {
+        issue("conversations.max_memory_bytes".into(), "must be at least 1 MiB");
+    }
+    if let Some(url) = &c.redis_url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        issue("conversations.redis_url".into(), "must be a redis:// or rediss:// URL");
+    }
+    let r = &config.resilience.retry;
+    if r.attempts_per_provider == 0 || r.attempts_per_provider > 10 {
+        issue("resilience.retry.attempts_per_provider".into(), "must be between 1 and 10");
+    }
+    for (name, d) in [
+        ("backoff_base", r.backoff_base),
+        ("backoff_max", r.backoff_max),
+        ("retry_after_max_wait", r.retry_after_max_wait),
+        ("park_max", r.park_max),
+        ("park_default", r.park_default),
+        ("attempt_timeout", r.attempt_timeout),
+    ] {
+        if d > MAX_DURATION {
+            issue(format!("resilience.retry.{name}"), "must be at most 24h");
+        }
+    }
+    if r.attempt_timeout.is_zero() {
+        issue("resilience.retry.attempt_timeout".into(), "must be greater than zero");
+    }
+    let b = &config.resilience.breaker;
+    if b.consecutive_failures == 0 || b.min_calls == 0 {
+        issue("resilience.breaker".into(), "consecutive_failures and min_calls must be at least 1");
+    }
+    if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+        issue("resilience.breaker.failure_rate".into(), "must be greater than 0 and at most 1");
+    }
+    for (name, d) in [("window", b.window), ("cooldown", b.cooldown)] {
+        if d.is_zero() || d > MAX_DURATION {
+            issue(format!("resilience.breaker.{name}"), "must be greater than zero and at most 24h");
+        }
+    }
+    if config.agents.language.trim().is_empty() {
+        issue("agents.language".into(), "must not be empty");
+    }
+
     for (alias, target) in &config.aliases {
         let path = format!("aliases.{alias}");
         if alias.contains('/') || alias.is_empty() {

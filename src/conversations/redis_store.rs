@@ -36,9 +36,13 @@ impl RedisStore {
 
     /// Connects on first use; the manager reconnects by itself afterwards.
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        // Bounded waits: a slow or absent Redis fails fast instead of holding requests.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)));
         let conn = self
             .conn
-            .get_or_try_init(|| async { ConnectionManager::new(self.client.clone()).await })
+            .get_or_try_init(|| async { ConnectionManager::new_with_config(self.client.clone(), config).await })
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(conn.clone())

@@ -21,6 +21,10 @@ pub enum ProviderError {
     /// free-text message.
     #[error("upstream rejected the request (status {status})")]
     Rejected { status: u16, code: Option<String> },
+    /// 404: the model (or endpoint) does not exist at this provider, e.g. a
+    /// retired model. Another provider in the chain has its own model.
+    #[error("upstream has no such model or endpoint (status 404)")]
+    NotFound { code: Option<String> },
     #[error("could not decode the upstream response: {0}")]
     Decode(String),
     /// The stream broke after it started: connection cut, error event, or EOF
@@ -38,6 +42,7 @@ pub enum ErrorKind {
     Upstream,
     Auth,
     Rejected,
+    NotFound,
     Decode,
     Interrupted,
 }
@@ -51,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Upstream => "upstream_5xx",
             ErrorKind::Auth => "auth",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::NotFound => "not_found",
             ErrorKind::Decode => "decode",
             ErrorKind::Interrupted => "interrupted",
         }
@@ -77,6 +83,7 @@ impl ProviderError {
             Self::Upstream { .. } => ErrorKind::Upstream,
             Self::Auth { .. } => ErrorKind::Auth,
             Self::Rejected { .. } => ErrorKind::Rejected,
+            Self::NotFound { .. } => ErrorKind::NotFound,
             Self::Decode(_) => ErrorKind::Decode,
             Self::Interrupted(_) => ErrorKind::Interrupted,
         }
@@ -88,9 +95,15 @@ impl ProviderError {
                 Disposition::Retry
             }
             Self::Interrupted(_) => Disposition::Retry,
-            Self::Auth { .. } | Self::Decode(_) => Disposition::NextProvider,
+            Self::Auth { .. } | Self::NotFound { .. } | Self::Decode(_) => Disposition::NextProvider,
             Self::Rejected { .. } => Disposition::ReturnToClient,
         }
+    }
+
+    /// Whether this outcome says something about the provider's health (for
+    /// its circuit breaker): rate limits, request errors and unknown models do not.
+    pub fn counts_against_provider(&self) -> bool {
+        !matches!(self, Self::RateLimited { .. } | Self::Rejected { .. } | Self::NotFound { .. })
     }
 
     /// The upstream HTTP status, when there was one.
@@ -100,6 +113,7 @@ impl ProviderError {
             | Self::Upstream { status }
             | Self::Auth { status }
             | Self::Rejected { status, .. } => Some(*status),
+            Self::NotFound { .. } => Some(404),
             _ => None,
         }
     }

@@ -178,6 +178,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
         408 => ProviderError::Timeout { phase: "upstream" },
         // Groq's flex tier at capacity.
         498 => ProviderError::Upstream { status },
+        404 => ProviderError::NotFound { code: json.as_ref().and_then(error_code) },
         // We never follow redirects (see `build_client`): a misconfigured base URL.
         300..=399 => ProviderError::Upstream { status },
         s if s >= 500 => ProviderError::Upstream { status },

@@ -129,7 +129,10 @@ impl Breaker {
         (g.state == State::Open).then(|| self.config.cooldown.saturating_sub(g.opened_at.elapsed()))
     }
 
-    pub fn record(&self, success: bool) -> Transition {
+    /// Records a call's outcome. `permit` is what `acquire` gave that call: in
+    /// half-open, only the probe's outcome decides; a slow call admitted
+    /// earlier only joins the statistics.
+    pub fn record(&self, permit: Permit, success: bool) -> Transition {
         let mut g = self.lock();
         let now = Instant::now();
         g.recent.push_back((now, !success));
@@ -138,6 +141,9 @@ impl Breaker {
         }
         g.consecutive = if success { 0 } else { g.consecutive + 1 };
         let from = g.state;
+        if g.state == State::HalfOpen && permit != Permit::Probe {
+            return None;
+        }
         match (g.state, success) {
             (State::HalfOpen, true) => {
                 g.state = State::Closed;
@@ -157,6 +163,13 @@ impl Breaker {
         self.lock().probe_in_flight = false;
     }
 
+    /// Holds a permit until its outcome is recorded; dropped unrecorded (the
+    /// request was cancelled mid-call), a probe frees its slot, so a cancelled
+    /// probe cannot leave the breaker half-open for good.
+    pub fn guard(&self, permit: Permit) -> PermitGuard<'_> {
+        PermitGuard { breaker: self, permit, settled: false }
+    }
+
     fn should_open(&self, g: &Inner) -> bool {
         if g.consecutive >= self.config.consecutive_failures {
             return true;
@@ -170,6 +183,40 @@ impl Breaker {
         g.state = State::Open;
         g.opened_at = now;
         g.probe_in_flight = false;
+    }
+}
+
+pub struct PermitGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Permit,
+    settled: bool,
+}
+
+impl PermitGuard<'_> {
+    pub fn permit(&self) -> Permit {
+        self.permit
+    }
+
+    /// Records the outcome (`None`: no verdict on the provider's health).
+    pub fn settle(mut self, success: Option<bool>) -> Transition {
+        self.settled = true;
+        match success {
+            Some(ok) => self.breaker.record(self.permit, ok),
+            None => {
+                if self.permit == Permit::Probe {
+                    self.breaker.release_probe();
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.permit == Permit::Probe {
+            self.breaker.release_probe();
+        }
     }
 }
 
@@ -190,9 +237,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_on_consecutive_failures_then_probes_after_cooldown() {
         let b = breaker();
-        assert_eq!(b.record(false), None);
-        assert_eq!(b.record(false), None);
-        assert_eq!(b.record(false), Some((State::Closed, State::Open)));
+        assert_eq!(b.record(Permit::Allowed, false), None);
+        assert_eq!(b.record(Permit::Allowed, false), None);
+        assert_eq!(b.record(Permit::Allowed, false), Some((State::Closed, State::Open)));
         assert_eq!(b.acquire().0, Permit::Rejected);
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(b.acquire().0, Permit::Rejected);
@@ -200,7 +247,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.acquire(), (Permit::Probe, Some((State::Open, State::HalfOpen))));
         assert_eq!(b.acquire().0, Permit::Rejected, "only one probe at a time");
-        assert_eq!(b.record(true), Some((State::HalfOpen, State::Closed)));
+        assert_eq!(b.record(Permit::Allowed, true), None, "a call admitted before does not decide");
+        assert_eq!(b.record(Permit::Probe, true), Some((State::HalfOpen, State::Closed)));
         assert_eq!(b.acquire().0, Permit::Allowed);
     }
 
@@ -208,11 +256,11 @@ mod tests {
     async fn a_failed_probe_reopens_for_a_full_cooldown() {
         let b = breaker();
         for _ in 0..3 {
-            b.record(false);
+            b.record(Permit::Allowed, false);
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(b.acquire().0, Permit::Probe);
-        assert_eq!(b.record(false), Some((State::HalfOpen, State::Open)));
+        assert_eq!(b.record(Permit::Probe, false), Some((State::HalfOpen, State::Open)));
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(b.acquire().0, Permit::Rejected);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -224,36 +272,50 @@ mod tests {
         let b = breaker();
         // Alternating outcomes never make three failures in a row.
         for i in 0..5 {
-            assert_eq!(b.record(i % 2 == 1), None, "call {i}");
+            assert_eq!(b.record(Permit::Allowed, i % 2 == 1), None, "call {i}");
         }
         assert_eq!(
-            b.record(true),
+            b.record(Permit::Allowed, true),
             None,
             "3 of 6 failed: 50%, but the sixth call succeeded and the rate is checked on failure"
         );
-        assert_eq!(b.record(false), Some((State::Closed, State::Open)), "4 of 7 failed");
+        assert_eq!(b.record(Permit::Allowed, false), Some((State::Closed, State::Open)), "4 of 7 failed");
     }
 
     #[tokio::test(start_paused = true)]
     async fn old_failures_leave_the_window() {
         let b = breaker();
         for _ in 0..2 {
-            b.record(false);
-            b.record(true);
+            b.record(Permit::Allowed, false);
+            b.record(Permit::Allowed, true);
         }
         tokio::time::advance(Duration::from_secs(11)).await;
         for _ in 0..4 {
-            b.record(true);
+            b.record(Permit::Allowed, true);
         }
-        assert_eq!(b.record(false), None, "1 failure in 5 recent calls");
+        assert_eq!(b.record(Permit::Allowed, false), None, "1 failure in 5 recent calls");
         assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_guard_frees_the_slot() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.record(Permit::Allowed, false);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let guard = b.guard(b.acquire().0);
+        assert_eq!(guard.permit(), Permit::Probe);
+        assert_eq!(b.acquire().0, Permit::Rejected);
+        drop(guard);
+        assert_eq!(b.acquire().0, Permit::Probe, "the cancelled probe's slot is free again");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_released_probe_lets_another_through() {
         let b = breaker();
         for _ in 0..3 {
-            b.record(false);
+            b.record(Permit::Allowed, false);
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(b.acquire().0, Permit::Probe);

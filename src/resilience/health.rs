@@ -13,6 +13,8 @@ use super::breaker::{Breaker, BreakerConfig, State};
 /// Calls kept for statistics (and for no longer than `WINDOW`).
 const MAX_SAMPLES: usize = 512;
 const WINDOW: Duration = Duration::from_secs(300);
+/// A provider whose recent p95 latency is above this is reported degraded.
+const SLOW_P95_MS: f64 = 10_000.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -113,7 +115,9 @@ impl ProviderHealth {
         let status = match breaker {
             State::Open => "unavailable",
             State::HalfOpen => "degraded",
-            State::Closed if parked_for.is_some() || rate >= 0.1 => "degraded",
+            State::Closed if parked_for.is_some() || rate >= 0.1 || pct(0.95).is_some_and(|p| p > SLOW_P95_MS) => {
+                "degraded"
+            }
             State::Closed => "healthy",
         };
         StatusReport {

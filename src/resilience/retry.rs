@@ -24,6 +24,10 @@ pub struct RetryPolicy {
     /// Parking when a 429 carries no Retry-After.
     #[serde(with = "humantime_serde")]
     pub park_default: Duration,
+    /// Longest one call may take (the provider's own timeouts apply too), so
+    /// one stalling provider cannot spend the whole request deadline.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -35,6 +39,7 @@ impl Default for RetryPolicy {
             retry_after_max_wait: Duration::from_secs(1),
             park_max: Duration::from_secs(300),
             park_default: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(45),
         }
     }
 }

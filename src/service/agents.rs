@@ -36,6 +36,7 @@ pub struct Answer {
     pub turns: u64,
     pub usage: Usage,
     pub latency_ms: u64,
+    pub rate_limit_wait_ms: u64,
 }
 
 impl Gateway {
@@ -84,6 +85,7 @@ impl Gateway {
             fallback_used: done.fallback_used,
             turns,
             usage: done.response.usage.unwrap_or_default(),
+            rate_limit_wait_ms: done.rate_limit_wait.as_millis() as u64,
             latency_ms: elapsed.as_millis() as u64,
         })
     }

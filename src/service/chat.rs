@@ -47,6 +47,8 @@ pub struct Completed {
     pub response: ChatResponse,
     pub attempts: Vec<Attempt>,
     pub fallback_used: bool,
+    /// Time spent waiting out Retry-After headers.
+    pub rate_limit_wait: Duration,
 }
 
 pub struct StartedStream {
@@ -163,6 +165,7 @@ impl Gateway {
         }
         Ok(Completed {
             fallback_used: done.fallback_used(&target.chain),
+            rate_limit_wait: done.rate_limit_wait,
             provider: done.provider,
             model: done.model,
             response: done.value,
@@ -264,7 +267,10 @@ impl Recorder {
         let elapsed = self.started.elapsed();
         if let (Some(health), Some(e)) = (&self.health, error) {
             health.record(elapsed, Some(e.kind().as_str()));
-            metrics::breaker_transition(&self.provider, health.breaker.record(false));
+            metrics::breaker_transition(
+                &self.provider,
+                health.breaker.record(crate::resilience::Permit::Allowed, false),
+            );
         }
         let (input, output) = self.usage.map(|u| (u.prompt_tokens, u.completion_tokens)).unwrap_or_default();
         if self.usage.is_some() {

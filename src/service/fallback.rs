@@ -1,10 +1,11 @@
 //! The fallback runner: a plain function walking a provider chain. For each
 //! link it skips providers that are disabled, unconfigured, circuit-open or
 //! parked by a Retry-After; calls the rest with retries (exponential backoff,
-//! full jitter, Retry-After honoured up to a cap) under the request deadline;
-//! moves on after auth failures without retrying; and stops at once on a
-//! request error, which another provider would refuse too. Every call and skip
-//! is recorded as an `Attempt`.
+//! full jitter, Retry-After honoured up to a cap), each call bounded by the
+//! attempt timeout and all of them by the request deadline; moves on after
+//! auth failures and unknown models without retrying; and stops at once on a
+//! request error, which another provider would refuse too (the decision is
+//! `ProviderError::disposition`). Every call and skip is an `Attempt`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 
 use super::registry::{ProviderState, Registry};
 use crate::agents::ChainLink;
-use crate::providers::{DynProvider, ErrorKind, ProviderError};
+use crate::providers::{Disposition, DynProvider, ErrorKind, ProviderError};
 use crate::resilience::{Permit, ProviderHealth, RetryPolicy};
 use crate::telemetry::metrics;
 
@@ -79,6 +80,8 @@ pub struct Success<T> {
     pub provider: String,
     pub model: String,
     pub attempts: Vec<Attempt>,
+    /// Time spent waiting out Retry-After headers.
+    pub rate_limit_wait: Duration,
 }
 
 impl<T> Success<T> {
@@ -111,6 +114,14 @@ impl Failure {
     }
 }
 
+/// What the walk has gathered so far.
+#[derive(Default)]
+struct Log {
+    attempts: Vec<Attempt>,
+    shortest_wait: Option<Duration>,
+    rate_limit_wait: Duration,
+}
+
 pub struct Runner<'a> {
     pub registry: &'a Registry,
     pub policy: RetryPolicy,
@@ -130,33 +141,33 @@ impl Runner<'_> {
         F: Fn(Call) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        let mut attempts = Vec::new();
-        let mut shortest_wait: Option<Duration> = None;
+        let mut log = Log::default();
         for (position, link) in chain.iter().enumerate() {
             if position > 0 {
                 metrics::fallback(&chain[position - 1].provider, &link.provider);
             }
-            let Some((target, health)) = self.admit(link, &mut attempts, &mut shortest_wait) else { continue };
-            match self.call_link(target, health, &call, &mut attempts, &mut shortest_wait).await {
+            let Some((target, health)) = self.admit(link, &mut log) else { continue };
+            match self.call_link(target, health, &call, &mut log).await {
                 LinkEnd::Done(value) => {
-                    return Ok(Success { value, provider: link.provider.clone(), model: link.model.clone(), attempts });
+                    return Ok(Success {
+                        value,
+                        provider: link.provider.clone(),
+                        model: link.model.clone(),
+                        attempts: log.attempts,
+                        rate_limit_wait: log.rate_limit_wait,
+                    });
                 }
                 LinkEnd::Next => {}
                 LinkEnd::Stop(failure) => return Err(failure),
             }
         }
-        Err(conclude(attempts, shortest_wait))
+        Err(conclude(log.attempts, log.shortest_wait))
     }
 
     /// Decides whether `link` may be called now; records a skip otherwise.
-    fn admit(
-        &self,
-        link: &ChainLink,
-        attempts: &mut Vec<Attempt>,
-        shortest_wait: &mut Option<Duration>,
-    ) -> Option<(Call, std::sync::Arc<ProviderHealth>)> {
+    fn admit(&self, link: &ChainLink, log: &mut Log) -> Option<(Call, std::sync::Arc<ProviderHealth>)> {
         let mut skip = |reason: Skip| {
-            attempts.push(Attempt {
+            log.attempts.push(Attempt {
                 provider: link.provider.clone(),
                 model: link.model.clone(),
                 outcome: Outcome::Skipped(reason),
@@ -171,12 +182,10 @@ impl Runner<'_> {
             ProviderState::Unconfigured { .. } => return skip(Skip::Unconfigured),
         };
         if let Some(wait) = entry.health.parked_for() {
-            *shortest_wait = Some(shortest_wait.map_or(wait, |w| w.min(wait)));
+            log.shortest_wait = Some(log.shortest_wait.map_or(wait, |w| w.min(wait)));
             return skip(Skip::Parked);
         }
-        if entry.health.breaker.state() == crate::resilience::breaker::State::Open
-            && entry.health.breaker.retry_in().is_some_and(|d| !d.is_zero())
-        {
+        if entry.health.breaker.retry_in().is_some_and(|d| !d.is_zero()) {
             return skip(Skip::CircuitOpen);
         }
         let call = Call { provider_id: entry.id.clone(), provider, model: link.model.clone() };
@@ -188,87 +197,87 @@ impl Runner<'_> {
         target: Call,
         health: std::sync::Arc<ProviderHealth>,
         call: &F,
-        attempts: &mut Vec<Attempt>,
-        shortest_wait: &mut Option<Duration>,
+        log: &mut Log,
     ) -> LinkEnd<T>
     where
         F: Fn(Call) -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         let id = target.provider_id.clone();
-        for attempt in 0..self.policy.attempts_per_provider.max(1) {
+        let attempts_allowed = self.policy.attempts_per_provider.max(1);
+        for attempt in 0..attempts_allowed {
             if Instant::now() >= self.deadline {
-                return LinkEnd::Stop(Failure::Deadline { attempts: std::mem::take(attempts) });
+                return LinkEnd::Stop(Failure::Deadline { attempts: std::mem::take(&mut log.attempts) });
             }
             let (permit, transition) = health.breaker.acquire();
             metrics::breaker_transition(&id, transition);
             if permit == Permit::Rejected {
-                attempts.push(skipped(&target, Skip::CircuitOpen));
+                log.attempts.push(skipped(&target, Skip::CircuitOpen));
                 return LinkEnd::Next;
             }
+            let guard = health.breaker.guard(permit);
             if attempt > 0 {
                 metrics::retry(&id);
             }
             let started = Instant::now();
-            let result = match tokio::time::timeout_at(self.deadline, call(target.clone())).await {
+            let until = (started + self.policy.attempt_timeout).min(self.deadline);
+            let result = match tokio::time::timeout_at(until, call(target.clone())).await {
                 Ok(r) => r,
-                Err(_) => Err(ProviderError::Timeout { phase: "deadline" }),
+                Err(_) => {
+                    Err(ProviderError::Timeout { phase: if until < self.deadline { "attempt" } else { "deadline" } })
+                }
             };
             let latency = started.elapsed();
             let error = match result {
                 Ok(value) => {
                     health.record(latency, None);
-                    metrics::breaker_transition(&id, health.breaker.record(true));
-                    attempts.push(Attempt {
-                        provider: id.clone(),
-                        model: target.model.clone(),
-                        outcome: Outcome::Ok,
-                        latency,
-                    });
+                    metrics::breaker_transition(&id, guard.settle(Some(true)));
+                    log.attempts.push(attempt_of(&target, Outcome::Ok, latency));
                     return LinkEnd::Done(value);
                 }
                 Err(e) => e,
             };
+            let out_of_time = Instant::now() >= self.deadline;
             health.record(latency, Some(error.kind().as_str()));
-            // Rate limits and request errors say nothing about the provider's health.
-            if matches!(error, ProviderError::RateLimited { .. } | ProviderError::Rejected { .. }) {
-                if permit == Permit::Probe {
-                    health.breaker.release_probe();
-                }
-            } else {
-                metrics::breaker_transition(&id, health.breaker.record(false));
-            }
-            attempts.push(Attempt {
-                provider: id.clone(),
-                model: target.model.clone(),
-                outcome: Outcome::Failed { kind: error.kind(), status: error.status() },
+            // Our own deadline running out says nothing about the provider.
+            let verdict = (error.counts_against_provider() && !out_of_time).then_some(false);
+            metrics::breaker_transition(&id, guard.settle(verdict));
+            log.attempts.push(attempt_of(
+                &target,
+                Outcome::Failed { kind: error.kind(), status: error.status() },
                 latency,
-            });
+            ));
             tracing::warn!(provider = %id, attempt = attempt + 1, kind = error.kind().as_str(), "upstream call failed");
-            let last = attempt + 1 >= self.policy.attempts_per_provider;
-            match error {
-                ProviderError::Rejected { .. } => {
+            if out_of_time {
+                return LinkEnd::Stop(Failure::Deadline { attempts: std::mem::take(&mut log.attempts) });
+            }
+            let last = attempt + 1 >= attempts_allowed;
+            match error.disposition() {
+                Disposition::ReturnToClient => {
                     return LinkEnd::Stop(Failure::Rejected {
                         provider: id,
                         error,
-                        attempts: std::mem::take(attempts),
+                        attempts: std::mem::take(&mut log.attempts),
                     });
                 }
-                ProviderError::Auth { .. } | ProviderError::Decode(_) => return LinkEnd::Next,
+                Disposition::NextProvider => return LinkEnd::Next,
+                Disposition::Retry => {}
+            }
+            let pause = match &error {
                 ProviderError::RateLimited { retry_after, .. } => {
                     let wait = retry_after.unwrap_or(self.policy.park_default).min(self.policy.park_max);
                     health.park(wait);
-                    *shortest_wait = Some(shortest_wait.map_or(wait, |w| w.min(wait)));
-                    if last || wait > self.policy.retry_after_max_wait || !self.sleep_within_deadline(wait).await {
+                    log.shortest_wait = Some(log.shortest_wait.map_or(wait, |w| w.min(wait)));
+                    if wait > self.policy.retry_after_max_wait {
                         return LinkEnd::Next;
                     }
+                    log.rate_limit_wait += wait;
+                    wait
                 }
-                _ => {
-                    let pause = self.policy.backoff(attempt, fastrand::f64());
-                    if last || !self.sleep_within_deadline(pause).await {
-                        return LinkEnd::Next;
-                    }
-                }
+                _ => self.policy.backoff(attempt, fastrand::f64()),
+            };
+            if last || !self.sleep_within_deadline(pause).await {
+                return LinkEnd::Next;
             }
         }
         LinkEnd::Next
@@ -284,13 +293,12 @@ impl Runner<'_> {
     }
 }
 
+fn attempt_of(target: &Call, outcome: Outcome, latency: Duration) -> Attempt {
+    Attempt { provider: target.provider_id.clone(), model: target.model.clone(), outcome, latency }
+}
+
 fn skipped(target: &Call, reason: Skip) -> Attempt {
-    Attempt {
-        provider: target.provider_id.clone(),
-        model: target.model.clone(),
-        outcome: Outcome::Skipped(reason),
-        latency: Duration::ZERO,
-    }
+    attempt_of(target, Outcome::Skipped(reason), Duration::ZERO)
 }
 
 /// Every link is spent: 429 if all that exist were rate limited, else 502.

@@ -99,6 +99,11 @@ pub fn breaker_transition(provider: &str, transition: crate::resilience::breaker
     tracing::warn!(provider, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
 }
 
+/// Every provider's breaker starts closed; the gauge exists from start-up.
+pub fn breaker_initial(provider: &str) {
+    gauge!(BREAKER_STATE, "provider" => provider.to_owned()).set(0.0);
+}
+
 pub fn agent_request(agent: &str, outcome: &'static str, elapsed: Duration) {
     counter!(AGENT_REQUESTS, "agent" => agent.to_owned(), "outcome" => outcome).increment(1);
     histogram!(AGENT_DURATION, "agent" => agent.to_owned()).record(elapsed.as_secs_f64());

@@ -28,6 +28,12 @@ pub trait Dialect {
 pub struct OpenAi;
 pub struct Gemini;
 
+impl Gemini {
+    pub fn malformed_event_for_tests() -> String {
+        <Gemini as Dialect>::malformed_event()
+    }
+}
+
 impl Dialect for OpenAi {
     const MODEL: &'static str = "groq/openai/gpt-oss-20b";
 
