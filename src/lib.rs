@@ -21,6 +21,7 @@ pub mod app;
 pub mod config;
 pub mod conversations;
 pub mod domain;
+pub mod limits;
 pub mod mock;
 pub mod providers;
 pub mod resilience;

@@ -22,6 +22,7 @@ const NAMED_ENV: &[(&str, &str)] = &[
     ("LOG_LEVEL", "log.level"),
     ("LOG_FORMAT", "log.format"),
     ("REDIS_URL", "conversations.redis_url"),
+    ("REDIS_URL", "limits.redis.url"),
 ];
 
 /// Prefix of generic overrides: `SQUAD__SERVER__REQUEST_TIMEOUT=60s` sets
@@ -48,17 +49,20 @@ pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<(Config
 
     let mut issues = Vec::new();
     for (name, value) in env {
-        let path = if let Some(rest) = name.strip_prefix(GENERIC_PREFIX) {
-            rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".")
-        } else if let Some((_, path)) = NAMED_ENV.iter().find(|(n, _)| n == name) {
-            (*path).to_owned()
+        let paths: Vec<String> = if let Some(rest) = name.strip_prefix(GENERIC_PREFIX) {
+            vec![rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".")]
         } else {
-            continue;
+            NAMED_ENV.iter().filter(|(n, _)| n == name).map(|(_, p)| (*p).to_owned()).collect()
         };
-        match set_path(&mut tree, &path, scalar(value)) {
-            Ok(()) => source.env_overrides.push(name.clone()),
-            Err(msg) => issues.push(ConfigIssue::new(&path, format!("from {name}: {msg}"))),
+        if paths.is_empty() {
+            continue;
         }
+        for path in paths {
+            if let Err(msg) = set_path(&mut tree, &path, scalar(value)) {
+                issues.push(ConfigIssue::new(&path, format!("from {name}: {msg}")));
+            }
+        }
+        source.env_overrides.push(name.clone());
     }
 
     let config = deserialize(tree, &mut issues);

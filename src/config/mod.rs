@@ -25,6 +25,137 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub conversations: ConversationsConfig,
     pub resilience: ResilienceConfig,
+    pub limits: LimitsConfig,
+}
+
+/// A request and token budget: `rpm` requests a minute (`burst` at once) and
+/// `tpm` tokens a minute. `None` (or 0) means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimit {
+    pub rpm: Option<u64>,
+    /// Requests allowed at once; defaults to `rpm` (a minute's worth).
+    pub burst: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderLimits {
+    pub rpm: Option<u64>,
+    /// Requests allowed at once; defaults to `rpm` (a minute's worth).
+    pub burst: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Per-model budgets that replace the provider's for that model.
+    pub models: BTreeMap<String, RateLimit>,
+}
+
+impl ProviderLimits {
+    pub fn rate(&self) -> RateLimit {
+        RateLimit { rpm: self.rpm, burst: self.burst, tpm: self.tpm }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    pub concurrency: ConcurrencyConfig,
+    /// Per client (API key, or client address without auth).
+    pub clients: ClientLimits,
+    pub throttle: ThrottleConfig,
+    pub redis: LimitsRedisConfig,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: ConcurrencyConfig::default(),
+            clients: ClientLimits::default(),
+            throttle: ThrottleConfig::default(),
+            redis: LimitsRedisConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConcurrencyConfig {
+    /// Requests with an upstream call in flight at once (0: unlimited).
+    pub max_in_flight: usize,
+    /// Requests allowed to wait for a slot; beyond it: 429 at once.
+    pub max_queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        Self { max_in_flight: 512, max_queue: 1024, max_wait: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientLimits {
+    pub rpm: Option<u64>,
+    pub burst: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Concurrent requests per client (0 or absent: unlimited).
+    pub concurrent: Option<u64>,
+}
+
+impl ClientLimits {
+    pub fn rate(&self) -> RateLimit {
+        RateLimit { rpm: self.rpm, burst: self.burst, tpm: self.tpm }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThrottleConfig {
+    /// Lower a provider's effective rate when it answers 429 anyway.
+    pub enabled: bool,
+    /// Factor applied on a 429 burst (at most once per `cooldown`).
+    pub decrease: f64,
+    /// Added back to the factor per successful call.
+    pub recover_step: f64,
+    pub min_factor: f64,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self { enabled: true, decrease: 0.5, recover_step: 0.02, min_factor: 0.1, cooldown: Duration::from_secs(2) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailurePolicy {
+    /// Fall back to in-process limits at a 1/`replicas` share (and warn).
+    #[default]
+    LocalShare,
+    /// Refuse requests (429) while Redis is unreachable.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsRedisConfig {
+    /// `redis://…` to share budgets between replicas; also `REDIS_URL`.
+    pub url: Option<String>,
+    pub on_failure: RedisFailurePolicy,
+    /// Replicas sharing the budget: the local share while Redis is down is 1/replicas.
+    pub replicas: u32,
+}
+
+impl Default for LimitsRedisConfig {
+    fn default() -> Self {
+        Self { url: None, on_failure: RedisFailurePolicy::LocalShare, replicas: 3 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +308,8 @@ pub struct ProviderConfig {
     pub max_tokens_field: MaxTokensField,
     /// Ask OpenAI-compatible upstreams for a usage chunk at the end of streams.
     pub stream_include_usage: bool,
+    /// What Squad lets through to this provider (see `limits`).
+    pub limits: ProviderLimits,
 }
 
 impl Default for ProviderConfig {
@@ -192,6 +325,7 @@ impl Default for ProviderConfig {
             timeouts: Timeouts::default(),
             max_tokens_field: MaxTokensField::MaxTokens,
             stream_include_usage: true,
+            limits: ProviderLimits::default(),
         }
     }
 }
@@ -235,6 +369,7 @@ impl Default for Config {
             agents: AgentsConfig::default(),
             conversations: ConversationsConfig::default(),
             resilience: ResilienceConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -245,8 +380,10 @@ fn builtin(
     key_env: &str,
     models: &[&str],
     max_tokens_field: MaxTokensField,
+    rpm: u64,
 ) -> ProviderConfig {
     ProviderConfig {
+        limits: ProviderLimits { rpm: Some(rpm), ..ProviderLimits::default() },
         kind,
         base_url: base_url.into(),
         api_key_env: Some(key_env.into()),
@@ -267,6 +404,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
         "OPENROUTER_API_KEY",
         &["openrouter/auto", "openai/gpt-5.2", "anthropic/claude-sonnet-4.5"],
         MaxTokens,
+        20,
     );
     openrouter.headers.insert("HTTP-Referer".into(), "https://github.com/squad-gateway/squad".into());
     openrouter.headers.insert("X-OpenRouter-Title".into(), "Squad".into());
@@ -279,6 +417,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
                 "GROQ_API_KEY",
                 &["openai/gpt-oss-120b", "openai/gpt-oss-20b", "qwen/qwen3.6-27b"],
                 MaxCompletionTokens,
+                30,
             ),
         ),
         (
@@ -289,6 +428,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
                 "CEREBRAS_API_KEY",
                 &["gpt-oss-120b", "zai-glm-4.7"],
                 MaxCompletionTokens,
+                30,
             ),
         ),
         (
@@ -299,6 +439,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
                 "GEMINI_API_KEY",
                 &["gemini-3.5-flash", "gemini-3.5-flash-lite", "gemini-3.1-pro-preview"],
                 MaxTokens,
+                15,
             ),
         ),
         ("openrouter".to_owned(), openrouter),
@@ -310,6 +451,7 @@ fn builtin_providers() -> BTreeMap<String, ProviderConfig> {
                 "DEEPSEEK_API_KEY",
                 &["deepseek-flash", "deepseek-v4-pro"],
                 MaxTokens,
+                60,
             ),
         ),
     ])

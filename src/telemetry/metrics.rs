@@ -21,6 +21,11 @@ pub const BREAKER_TRANSITIONS: &str = "squad_breaker_transitions_total";
 pub const BREAKER_STATE: &str = "squad_breaker_state";
 pub const AGENT_REQUESTS: &str = "squad_agent_requests_total";
 pub const AGENT_DURATION: &str = "squad_agent_request_duration_seconds";
+pub const ADMISSIONS: &str = "squad_admission_decisions_total";
+pub const QUEUE_DEPTH: &str = "squad_concurrency_queue_depth";
+pub const QUEUE_WAIT: &str = "squad_concurrency_queue_wait_seconds";
+pub const EFFECTIVE_RPM: &str = "squad_provider_effective_rpm";
+pub const LIMITS_REDIS_ERRORS: &str = "squad_limits_redis_errors_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -97,6 +102,27 @@ pub fn breaker_transition(provider: &str, transition: crate::resilience::breaker
     };
     gauge!(BREAKER_STATE, "provider" => provider.to_owned()).set(value);
     tracing::warn!(provider, from = from.as_str(), to = to.as_str(), "circuit breaker changed state");
+}
+
+/// `scope`: provider, client, concurrency; `outcome`: allowed, limited, queued, queue_full, timed_out.
+pub fn admission(scope: &'static str, outcome: &'static str) {
+    counter!(ADMISSIONS, "scope" => scope, "outcome" => outcome).increment(1);
+}
+
+pub fn queue_depth(depth: usize) {
+    gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+pub fn queue_wait(waited: Duration) {
+    histogram!(QUEUE_WAIT).record(waited.as_secs_f64());
+}
+
+pub fn effective_rpm(provider: &str, rpm: f64) {
+    gauge!(EFFECTIVE_RPM, "provider" => provider.to_owned()).set(rpm);
+}
+
+pub fn limits_redis_error() {
+    counter!(LIMITS_REDIS_ERRORS).increment(1);
 }
 
 /// Every provider's breaker starts closed; the gauge exists from start-up.

@@ -1,0 +1,446 @@
+//! Admission control: per-provider request and token budgets (with per-model
+//! overrides and auto-throttling), a global concurrency gate with a bounded
+//! queue, and per-client budgets. State lives in process (atomics) or in Redis
+//! (atomic scripts) so replicas share one budget. Token budgets reserve an
+//! estimate at admission and are settled with the real usage afterwards, so
+//! concurrent requests cannot overshoot.
+
+pub mod gcra;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::{Config, ConcurrencyConfig, RateLimit, ThrottleConfig};
+use crate::telemetry::metrics;
+use gcra::Rate;
+use store::{LocalStore, RateStore, RedisStore, Shared, Verdict};
+
+/// Completion tokens assumed when a request sets no `max_tokens`.
+pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 1024;
+
+/// Rough token count of a prompt: four bytes a token.
+pub fn estimate_tokens(prompt_bytes: usize, max_tokens: Option<u32>) -> u64 {
+    (prompt_bytes as u64).div_ceil(4) + max_tokens.map_or(DEFAULT_COMPLETION_ESTIMATE, u64::from)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    requests: Option<Rate>,
+    tokens: Option<Rate>,
+}
+
+impl Budget {
+    fn from(limit: &RateLimit) -> Self {
+        let rpm = limit.rpm.filter(|r| *r > 0);
+        Self {
+            requests: rpm.and_then(|r| Rate::per_minute(r, limit.burst.unwrap_or(r))),
+            tokens: limit.tpm.filter(|t| *t > 0).and_then(|t| Rate::per_minute(t, t)),
+        }
+    }
+
+    fn is_unlimited(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
+    }
+}
+
+/// A provider's budgets and its auto-throttle factor.
+struct ProviderBudget {
+    default: Budget,
+    models: HashMap<String, Budget>,
+    /// f64 bits; 1.0 = the configured rate.
+    factor: AtomicU64,
+    /// Nanoseconds (of `Limits::base`) of the last cut, so a burst of 429s is one cut.
+    last_cut: AtomicU64,
+}
+
+/// Tokens reserved for one call, to be settled with the real usage.
+pub struct Reservation {
+    store: Arc<dyn RateStore>,
+    key: String,
+    rate: Rate,
+    reserved: u64,
+}
+
+impl Reservation {
+    /// Returns the unused part of the reservation (or charges the excess).
+    pub async fn settle(self, used: u64) {
+        let delta = used as i64 - self.reserved as i64;
+        if delta != 0 {
+            let _ = self.store.adjust(&self.key, self.rate, delta).await;
+        }
+    }
+}
+
+/// Held while a request has upstream work in flight.
+pub struct GatePass {
+    _permit: Option<OwnedSemaphorePermit>,
+    pub waited: Duration,
+}
+
+/// Why admission said no, and when to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Concurrency { retry_after: Duration },
+    Client { retry_after: Duration },
+}
+
+/// A client's rpm decision, for the `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+pub struct Limits {
+    enabled: bool,
+    store: Arc<dyn RateStore>,
+    backend: &'static str,
+    providers: HashMap<String, ProviderBudget>,
+    throttle: ThrottleConfig,
+    gate: Option<Gate>,
+    client: Budget,
+    client_concurrent: Option<u64>,
+    in_flight_by_client: DashMap<String, Arc<AtomicU64>>,
+    base: Instant,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Result<Self, store::StoreDown> {
+        let l = &config.limits;
+        let (store, backend): (Arc<dyn RateStore>, &'static str) = match &l.redis.url {
+            Some(url) => (Arc::new(Shared::new(RedisStore::new(url)?, l.redis.on_failure, l.redis.replicas)), "redis"),
+            None => (Arc::new(LocalStore::default()), "memory"),
+        };
+        let providers = config
+            .providers
+            .iter()
+            .map(|(id, p)| {
+                let budget = ProviderBudget {
+                    default: Budget::from(&p.limits.rate()),
+                    models: p.limits.models.iter().map(|(m, r)| (m.clone(), Budget::from(r))).collect(),
+                    factor: AtomicU64::new(1.0f64.to_bits()),
+                    last_cut: AtomicU64::new(0),
+                };
+                (id.clone(), budget)
+            })
+            .collect();
+        Ok(Self {
+            enabled: l.enabled,
+            store,
+            backend,
+            providers,
+            throttle: l.throttle,
+            gate: (l.concurrency.max_in_flight > 0).then(|| Gate::new(l.concurrency)),
+            client: Budget::from(&l.clients.rate()),
+            client_concurrent: l.clients.concurrent.filter(|c| *c > 0),
+            in_flight_by_client: DashMap::new(),
+            base: Instant::now(),
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn budget(&self, provider: &str, model: &str) -> Option<(&ProviderBudget, Budget, String)> {
+        let p = self.providers.get(provider)?;
+        match p.models.get(model) {
+            Some(b) => Some((p, *b, format!("p:{provider}:{model}"))),
+            None => Some((p, p.default, format!("p:{provider}"))),
+        }
+    }
+
+    fn factor(p: &ProviderBudget) -> f64 {
+        f64::from_bits(p.factor.load(Ordering::Relaxed))
+    }
+
+    /// Admits one call to `provider`/`model` reserving `tokens`, or says how
+    /// long until it would fit.
+    pub async fn admit_provider(&self, provider: &str, model: &str, tokens: u64) -> Result<Option<Reservation>, Duration> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let Some((p, budget, key)) = self.budget(provider, model) else { return Ok(None) };
+        if budget.is_unlimited() {
+            return Ok(None);
+        }
+        let requests = budget.requests.map(|r| r.scaled(Self::factor(p)));
+        if let Some(rate) = requests {
+            let v = self.decide(&format!("{key}:r"), rate, 1).await;
+            if !v.allowed {
+                metrics::admission("provider", "limited");
+                return Err(v.retry_after);
+            }
+        }
+        let Some(rate) = budget.tokens else {
+            metrics::admission("provider", "allowed");
+            return Ok(None);
+        };
+        let tokens_key = format!("{key}:t");
+        let v = self.decide(&tokens_key, rate, tokens.min(rate.burst())).await;
+        if !v.allowed {
+            // Give the request slot back: this call is not going out.
+            if let Some(r) = requests {
+                let _ = self.store.adjust(&format!("{key}:r"), r, -1).await;
+            }
+            metrics::admission("provider", "limited");
+            return Err(v.retry_after);
+        }
+        metrics::admission("provider", "allowed");
+        Ok(Some(Reservation { store: self.store.clone(), key: tokens_key, rate, reserved: tokens.min(rate.burst()) }))
+    }
+
+    async fn decide(&self, key: &str, rate: Rate, cost: u64) -> Verdict {
+        match self.store.acquire(key, rate, cost).await {
+            Ok(v) => v,
+            // Fail closed (the policy chose it): refuse for a second.
+            Err(_) => Verdict { allowed: false, retry_after: Duration::from_secs(1), remaining: 0, reset: Duration::from_secs(1) },
+        }
+    }
+
+    /// Auto-throttle: a 429 from the provider cuts its effective request rate
+    /// (once per cooldown, so a burst counts once); successes restore it.
+    pub fn on_upstream(&self, provider: &str, rate_limited: bool) {
+        if !self.enabled || !self.throttle.enabled {
+            return;
+        }
+        let Some(p) = self.providers.get(provider) else { return };
+        if p.default.requests.is_none() {
+            return;
+        }
+        let now = self.base.elapsed().as_nanos() as u64 + 1;
+        let t = &self.throttle;
+        let next = if rate_limited {
+            let last = p.last_cut.load(Ordering::Relaxed);
+            if last != 0 && now.saturating_sub(last) < t.cooldown.as_nanos() as u64 {
+                return;
+            }
+            p.last_cut.store(now, Ordering::Relaxed);
+            (Self::factor(p) * t.decrease).max(t.min_factor)
+        } else {
+            let f = Self::factor(p);
+            if f >= 1.0 {
+                return;
+            }
+            (f + t.recover_step).min(1.0)
+        };
+        p.factor.store(next.to_bits(), Ordering::Relaxed);
+        if let Some(rpm) = self.effective_rpm(provider) {
+            metrics::effective_rpm(provider, rpm);
+        }
+        if rate_limited {
+            tracing::warn!(provider, factor = next, "provider answered 429; lowering its effective rate");
+        }
+    }
+
+    /// The provider's request rate after auto-throttling, per minute.
+    pub fn effective_rpm(&self, provider: &str) -> Option<f64> {
+        let p = self.providers.get(provider)?;
+        let rate = p.default.requests?;
+        Some(60e9 / rate.interval_ns as f64 * Self::factor(p))
+    }
+
+    /// Configured `(rpm, burst, tpm)` of a provider, for `/providers`.
+    pub fn configured(&self, provider: &str) -> Option<(Option<u64>, Option<u64>, Option<u64>)> {
+        let p = self.providers.get(provider)?;
+        let per_min = |r: Rate| (60e9 / r.interval_ns as f64).round() as u64;
+        Some((p.default.requests.map(per_min), p.default.requests.map(|r| r.burst()), p.default.tokens.map(per_min)))
+    }
+
+    /// Waits for a concurrency slot (bounded queue, bounded wait).
+    pub async fn enter(&self) -> Result<GatePass, Refusal> {
+        match (&self.gate, self.enabled) {
+            (Some(gate), true) => gate.enter().await,
+            _ => Ok(GatePass { _permit: None, waited: Duration::ZERO }),
+        }
+    }
+
+    /// A client's request budget and concurrency; `Err` is a refusal.
+    pub async fn admit_client(&self, client: &str) -> Result<(Option<ClientHeaders>, ClientSlot), (Refusal, Option<ClientHeaders>)> {
+        if !self.enabled {
+            return Ok((None, ClientSlot(None)));
+        }
+        let mut headers = None;
+        if let Some(rate) = self.client.requests {
+            let v = self.decide(&format!("c:{client}:r"), rate, 1).await;
+            let h = ClientHeaders { limit: rate.burst(), remaining: v.remaining, reset: v.reset };
+            if !v.allowed {
+                metrics::admission("client", "limited");
+                return Err((Refusal::Client { retry_after: v.retry_after }, Some(h)));
+            }
+            headers = Some(h);
+        }
+        let slot = match self.client_concurrent {
+            Some(max) => {
+                let counter = self.in_flight_by_client.entry(client.to_owned()).or_default().clone();
+                if counter.fetch_add(1, Ordering::AcqRel) >= max {
+                    counter.fetch_sub(1, Ordering::AcqRel);
+                    metrics::admission("client", "limited");
+                    return Err((Refusal::Client { retry_after: Duration::from_secs(1) }, headers));
+                }
+                ClientSlot(Some(counter))
+            }
+            None => ClientSlot(None),
+        };
+        metrics::admission("client", "allowed");
+        Ok((headers, slot))
+    }
+
+    /// Reserves a client's token estimate (its `tpm`).
+    pub async fn admit_client_tokens(&self, client: &str, tokens: u64) -> Result<Option<Reservation>, Refusal> {
+        let Some(rate) = self.client.tokens.filter(|_| self.enabled) else { return Ok(None) };
+        let key = format!("c:{client}:t");
+        let cost = tokens.min(rate.burst());
+        let v = self.decide(&key, rate, cost).await;
+        if !v.allowed {
+            metrics::admission("client", "limited");
+            return Err(Refusal::Client { retry_after: v.retry_after });
+        }
+        Ok(Some(Reservation { store: self.store.clone(), key, rate, reserved: cost }))
+    }
+}
+
+/// Counts a client's in-flight request until dropped.
+pub struct ClientSlot(Option<Arc<AtomicU64>>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The global concurrency gate: a semaphore with a bounded, time-limited queue.
+struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    config: ConcurrencyConfig,
+}
+
+impl Gate {
+    fn new(config: ConcurrencyConfig) -> Self {
+        Self { slots: Arc::new(Semaphore::new(config.max_in_flight)), waiting: AtomicUsize::new(0), config }
+    }
+
+    async fn enter(&self) -> Result<GatePass, Refusal> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            metrics::admission("concurrency", "allowed");
+            return Ok(GatePass { _permit: Some(permit), waited: Duration::ZERO });
+        }
+        let refused = Refusal::Concurrency { retry_after: Duration::from_secs(1) };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            metrics::admission("concurrency", "queue_full");
+            return Err(refused);
+        }
+        metrics::queue_depth(self.waiting.load(Ordering::Relaxed));
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.config.max_wait, self.slots.clone().acquire_owned()).await;
+        let depth = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::queue_depth(depth);
+        let waited = started.elapsed();
+        metrics::queue_wait(waited);
+        match result {
+            Ok(Ok(permit)) => {
+                metrics::admission("concurrency", "queued");
+                Ok(GatePass { _permit: Some(permit), waited })
+            }
+            _ => {
+                metrics::admission("concurrency", "timed_out");
+                Err(refused)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rpm: u64, burst: u64, tpm: Option<u64>) -> Limits {
+        let mut config = Config::default();
+        let groq = config.providers.get_mut("groq").unwrap();
+        groq.limits.rpm = Some(rpm);
+        groq.limits.burst = Some(burst);
+        groq.limits.tpm = tpm;
+        groq.limits.models.insert("big".into(), RateLimit { rpm: Some(1), burst: Some(1), tpm: None });
+        Limits::from_config(&config).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_pass_up_to_the_burst_then_at_the_rate() {
+        let l = limits(30, 3, None);
+        for _ in 0..3 {
+            assert!(l.admit_provider("groq", "m", 10).await.is_ok());
+        }
+        let wait = l.admit_provider("groq", "m", 10).await.err().unwrap();
+        assert_eq!(wait, Duration::from_secs(2), "30 rpm: one every 2 s");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(l.admit_provider("groq", "m", 10).await.is_ok());
+        // A per-model override has its own budget.
+        assert!(l.admit_provider("groq", "big", 10).await.is_ok());
+        assert!(l.admit_provider("groq", "big", 10).await.is_err());
+        // Unknown providers are unlimited.
+        assert!(l.admit_provider("ollama", "x", 10).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_reservations_bound_concurrent_use_and_settle_to_real_usage() {
+        let l = limits(1000, 1000, Some(10_000));
+        let a = l.admit_provider("groq", "m", 6000).await.unwrap().unwrap();
+        assert!(l.admit_provider("groq", "m", 6000).await.is_err(), "6000 + 6000 > 10 000");
+        a.settle(1000).await;
+        let b = l.admit_provider("groq", "m", 6000).await;
+        assert!(b.is_ok(), "the unused 5000 came back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_cuts_the_effective_rate_once_per_burst_and_successes_restore_it() {
+        let l = limits(60, 60, None);
+        assert_eq!(l.effective_rpm("groq"), Some(60.0));
+        l.on_upstream("groq", true);
+        l.on_upstream("groq", true);
+        assert_eq!(l.effective_rpm("groq"), Some(30.0), "one cut for a burst");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        l.on_upstream("groq", true);
+        assert_eq!(l.effective_rpm("groq"), Some(15.0));
+        for _ in 0..100 {
+            l.on_upstream("groq", false);
+        }
+        assert_eq!(l.effective_rpm("groq"), Some(60.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_queues_within_bounds() {
+        let mut config = Config::default();
+        config.limits.concurrency = ConcurrencyConfig { max_in_flight: 1, max_queue: 1, max_wait: Duration::from_secs(2) };
+        let l = Arc::new(Limits::from_config(&config).unwrap());
+        let first = l.enter().await.unwrap();
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.enter().await.map(|p| p.waited) }
+        });
+        tokio::task::yield_now().await;
+        assert!(matches!(l.enter().await, Err(Refusal::Concurrency { .. })), "queue full");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(first);
+        let waited = waiter.await.unwrap().unwrap();
+        assert_eq!(waited, Duration::from_millis(500));
+        let _held = l.enter().await.unwrap();
+        let late = tokio::spawn({
+            let l = l.clone();
+            async move { l.enter().await.is_err() }
+        });
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(late.await.unwrap(), "waited too long");
+    }
+}

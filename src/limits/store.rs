@@ -1,0 +1,282 @@
+//! Where GCRA state lives. In process: one atomic per key, updated by
+//! compare-and-swap (no lock on the hot path beyond a sharded map lookup).
+//! Redis: the same arithmetic in a Lua script, atomic on the server, so any
+//! number of replicas share one budget exactly; times come from Redis' clock.
+//! `Shared` wraps Redis with the documented failure policy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::gcra::{self, Decision, Rate};
+use crate::config::RedisFailurePolicy;
+use crate::telemetry::metrics;
+
+/// One decision as callers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub retry_after: Duration,
+    /// Units left right after this decision (for `X-RateLimit-Remaining`).
+    pub remaining: u64,
+    /// Until the budget is whole again (for `X-RateLimit-Reset`).
+    pub reset: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit store unavailable: {0}")]
+pub struct StoreDown(pub String);
+
+#[async_trait::async_trait]
+pub trait RateStore: Send + Sync {
+    /// Takes `cost` units if they fit.
+    async fn acquire(&self, key: &str, rate: Rate, cost: u64) -> Result<Verdict, StoreDown>;
+    /// Moves the budget by `delta` units unconditionally: negative returns a
+    /// reservation's unused part, positive charges usage beyond it.
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown>;
+}
+
+/// In-process GCRA state.
+pub struct LocalStore {
+    base: Instant,
+    cells: DashMap<String, Arc<AtomicU64>>,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        Self { base: Instant::now(), cells: DashMap::new() }
+    }
+}
+
+impl LocalStore {
+    fn now(&self) -> u64 {
+        // +1 s so that "now" is never 0 (a zero TAT means "never used").
+        self.base.elapsed().as_nanos() as u64 + 1_000_000_000
+    }
+
+    fn cell(&self, key: &str) -> Arc<AtomicU64> {
+        if let Some(c) = self.cells.get(key) {
+            return c.clone();
+        }
+        self.cells.entry(key.to_owned()).or_default().clone()
+    }
+
+    pub fn acquire_now(&self, key: &str, rate: Rate, cost: u64) -> Verdict {
+        let cell = self.cell(key);
+        let now = self.now();
+        let mut tat = cell.load(Ordering::Acquire);
+        loop {
+            match gcra::decide(rate, tat, now, cost) {
+                Decision::Allow { tat: new } => match cell.compare_exchange_weak(tat, new, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        return Verdict {
+                            allowed: true,
+                            retry_after: Duration::ZERO,
+                            remaining: gcra::remaining(rate, new, now),
+                            reset: gcra::reset_after(new, now),
+                        };
+                    }
+                    Err(current) => tat = current,
+                },
+                Decision::Deny { retry_after_ns } => {
+                    return Verdict {
+                        allowed: false,
+                        retry_after: Duration::from_nanos(retry_after_ns),
+                        remaining: gcra::remaining(rate, tat, now),
+                        reset: gcra::reset_after(tat, now),
+                    };
+                }
+            }
+        }
+    }
+
+    pub fn adjust_now(&self, key: &str, rate: Rate, delta: i64) {
+        let cell = self.cell(key);
+        let now = self.now();
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+            let moved = rate.interval_ns.saturating_mul(delta.unsigned_abs());
+            Some(if delta >= 0 { tat.max(now).saturating_add(moved) } else { gcra::refund(rate, tat, now, delta.unsigned_abs()) })
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl RateStore for LocalStore {
+    async fn acquire(&self, key: &str, rate: Rate, cost: u64) -> Result<Verdict, StoreDown> {
+        Ok(self.acquire_now(key, rate, cost))
+    }
+
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
+        self.adjust_now(key, rate, delta);
+        Ok(())
+    }
+}
+
+/// GCRA in microseconds (Lua numbers are doubles: nanoseconds since the epoch
+/// would lose precision). Returns {allowed, retry_after_us, remaining, reset_us}.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+local allow_at = new_tat - tolerance
+if allow_at <= now then
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  return {1, 0, math.floor((tolerance - (new_tat - now)) / interval), math.floor(new_tat - now)}
+end
+return {0, math.floor(allow_at - now), math.floor((tolerance - (tat - now)) / interval), math.floor(tat - now)}
+";
+
+const ADJUST: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local delta = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+tat = tat + interval * delta
+if tat < now then tat = now end
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+return 1
+";
+
+pub struct RedisStore {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    acquire: redis::Script,
+    adjust: redis::Script,
+}
+
+impl RedisStore {
+    pub fn new(url: &str) -> Result<Self, StoreDown> {
+        let client = redis::Client::open(url).map_err(|e| StoreDown(e.to_string()))?;
+        Ok(Self { client, conn: OnceCell::new(), acquire: redis::Script::new(ACQUIRE), adjust: redis::Script::new(ADJUST) })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreDown> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)));
+        self.conn
+            .get_or_try_init(|| async { ConnectionManager::new_with_config(self.client.clone(), config).await })
+            .await
+            .cloned()
+            .map_err(|e| StoreDown(e.to_string()))
+    }
+}
+
+fn us(ns: u64) -> u64 {
+    (ns / 1000).max(1)
+}
+
+#[async_trait::async_trait]
+impl RateStore for RedisStore {
+    async fn acquire(&self, key: &str, rate: Rate, cost: u64) -> Result<Verdict, StoreDown> {
+        let mut conn = self.conn().await?;
+        let (allowed, retry_us, remaining, reset_us): (i64, i64, i64, i64) = self
+            .acquire
+            .key(format!("squad:rl:{key}"))
+            .arg(us(rate.interval_ns))
+            .arg(us(rate.tolerance_ns))
+            .arg(cost)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StoreDown(e.to_string()))?;
+        Ok(Verdict {
+            allowed: allowed == 1,
+            retry_after: Duration::from_micros(retry_us.max(0) as u64),
+            remaining: remaining.max(0) as u64,
+            reset: Duration::from_micros(reset_us.max(0) as u64),
+        })
+    }
+
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
+        let mut conn = self.conn().await?;
+        let _: i64 = self
+            .adjust
+            .key(format!("squad:rl:{key}"))
+            .arg(us(rate.interval_ns))
+            .arg(delta)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StoreDown(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Redis with a fallback: while Redis is unreachable, either in-process limits
+/// at a 1/`replicas` share of each budget (so N replicas together stay within
+/// it) or refusal, per `on_failure`. Recovers by itself when Redis answers again.
+pub struct Shared {
+    redis: RedisStore,
+    local: LocalStore,
+    policy: RedisFailurePolicy,
+    replicas: u32,
+    down: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(redis: RedisStore, policy: RedisFailurePolicy, replicas: u32) -> Self {
+        Self { redis, local: LocalStore::default(), policy, replicas: replicas.max(1), down: AtomicBool::new(false) }
+    }
+
+    fn local_rate(&self, rate: Rate) -> Rate {
+        rate.scaled(1.0 / f64::from(self.replicas))
+    }
+
+    fn note_down(&self, e: &StoreDown) {
+        metrics::limits_redis_error();
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %e, policy = ?self.policy, "rate-limit Redis unreachable; applying the fallback policy");
+        }
+    }
+
+    fn note_up(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            tracing::info!("rate-limit Redis reachable again; shared limits resumed");
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+}
+
+#[async_trait::async_trait]
+impl RateStore for Shared {
+    async fn acquire(&self, key: &str, rate: Rate, cost: u64) -> Result<Verdict, StoreDown> {
+        match self.redis.acquire(key, rate, cost).await {
+            Ok(v) => {
+                self.note_up();
+                Ok(v)
+            }
+            Err(e) => {
+                self.note_down(&e);
+                match self.policy {
+                    RedisFailurePolicy::LocalShare => Ok(self.local.acquire_now(key, self.local_rate(rate), cost)),
+                    RedisFailurePolicy::FailClosed => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
+        match self.redis.adjust(key, rate, delta).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.note_down(&e);
+                self.local.adjust_now(key, self.local_rate(rate), delta);
+                Ok(())
+            }
+        }
+    }
+}
