@@ -11,6 +11,7 @@ use crate::agents::{PromptSettings, Roster};
 use crate::api::{self, AppState};
 use crate::config::{Config, ProviderKind};
 use crate::conversations::{Bounds, ConversationStore, MemoryStore, RedisStore};
+use crate::limits::Limits;
 use crate::providers::DynProvider;
 use crate::providers::gemini::Gemini;
 use crate::providers::http::BuildError;
@@ -98,6 +99,10 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         request_timeout: config.server.request_timeout,
         stream_timeout: config.server.stream_timeout,
         conversations: conversation_store(config)?,
+        limits: Arc::new(
+            Limits::from_config(config)
+                .map_err(|e| AppError { provider: "limits".into(), source: BuildError::Url(e.to_string()) })?,
+        ),
     });
     Ok(AppState {
         gateway: Arc::new(gateway),

@@ -122,7 +122,13 @@ fn policy() -> RetryPolicy {
 }
 
 async fn run(w: &World, links: &[ChainLink]) -> Result<squad::service::fallback::Success<ChatResponse>, Failure> {
-    let runner = Runner { registry: &w.registry, policy: policy(), deadline: Instant::now() + Duration::from_secs(30) };
+    let runner = Runner {
+        registry: &w.registry,
+        policy: policy(),
+        deadline: Instant::now() + Duration::from_secs(30),
+        limits: None,
+        tokens: 0,
+    };
     let ctx = CallContext::new("t", Duration::from_secs(30));
     runner
         .run(links, |call| {
@@ -261,7 +267,13 @@ async fn when_every_provider_is_rate_limited_the_shortest_wait_is_reported() {
 async fn the_request_deadline_bounds_every_attempt() {
     let slow = Scripted::timed("a", vec![(Duration::from_secs(60), Ok(()))]);
     let registry = Registry::new(vec![entry("a", ProviderState::Ready(slow.clone()))], BTreeMap::new());
-    let runner = Runner { registry: &registry, policy: policy(), deadline: Instant::now() + Duration::from_secs(2) };
+    let runner = Runner {
+        registry: &registry,
+        policy: policy(),
+        deadline: Instant::now() + Duration::from_secs(2),
+        limits: None,
+        tokens: 0,
+    };
     let ctx = CallContext::new("t", Duration::from_secs(2));
     let started = Instant::now();
     let result = runner
@@ -310,7 +322,13 @@ async fn a_stalling_provider_gets_one_attempt_timeout_per_try_and_the_next_one_a
         vec![entry("a", ProviderState::Ready(stall.clone())), entry("b", ProviderState::Ready(healthy))],
         BTreeMap::new(),
     );
-    let runner = Runner { registry: &registry, policy: policy(), deadline: Instant::now() + Duration::from_secs(120) };
+    let runner = Runner {
+        registry: &registry,
+        policy: policy(),
+        deadline: Instant::now() + Duration::from_secs(120),
+        limits: None,
+        tokens: 0,
+    };
     let ctx = CallContext::new("t", Duration::from_secs(120));
     let started = Instant::now();
     let done = runner
@@ -362,8 +380,13 @@ async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
     );
     let registry = Registry::new(vec![entry("a", ProviderState::Ready(slow.clone()))], BTreeMap::new());
     let go = || async {
-        let runner =
-            Runner { registry: &registry, policy: policy(), deadline: Instant::now() + Duration::from_secs(90) };
+        let runner = Runner {
+            registry: &registry,
+            policy: policy(),
+            deadline: Instant::now() + Duration::from_secs(90),
+            limits: None,
+            tokens: 0,
+        };
         let ctx = CallContext::new("t", Duration::from_secs(90));
         runner
             .run(&chain(&["a"]), |call| {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::chat::PROVIDER_HEADER;
 use super::error::{ApiError, AttemptView};
 use super::extract::ApiJson;
-use super::middleware::{RequestId, ServedBy};
+use super::middleware::{ClientKey, RequestId, ServedBy};
 use super::state::AppState;
 use crate::agents::{Agent, ChainLink};
 use crate::service::{Answer, Ask};
@@ -153,10 +153,16 @@ fn answer_response(a: Answer, request_id: String) -> Response {
     response
 }
 
-async fn run(state: &AppState, request_id: String, agent: String, body: AgentBody) -> Result<Response, ApiError> {
+async fn run(
+    state: &AppState,
+    request_id: String,
+    client: Option<Extension<ClientKey>>,
+    agent: String,
+    body: AgentBody,
+) -> Result<Response, ApiError> {
     state.gateway.agent(&agent)?;
     let ask = body.into_ask(agent)?;
-    let ctx = state.gateway.context(&request_id, false);
+    let ctx = state.gateway.context(&request_id, false).with_client(client.map(|c| c.0.0));
     let answer = state.gateway.ask(ask, &ctx).await?;
     Ok(answer_response(answer, request_id))
 }
@@ -164,22 +170,24 @@ async fn run(state: &AppState, request_id: String, agent: String, body: AgentBod
 pub async fn ask_agent(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    client: Option<Extension<ClientKey>>,
     Path(agent): Path<String>,
     ApiJson(value): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     // An unknown agent is a 404 even when the body is also wrong.
     state.gateway.agent(&agent)?;
-    run(&state, request_id, agent, decode(value)?).await
+    run(&state, request_id, client, agent, decode(value)?).await
 }
 
 pub async fn chat(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    client: Option<Extension<ClientKey>>,
     ApiJson(value): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let mut body = decode(value)?;
     let agent = body.agent.take().ok_or_else(|| unprocessable("`agent` is required", "agent"))?;
-    run(&state, request_id, agent, body).await
+    run(&state, request_id, client, agent, body).await
 }
 
 #[derive(Serialize)]

@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::middleware::{RequestId, ServedBy};
+use super::middleware::{ClientKey, RequestId, ServedBy};
 use super::state::AppState;
 use super::wire::{self, ChatCompletionRequest};
 use crate::domain::{ChatChunk, Usage};
@@ -24,6 +24,7 @@ pub static PROVIDER_HEADER: header::HeaderName = header::HeaderName::from_static
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    client: Option<Extension<ClientKey>>,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = body.model.clone();
@@ -34,7 +35,7 @@ pub async fn chat_completions(
     if let Some(agent) = &target.agent {
         state.gateway.apply_persona(agent, &mut request);
     }
-    let ctx = state.gateway.context(&request_id, stream);
+    let ctx = state.gateway.context(&request_id, stream).with_client(client.map(|c| c.0.0));
     tracing::debug!(messages = request.messages.len(), "chat request validated");
 
     if stream {

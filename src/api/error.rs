@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::middleware::ServedBy;
+use crate::limits::Refusal;
 use crate::service::registry::RouteError;
 use crate::service::{Attempt, Failure, Outcome, ServiceError};
 
@@ -51,8 +52,17 @@ pub enum ApiError {
     UpstreamRejected { provider: String, status: u16, code: Option<String>, attempts: Vec<Attempt> },
     #[error("every provider failed: {}", summary(attempts))]
     AllFailed { attempts: Vec<Attempt> },
+    #[error("too many requests from this client; retry in {}s", secs(retry_after))]
+    ClientLimited { retry_after: Duration },
+    #[error("the gateway is at its concurrency limit; retry in {}s", secs(retry_after))]
+    ConcurrencyLimited { retry_after: Duration },
     #[error("internal error")]
     Internal,
+}
+
+/// Whole seconds, rounded up; at least 1 so clients do not spin.
+fn secs(d: &Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// `groq: upstream_5xx (status 503); gemini: unconfigured`
@@ -151,6 +161,8 @@ impl ApiError {
                 (status, "invalid_request_error", "upstream_rejected")
             }
             Self::AllFailed { .. } => (S::BAD_GATEWAY, "upstream_error", "upstream_failed"),
+            Self::ClientLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "client"),
+            Self::ConcurrencyLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "concurrency"),
             Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal_error", "internal"),
         }
     }
@@ -203,6 +215,8 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::UnknownAgent { id, valid } => Self::UnknownAgent { id, valid },
             ServiceError::Store(_) => Self::StoreUnavailable,
+            ServiceError::Limited(Refusal::Client { retry_after }) => Self::ClientLimited { retry_after },
+            ServiceError::Limited(Refusal::Concurrency { retry_after }) => Self::ConcurrencyLimited { retry_after },
             ServiceError::Failed(failure) => match failure {
                 Failure::Rejected { provider, error, attempts } => {
                     let status = error.status().unwrap_or(400);
@@ -226,10 +240,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
         let mut response = status.into_response();
-        if let Self::RateLimited { retry_after, .. } = &self {
-            // Whole seconds, rounded up; at least 1 so clients do not spin.
-            let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Self::RateLimited { retry_after, .. }
+        | Self::ClientLimited { retry_after }
+        | Self::ConcurrencyLimited { retry_after } = &self
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs(retry_after)));
         }
         if let Some(provider) = self.provider() {
             response.extensions_mut().insert(ServedBy(provider.to_owned()));

@@ -21,6 +21,71 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Who is asking, for per-client budgets: the client address until API keys exist.
+#[derive(Debug, Clone)]
+pub struct ClientKey(pub String);
+
+pub static RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+fn rate_limit_headers(response: &mut Response, h: &crate::limits::ClientHeaders) {
+    let reset = h.reset.as_secs() + u64::from(h.reset.subsec_nanos() > 0);
+    let headers = response.headers_mut();
+    headers.insert(RATE_LIMIT_LIMIT.clone(), HeaderValue::from(h.limit));
+    headers.insert(RATE_LIMIT_REMAINING.clone(), HeaderValue::from(h.remaining));
+    headers.insert(RATE_LIMIT_RESET.clone(), HeaderValue::from(reset));
+}
+
+/// Per-client admission on the chat routes: the client's request budget and
+/// concurrency, `X-RateLimit-*` headers on every answer, 429 (`code: client`)
+/// beyond them. A streamed response keeps its concurrency slot until the
+/// stream ends.
+pub async fn client_limits(
+    axum::extract::State(state): axum::extract::State<super::state::AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    match state.gateway.limits().admit_client(&client).await {
+        Ok((headers, slot)) => {
+            req.extensions_mut().insert(ClientKey(client));
+            let mut response = next.run(req).await;
+            if let Some(h) = &headers {
+                rate_limit_headers(&mut response, h);
+            }
+            let streaming = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            if streaming {
+                let (parts, body) = response.into_parts();
+                let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+                    let _held = &slot;
+                    chunk
+                });
+                return Response::from_parts(parts, Body::from_stream(stream));
+            }
+            response
+        }
+        Err((
+            crate::limits::Refusal::Client { retry_after } | crate::limits::Refusal::Concurrency { retry_after },
+            headers,
+        )) => {
+            let mut response = ApiError::ClientLimited { retry_after }.into_response();
+            if let Some(h) = &headers {
+                rate_limit_headers(&mut response, h);
+            }
+            response
+        }
+    }
+}
+
 /// Which provider served the request, set by handlers for the access log.
 #[derive(Debug, Clone)]
 pub struct ServedBy(pub String);

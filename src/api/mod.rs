@@ -22,11 +22,16 @@ pub use state::AppState;
 ///
 /// Body limits are enforced by `ApiJson` (413 with our body), not a layer.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The routes that call providers pass per-client admission first.
+    let limited = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/agents", get(agents::list))
-        .route("/v1/agents/{agent}", get(agents::show).post(agents::ask_agent))
+        .route("/v1/agents/{agent}", post(agents::ask_agent))
         .route("/v1/chat", post(agents::chat))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::client_limits));
+    Router::new()
+        .merge(limited)
+        .route("/v1/agents", get(agents::list))
+        .route("/v1/agents/{agent}", get(agents::show))
         .route("/providers", get(providers::list))
         .route("/providers/{name}", get(providers::show))
         .route("/v1/models", get(health::models))

@@ -103,7 +103,9 @@ mod tests {
             }
         }
         match decide(rate, tat, 10 * S, 1) {
-            Decision::Deny { retry_after_ns } => assert_eq!(retry_after_ns, 2 * S, "the next slot is one interval away"),
+            Decision::Deny { retry_after_ns } => {
+                assert_eq!(retry_after_ns, 2 * S, "the next slot is one interval away")
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(decide(rate, tat, 12 * S, 1), Decision::Allow { .. }));

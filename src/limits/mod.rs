@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{Config, ConcurrencyConfig, RateLimit, ThrottleConfig};
+use crate::config::{ConcurrencyConfig, Config, RateLimit, ThrottleConfig};
 use crate::telemetry::metrics;
 use gcra::Rate;
 use store::{LocalStore, RateStore, RedisStore, Shared, Verdict};
@@ -66,6 +66,12 @@ pub struct Reservation {
     key: String,
     rate: Rate,
     reserved: u64,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation").field("key", &self.key).field("reserved", &self.reserved).finish()
+    }
 }
 
 impl Reservation {
@@ -164,7 +170,12 @@ impl Limits {
 
     /// Admits one call to `provider`/`model` reserving `tokens`, or says how
     /// long until it would fit.
-    pub async fn admit_provider(&self, provider: &str, model: &str, tokens: u64) -> Result<Option<Reservation>, Duration> {
+    pub async fn admit_provider(
+        &self,
+        provider: &str,
+        model: &str,
+        tokens: u64,
+    ) -> Result<Option<Reservation>, Duration> {
         if !self.enabled {
             return Ok(None);
         }
@@ -202,7 +213,12 @@ impl Limits {
         match self.store.acquire(key, rate, cost).await {
             Ok(v) => v,
             // Fail closed (the policy chose it): refuse for a second.
-            Err(_) => Verdict { allowed: false, retry_after: Duration::from_secs(1), remaining: 0, reset: Duration::from_secs(1) },
+            Err(_) => Verdict {
+                allowed: false,
+                retry_after: Duration::from_secs(1),
+                remaining: 0,
+                reset: Duration::from_secs(1),
+            },
         }
     }
 
@@ -264,7 +280,10 @@ impl Limits {
     }
 
     /// A client's request budget and concurrency; `Err` is a refusal.
-    pub async fn admit_client(&self, client: &str) -> Result<(Option<ClientHeaders>, ClientSlot), (Refusal, Option<ClientHeaders>)> {
+    pub async fn admit_client(
+        &self,
+        client: &str,
+    ) -> Result<(Option<ClientHeaders>, ClientSlot), (Refusal, Option<ClientHeaders>)> {
         if !self.enabled {
             return Ok((None, ClientSlot(None)));
         }
@@ -422,7 +441,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_gate_queues_within_bounds() {
         let mut config = Config::default();
-        config.limits.concurrency = ConcurrencyConfig { max_in_flight: 1, max_queue: 1, max_wait: Duration::from_secs(2) };
+        config.limits.concurrency =
+            ConcurrencyConfig { max_in_flight: 1, max_queue: 1, max_wait: Duration::from_secs(2) };
         let l = Arc::new(Limits::from_config(&config).unwrap());
         let first = l.enter().await.unwrap();
         let waiter = tokio::spawn({

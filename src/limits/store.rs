@@ -72,17 +72,19 @@ impl LocalStore {
         let mut tat = cell.load(Ordering::Acquire);
         loop {
             match gcra::decide(rate, tat, now, cost) {
-                Decision::Allow { tat: new } => match cell.compare_exchange_weak(tat, new, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        return Verdict {
-                            allowed: true,
-                            retry_after: Duration::ZERO,
-                            remaining: gcra::remaining(rate, new, now),
-                            reset: gcra::reset_after(new, now),
-                        };
+                Decision::Allow { tat: new } => {
+                    match cell.compare_exchange_weak(tat, new, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            return Verdict {
+                                allowed: true,
+                                retry_after: Duration::ZERO,
+                                remaining: gcra::remaining(rate, new, now),
+                                reset: gcra::reset_after(new, now),
+                            };
+                        }
+                        Err(current) => tat = current,
                     }
-                    Err(current) => tat = current,
-                },
+                }
                 Decision::Deny { retry_after_ns } => {
                     return Verdict {
                         allowed: false,
@@ -100,7 +102,11 @@ impl LocalStore {
         let now = self.now();
         let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
             let moved = rate.interval_ns.saturating_mul(delta.unsigned_abs());
-            Some(if delta >= 0 { tat.max(now).saturating_add(moved) } else { gcra::refund(rate, tat, now, delta.unsigned_abs()) })
+            Some(if delta >= 0 {
+                tat.max(now).saturating_add(moved)
+            } else {
+                gcra::refund(rate, tat, now, delta.unsigned_abs())
+            })
         });
     }
 }
@@ -159,7 +165,12 @@ pub struct RedisStore {
 impl RedisStore {
     pub fn new(url: &str) -> Result<Self, StoreDown> {
         let client = redis::Client::open(url).map_err(|e| StoreDown(e.to_string()))?;
-        Ok(Self { client, conn: OnceCell::new(), acquire: redis::Script::new(ACQUIRE), adjust: redis::Script::new(ADJUST) })
+        Ok(Self {
+            client,
+            conn: OnceCell::new(),
+            acquire: redis::Script::new(ACQUIRE),
+            adjust: redis::Script::new(ADJUST),
+        })
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreDown> {

@@ -29,11 +29,18 @@ pub struct CallContext {
     pub request_id: String,
     /// The overall request deadline; an adapter never waits past it.
     pub deadline: Instant,
+    /// Who is asking (API key id or client address), for per-client budgets.
+    pub client: Option<String>,
 }
 
 impl CallContext {
     pub fn new(request_id: impl Into<String>, budget: Duration) -> Self {
-        Self { request_id: request_id.into(), deadline: Instant::now() + budget }
+        Self { request_id: request_id.into(), deadline: Instant::now() + budget, client: None }
+    }
+
+    pub fn with_client(mut self, client: Option<String>) -> Self {
+        self.client = client;
+        self
     }
 }
 

@@ -17,6 +17,7 @@ use super::registry::{Registry, RouteError};
 use crate::agents::{Agent, ChainLink, PromptSettings, Roster, system_prompt};
 use crate::conversations::{ConversationStore, StoreError};
 use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Message, Role, Usage};
+use crate::limits::{self, GatePass, Limits, Refusal, Reservation};
 use crate::providers::{CallContext, ChunkStream, ProviderError};
 use crate::resilience::{ProviderHealth, RetryPolicy};
 use crate::telemetry::metrics;
@@ -31,6 +32,8 @@ pub enum ServiceError {
     Failed(#[from] Failure),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("admission refused: {0:?}")]
+    Limited(Refusal),
 }
 
 /// What a request runs against: a chain of provider links, and the agent
@@ -60,6 +63,8 @@ pub struct StartedStream {
     pub rest: ChunkStream,
     pub attempts: Vec<Attempt>,
     pub fallback_used: bool,
+    /// Time spent queued for a slot or waiting out Retry-After headers.
+    pub rate_limit_wait: Duration,
 }
 
 pub struct Gateway {
@@ -70,6 +75,7 @@ pub struct Gateway {
     request_timeout: Duration,
     stream_timeout: Duration,
     conversations: Arc<dyn ConversationStore>,
+    limits: Arc<Limits>,
 }
 
 pub struct GatewayParts {
@@ -80,6 +86,7 @@ pub struct GatewayParts {
     pub request_timeout: Duration,
     pub stream_timeout: Duration,
     pub conversations: Arc<dyn ConversationStore>,
+    pub limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -92,7 +99,12 @@ impl Gateway {
             request_timeout: p.request_timeout,
             stream_timeout: p.stream_timeout,
             conversations: p.conversations,
+            limits: p.limits,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn registry(&self) -> &Registry {
@@ -141,13 +153,41 @@ impl Gateway {
         req.max_tokens = req.max_tokens.or(Some(agent.max_tokens));
     }
 
-    fn runner(&self, ctx: &CallContext) -> Runner<'_> {
-        Runner { registry: &self.registry, policy: self.policy, deadline: ctx.deadline }
+    fn runner(&self, ctx: &CallContext, tokens: u64) -> Runner<'_> {
+        Runner {
+            registry: &self.registry,
+            policy: self.policy,
+            deadline: ctx.deadline,
+            limits: Some(&self.limits),
+            tokens,
+        }
+    }
+
+    /// Admission before any provider is tried: the client's token budget, then
+    /// a slot of the global concurrency gate (waiting in its bounded queue).
+    async fn admit(&self, req: &ChatRequest, ctx: &CallContext) -> Result<Admitted, ServiceError> {
+        let prompt_bytes = req.messages.iter().map(|m| m.content.len()).sum();
+        let tokens = limits::estimate_tokens(prompt_bytes, req.max_tokens);
+        let client_tokens = match &ctx.client {
+            Some(client) => self.limits.admit_client_tokens(client, tokens).await.map_err(ServiceError::Limited)?,
+            None => None,
+        };
+        let pass = match self.limits.enter().await {
+            Ok(pass) => pass,
+            Err(refusal) => {
+                if let Some(r) = client_tokens {
+                    r.settle(0).await;
+                }
+                return Err(ServiceError::Limited(refusal));
+            }
+        };
+        Ok(Admitted { waited: pass.waited, _pass: pass, tokens, reservations: client_tokens.into_iter().collect() })
     }
 
     pub async fn chat(&self, target: &Target, req: ChatRequest, ctx: &CallContext) -> Result<Completed, ServiceError> {
         let started = Instant::now();
-        let runner = self.runner(ctx);
+        let mut admitted = self.admit(&req, ctx).await?;
+        let runner = self.runner(ctx, admitted.tokens);
         let outcome = runner
             .run(&target.chain, |call| {
                 let mut req = req.clone();
@@ -159,13 +199,16 @@ impl Gateway {
         if let Some(agent) = &target.agent {
             metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started.elapsed());
         }
-        let done = outcome?;
+        let mut done = outcome.inspect_err(|_| admitted.settle(Some(0)))?;
+        admitted.reservations.extend(done.reservation.take());
+        let used = done.value.usage.map(|u| u.total());
+        admitted.settle(used);
         if let Some(u) = done.value.usage {
             metrics::tokens(&done.provider, u.prompt_tokens, u.completion_tokens);
         }
         Ok(Completed {
             fallback_used: done.fallback_used(&target.chain),
-            rate_limit_wait: done.rate_limit_wait,
+            rate_limit_wait: done.rate_limit_wait + admitted.waited,
             provider: done.provider,
             model: done.model,
             response: done.value,
@@ -180,7 +223,8 @@ impl Gateway {
         ctx: &CallContext,
     ) -> Result<StartedStream, ServiceError> {
         let started_at = Instant::now();
-        let runner = self.runner(ctx);
+        let mut admitted = self.admit(&req, ctx).await?;
+        let runner = self.runner(ctx, admitted.tokens);
         let outcome = runner
             .run(&target.chain, |call| {
                 let mut req = req.clone();
@@ -205,8 +249,10 @@ impl Gateway {
             // For streams: time to the first chunk.
             metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started_at.elapsed());
         }
-        let done = outcome?;
+        let mut done = outcome.inspect_err(|_| admitted.settle(Some(0)))?;
+        admitted.reservations.extend(done.reservation.take());
         let fallback_used = done.fallback_used(&target.chain);
+        let rate_limit_wait = done.rate_limit_wait + admitted.waited;
         let (first, stream, started) = done.value;
         let health = self.registry.get(&done.provider).map(|e| e.health.clone());
         let mut recorder = Recorder {
@@ -216,6 +262,7 @@ impl Gateway {
             usage: first.as_ref().and_then(|c| c.usage),
             finished: false,
             health,
+            admitted: Some(admitted),
         };
         if first.is_none() {
             recorder.finish(None);
@@ -227,7 +274,38 @@ impl Gateway {
             rest: Box::pin(Recorded { inner: stream, recorder }),
             attempts: done.attempts,
             fallback_used,
+            rate_limit_wait,
         })
+    }
+}
+
+/// What admission granted a request: a concurrency slot (held until the
+/// upstream work ends) and token reservations to settle with real usage.
+struct Admitted {
+    /// Dropped with this struct: the concurrency slot is freed then.
+    _pass: GatePass,
+    waited: Duration,
+    tokens: u64,
+    reservations: Vec<Reservation>,
+}
+
+impl Admitted {
+    /// Settles every reservation with `used` tokens (`None`: usage unknown,
+    /// keep the estimate). Runs in the background: settlement must happen
+    /// even when the client has gone.
+    fn settle(&mut self, used: Option<u64>) {
+        let reservations = std::mem::take(&mut self.reservations);
+        let Some(used) = used else { return };
+        if reservations.is_empty() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for r in reservations {
+                    r.settle(used).await;
+                }
+            });
+        }
     }
 }
 
@@ -256,12 +334,17 @@ struct Recorder {
     usage: Option<Usage>,
     finished: bool,
     health: Option<Arc<ProviderHealth>>,
+    /// Released (slot) and settled (tokens) when the stream ends.
+    admitted: Option<Admitted>,
 }
 
 impl Recorder {
     fn finish(&mut self, error: Option<&ProviderError>) {
         if std::mem::replace(&mut self.finished, true) {
             return;
+        }
+        if let Some(mut admitted) = self.admitted.take() {
+            admitted.settle(self.usage.map(|u| u.total()));
         }
         let outcome = error.map(|e| e.kind().as_str()).unwrap_or("ok");
         let elapsed = self.started.elapsed();
@@ -292,6 +375,9 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         if !self.finished {
             self.finished = true;
+            if let Some(mut admitted) = self.admitted.take() {
+                admitted.settle(self.usage.map(|u| u.total()));
+            }
             tracing::info!(request_id = %self.request_id, provider = %self.provider, outcome = "cancelled", "stream finished");
         }
     }

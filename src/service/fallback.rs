@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::registry::{ProviderState, Registry};
 use crate::agents::ChainLink;
+use crate::limits::{Limits, Reservation};
 use crate::providers::{Disposition, DynProvider, ErrorKind, ProviderError};
 use crate::resilience::{Permit, ProviderHealth, RetryPolicy};
 use crate::telemetry::metrics;
@@ -25,6 +26,8 @@ pub enum Skip {
     Unconfigured,
     CircuitOpen,
     Parked,
+    /// Squad's own budget for the provider is spent (admission control).
+    Limited,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,12 +47,15 @@ impl Outcome {
             Outcome::Skipped(Skip::Disabled) => "disabled",
             Outcome::Skipped(Skip::Unconfigured) => "unconfigured",
             Outcome::Skipped(Skip::CircuitOpen) => "circuit_open",
-            Outcome::Skipped(Skip::Parked) => "rate_limited",
+            Outcome::Skipped(Skip::Parked | Skip::Limited) => "rate_limited",
         }
     }
 
     fn is_rate_limit(&self) -> bool {
-        matches!(self, Outcome::Skipped(Skip::Parked) | Outcome::Failed { kind: ErrorKind::RateLimited, .. })
+        matches!(
+            self,
+            Outcome::Skipped(Skip::Parked | Skip::Limited) | Outcome::Failed { kind: ErrorKind::RateLimited, .. }
+        )
     }
 
     /// Skips that say nothing about availability (the provider is simply not set up).
@@ -82,6 +88,8 @@ pub struct Success<T> {
     pub attempts: Vec<Attempt>,
     /// Time spent waiting out Retry-After headers.
     pub rate_limit_wait: Duration,
+    /// The answering call's token reservation, to settle with real usage.
+    pub reservation: Option<Reservation>,
 }
 
 impl<T> Success<T> {
@@ -126,11 +134,15 @@ pub struct Runner<'a> {
     pub registry: &'a Registry,
     pub policy: RetryPolicy,
     pub deadline: Instant,
+    /// Admission control; `None` runs without limits.
+    pub limits: Option<&'a Limits>,
+    /// Token estimate reserved against provider budgets per call.
+    pub tokens: u64,
 }
 
 /// What the loop over one provider decided.
 enum LinkEnd<T> {
-    Done(T),
+    Done(T, Option<Reservation>),
     Next,
     Stop(Failure),
 }
@@ -148,13 +160,14 @@ impl Runner<'_> {
             }
             let Some((target, health)) = self.admit(link, &mut log) else { continue };
             match self.call_link(target, health, &call, &mut log).await {
-                LinkEnd::Done(value) => {
+                LinkEnd::Done(value, reservation) => {
                     return Ok(Success {
                         value,
                         provider: link.provider.clone(),
                         model: link.model.clone(),
                         attempts: log.attempts,
                         rate_limit_wait: log.rate_limit_wait,
+                        reservation,
                     });
                 }
                 LinkEnd::Next => {}
@@ -216,6 +229,18 @@ impl Runner<'_> {
                 return LinkEnd::Next;
             }
             let guard = health.breaker.guard(permit);
+            let reservation = match self.limits {
+                Some(limits) => match limits.admit_provider(&id, &target.model, self.tokens).await {
+                    Ok(r) => r,
+                    Err(wait) => {
+                        guard.settle(None);
+                        log.shortest_wait = Some(log.shortest_wait.map_or(wait, |w| w.min(wait)));
+                        log.attempts.push(skipped(&target, Skip::Limited));
+                        return LinkEnd::Next;
+                    }
+                },
+                None => None,
+            };
             if attempt > 0 {
                 metrics::retry(&id);
             }
@@ -233,10 +258,20 @@ impl Runner<'_> {
                     health.record(latency, None);
                     metrics::breaker_transition(&id, guard.settle(Some(true)));
                     log.attempts.push(attempt_of(&target, Outcome::Ok, latency));
-                    return LinkEnd::Done(value);
+                    if let Some(limits) = self.limits {
+                        limits.on_upstream(&id, false);
+                    }
+                    return LinkEnd::Done(value, reservation);
                 }
                 Err(e) => e,
             };
+            // The call failed: its tokens were not used.
+            if let Some(r) = reservation {
+                r.settle(0).await;
+            }
+            if let Some(limits) = self.limits {
+                limits.on_upstream(&id, matches!(error, ProviderError::RateLimited { .. }));
+            }
             let out_of_time = Instant::now() >= self.deadline;
             health.record(latency, Some(error.kind().as_str()));
             // Our own deadline running out says nothing about the provider.
