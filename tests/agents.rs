@@ -153,6 +153,8 @@ async fn the_breaker_opens_after_failures_and_closes_after_a_good_probe() {
     assert!(status["latency_p95_ms"].is_number());
     assert_eq!(status["last_error"], "upstream_5xx");
     assert!(!status.to_string().contains("test-key"), "never a key");
+    assert_eq!(status["limits"]["rpm"], 15, "gemini's default budget");
+    assert_eq!(status["limits"]["effective_rpm"], 15.0);
 
     let all: Value = gw.get("/providers?sort=failure_rate").await.json().await.unwrap();
     assert_eq!(all["count"], 5);

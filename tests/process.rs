@@ -238,8 +238,10 @@ async fn two_replicas_sharing_redis_see_the_same_conversation() {
         "server:\n  bind: 127.0.0.1\n  port: 0\nproviders:\n  gemini:\n    base_url: {}/v1beta\n",
         fake.url()
     ));
-    let (mut one, url_one, _) = spawn_serve_with(&config, &[("REDIS_URL", &redis_url)]);
-    let (mut two, url_two, _) = spawn_serve_with(&config, &[("REDIS_URL", &redis_url)]);
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let env = [("REDIS_URL", redis_url.as_str()), ("SQUAD__LIMITS__REDIS__PREFIX", prefix.as_str())];
+    let (mut one, url_one, _) = spawn_serve_with(&config, &env);
+    let (mut two, url_two, _) = spawn_serve_with(&config, &env);
     let client = reqwest::Client::new();
     let conversation = format!("redis-test-{}", uuid::Uuid::new_v4());
     let ask = |url: &str, prompt: &str| {
@@ -259,6 +261,54 @@ async fn two_replicas_sharing_redis_see_the_same_conversation() {
         sigterm(child);
     }
     for child in [&mut one, &mut two] {
+        let status = tokio::task::block_in_place(|| wait_exit(child, Duration::from_secs(15)));
+        assert!(status.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_sharing_redis_share_one_provider_budget() {
+    let Ok(redis_url) = std::env::var("REDIS_URL") else {
+        eprintln!("\n*** SKIPPED three_replicas_sharing_redis_share_one_provider_budget: REDIS_URL is not set ***\n");
+        return;
+    };
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("ok", 1, 1))).await;
+    let config = temp_config(&format!(
+        "server:\n  bind: 127.0.0.1\n  port: 0\nproviders:\n  groq:\n    base_url: {}/openai/v1\n    limits: {{ rpm: 60, burst: 10 }}\n",
+        fake.url()
+    ));
+    let prefix = format!("test-{}", uuid::Uuid::new_v4());
+    let env = [("REDIS_URL", redis_url.as_str()), ("SQUAD__LIMITS__REDIS__PREFIX", prefix.as_str())];
+    let mut replicas: Vec<(Child, String)> = (0..3)
+        .map(|_| {
+            let (child, url, _) = spawn_serve_with(&config, &env);
+            (child, url)
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let requests = replicas.iter().flat_map(|(_, url)| {
+        let client = client.clone();
+        (0..40).map(move |_| {
+            client
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&json!({"model": "groq/m", "messages": [{"role": "user", "content": "x"}]}))
+                .send()
+        })
+    });
+    let responses = futures::future::join_all(requests).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = responses.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200)).count();
+    let limited = responses.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status() == 429)).count();
+    // 10 at once, then one a second: what the budget allows in `elapsed`.
+    let allowed = 10 + elapsed.ceil() as usize;
+    assert!(fake.hits() <= allowed, "{} arrivals > {allowed} allowed in {elapsed:.2}s", fake.hits());
+    assert!(fake.hits() >= 10, "the burst is usable");
+    assert_eq!(ok + limited, 120, "every request answered 200 or 429");
+    for (child, _) in replicas.iter_mut() {
+        sigterm(child);
+    }
+    for (child, _) in replicas.iter_mut() {
         let status = tokio::task::block_in_place(|| wait_exit(child, Duration::from_secs(15)));
         assert!(status.success());
     }

@@ -32,6 +32,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "components": {
             "server": {"status": if state.lifecycle.is_ready() { "ready" } else { "not_ready" }},
             "providers": {"configured": configured, "total": entries.len(), "items": providers},
+            "limits": {
+                "backend": state.gateway.limits().backend(),
+                "status": if state.gateway.limits().degraded() { "degraded" } else { "ok" },
+            },
+            "conversations": {"backend": state.gateway.conversations().backend()},
         },
     });
     Json(body).into_response()

@@ -35,13 +35,26 @@ pub struct ProviderStatus {
     parked_for_ms: Option<u64>,
     total_requests: u64,
     total_failures: u64,
+    /// Squad's own budget for this provider (admission control).
+    limits: LimitsView,
+}
+
+#[derive(Debug, Serialize)]
+struct LimitsView {
+    rpm: Option<u64>,
+    burst: Option<u64>,
+    tpm: Option<u64>,
+    /// The request rate after auto-throttling (lower after upstream 429s).
+    effective_rpm: Option<f64>,
 }
 
 fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn status_of(entry: &ProviderEntry) -> ProviderStatus {
+fn status_of(entry: &ProviderEntry, limits: &crate::limits::Limits) -> ProviderStatus {
+    let (rpm, burst, tpm) = limits.configured(&entry.id).unwrap_or_default();
+    let effective_rpm = limits.effective_rpm(&entry.id).map(|r| (r * 10.0).round() / 10.0);
     let r = entry.health.report();
     let configured = matches!(entry.state, ProviderState::Ready(_));
     ProviderStatus {
@@ -64,6 +77,7 @@ fn status_of(entry: &ProviderEntry) -> ProviderStatus {
         parked_for_ms: r.parked_for.map(|d| d.as_millis() as u64),
         total_requests: r.total_requests,
         total_failures: r.total_failures,
+        limits: LimitsView { rpm, burst, tpm, effective_rpm },
     }
 }
 
@@ -85,7 +99,8 @@ pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut items: Vec<ProviderStatus> = state.gateway.registry().entries().map(status_of).collect();
+    let limits = state.gateway.limits();
+    let mut items: Vec<ProviderStatus> = state.gateway.registry().entries().map(|e| status_of(e, limits)).collect();
     if let Some(wanted) = &q.status {
         if !["healthy", "degraded", "unavailable"].contains(&wanted.as_str()) {
             return Err(ApiError::invalid("`status` must be healthy, degraded or unavailable", "status"));
@@ -107,5 +122,5 @@ pub async fn list(
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderStatus>, ApiError> {
     let entry =
         state.gateway.registry().get(&name).ok_or_else(|| ApiError::NotFound(format!("unknown provider `{name}`")))?;
-    Ok(Json(status_of(entry)))
+    Ok(Json(status_of(entry, state.gateway.limits())))
 }

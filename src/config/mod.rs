@@ -150,11 +150,13 @@ pub struct LimitsRedisConfig {
     pub on_failure: RedisFailurePolicy,
     /// Replicas sharing the budget: the local share while Redis is down is 1/replicas.
     pub replicas: u32,
+    /// Key prefix, so several deployments can share one Redis.
+    pub prefix: String,
 }
 
 impl Default for LimitsRedisConfig {
     fn default() -> Self {
-        Self { url: None, on_failure: RedisFailurePolicy::LocalShare, replicas: 3 }
+        Self { url: None, on_failure: RedisFailurePolicy::LocalShare, replicas: 3, prefix: "squad".into() }
     }
 }
 

@@ -27,10 +27,13 @@ impl Rate {
         Some(Rate { interval_ns, tolerance_ns: interval_ns.saturating_mul(burst.max(1)) })
     }
 
-    /// The same rate slowed by `factor` (0 < factor ≤ 1): auto-throttling.
+    /// A `factor` share of the rate (0 < factor ≤ 1), burst included: the
+    /// interval grows and the tolerance stays, so both shrink by `factor`.
+    /// Used for auto-throttling and for a replica's share while Redis is down.
     pub fn scaled(self, factor: f64) -> Rate {
         let f = factor.clamp(0.01, 1.0);
-        Rate { interval_ns: (self.interval_ns as f64 / f) as u64, tolerance_ns: (self.tolerance_ns as f64 / f) as u64 }
+        let interval_ns = (self.interval_ns as f64 / f) as u64;
+        Rate { interval_ns, tolerance_ns: self.tolerance_ns.max(interval_ns) }
     }
 
     pub fn burst(&self) -> u64 {
@@ -125,9 +128,11 @@ mod tests {
     }
 
     #[test]
-    fn scaling_slows_the_rate() {
-        let rate = Rate::per_minute(60, 1).unwrap().scaled(0.5);
+    fn scaling_slows_the_rate_and_shrinks_the_burst() {
+        let rate = Rate::per_minute(60, 10).unwrap().scaled(0.5);
         assert_eq!(rate.interval_ns, 2 * S);
+        assert_eq!(rate.burst(), 5);
+        assert_eq!(Rate::per_minute(60, 1).unwrap().scaled(0.1).burst(), 1, "never below one");
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub struct Limits {
     enabled: bool,
     store: Arc<dyn RateStore>,
     backend: &'static str,
+    shared: Option<Arc<Shared>>,
     providers: HashMap<String, ProviderBudget>,
     throttle: ThrottleConfig,
     gate: Option<Gate>,
@@ -121,11 +122,15 @@ pub struct Limits {
 impl Limits {
     pub fn from_config(config: &Config) -> Result<Self, store::StoreDown> {
         let l = &config.limits;
-        let (store, backend): (Arc<dyn RateStore>, &'static str) = match &l.redis.url {
-            Some(url) => (Arc::new(Shared::new(RedisStore::new(url)?, l.redis.on_failure, l.redis.replicas)), "redis"),
-            None => (Arc::new(LocalStore::default()), "memory"),
+        let (store, backend, shared) = match &l.redis.url {
+            Some(url) => {
+                let redis = RedisStore::new(url, &l.redis.prefix)?;
+                let shared = Arc::new(Shared::new(redis, l.redis.on_failure, l.redis.replicas));
+                (shared.clone() as Arc<dyn RateStore>, "redis", Some(shared))
+            }
+            None => (Arc::new(LocalStore::default()) as Arc<dyn RateStore>, "memory", None),
         };
-        let providers = config
+        let providers: HashMap<String, ProviderBudget> = config
             .providers
             .iter()
             .map(|(id, p)| {
@@ -138,10 +143,16 @@ impl Limits {
                 (id.clone(), budget)
             })
             .collect();
+        for (id, p) in &providers {
+            if let Some(rate) = p.default.requests {
+                metrics::effective_rpm(id, 60e9 / rate.interval_ns as f64);
+            }
+        }
         Ok(Self {
             enabled: l.enabled,
             store,
             backend,
+            shared,
             providers,
             throttle: l.throttle,
             gate: (l.concurrency.max_in_flight > 0).then(|| Gate::new(l.concurrency)),
@@ -154,6 +165,11 @@ impl Limits {
 
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Whether the shared (Redis) store is unreachable and the fallback applies.
+    pub fn degraded(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.is_down())
     }
 
     fn budget(&self, provider: &str, model: &str) -> Option<(&ProviderBudget, Budget, String)> {

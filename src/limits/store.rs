@@ -156,6 +156,7 @@ return 1
 ";
 
 pub struct RedisStore {
+    prefix: String,
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     acquire: redis::Script,
@@ -163,9 +164,10 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &str) -> Result<Self, StoreDown> {
+    pub fn new(url: &str, prefix: &str) -> Result<Self, StoreDown> {
         let client = redis::Client::open(url).map_err(|e| StoreDown(e.to_string()))?;
         Ok(Self {
+            prefix: prefix.to_owned(),
             client,
             conn: OnceCell::new(),
             acquire: redis::Script::new(ACQUIRE),
@@ -174,9 +176,13 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreDown> {
+        // Fail fast: while Redis is away the fallback policy applies, and the
+        // manager's own reconnection must not hold requests.
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)));
+            .set_connection_timeout(Some(Duration::from_millis(300)))
+            .set_response_timeout(Some(Duration::from_millis(300)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
         self.conn
             .get_or_try_init(|| async { ConnectionManager::new_with_config(self.client.clone(), config).await })
             .await
@@ -195,7 +201,7 @@ impl RateStore for RedisStore {
         let mut conn = self.conn().await?;
         let (allowed, retry_us, remaining, reset_us): (i64, i64, i64, i64) = self
             .acquire
-            .key(format!("squad:rl:{key}"))
+            .key(format!("{}:rl:{key}", self.prefix))
             .arg(us(rate.interval_ns))
             .arg(us(rate.tolerance_ns))
             .arg(cost)
@@ -214,7 +220,7 @@ impl RateStore for RedisStore {
         let mut conn = self.conn().await?;
         let _: i64 = self
             .adjust
-            .key(format!("squad:rl:{key}"))
+            .key(format!("{}:rl:{key}", self.prefix))
             .arg(us(rate.interval_ns))
             .arg(delta)
             .invoke_async(&mut conn)
@@ -233,11 +239,44 @@ pub struct Shared {
     policy: RedisFailurePolicy,
     replicas: u32,
     down: AtomicBool,
+    /// While down, Redis is probed at most this often; other calls go straight
+    /// to the fallback instead of each waiting on a dead connection.
+    last_probe_ms: AtomicU64,
+    base: Instant,
 }
+
+const PROBE_INTERVAL_MS: u64 = 500;
 
 impl Shared {
     pub fn new(redis: RedisStore, policy: RedisFailurePolicy, replicas: u32) -> Self {
-        Self { redis, local: LocalStore::default(), policy, replicas: replicas.max(1), down: AtomicBool::new(false) }
+        Self {
+            redis,
+            local: LocalStore::default(),
+            policy,
+            replicas: replicas.max(1),
+            down: AtomicBool::new(false),
+            last_probe_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    /// Whether to try Redis now: always when up; when down, one caller per
+    /// probe interval.
+    fn try_redis(&self) -> bool {
+        if !self.down.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = self.base.elapsed().as_millis() as u64 + PROBE_INTERVAL_MS;
+        let last = self.last_probe_ms.load(Ordering::Acquire);
+        now.saturating_sub(last) >= PROBE_INTERVAL_MS
+            && self.last_probe_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    fn fallback(&self, key: &str, rate: Rate, cost: u64, e: StoreDown) -> Result<Verdict, StoreDown> {
+        match self.policy {
+            RedisFailurePolicy::LocalShare => Ok(self.local.acquire_now(key, self.local_rate(rate), cost)),
+            RedisFailurePolicy::FailClosed => Err(e),
+        }
     }
 
     fn local_rate(&self, rate: Rate) -> Rate {
@@ -265,6 +304,9 @@ impl Shared {
 #[async_trait::async_trait]
 impl RateStore for Shared {
     async fn acquire(&self, key: &str, rate: Rate, cost: u64) -> Result<Verdict, StoreDown> {
+        if !self.try_redis() {
+            return self.fallback(key, rate, cost, StoreDown("redis down".into()));
+        }
         match self.redis.acquire(key, rate, cost).await {
             Ok(v) => {
                 self.note_up();
@@ -272,15 +314,16 @@ impl RateStore for Shared {
             }
             Err(e) => {
                 self.note_down(&e);
-                match self.policy {
-                    RedisFailurePolicy::LocalShare => Ok(self.local.acquire_now(key, self.local_rate(rate), cost)),
-                    RedisFailurePolicy::FailClosed => Err(e),
-                }
+                self.fallback(key, rate, cost, e)
             }
         }
     }
 
     async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
+        if self.down.load(Ordering::Acquire) {
+            self.local.adjust_now(key, self.local_rate(rate), delta);
+            return Ok(());
+        }
         match self.redis.adjust(key, rate, delta).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -37,6 +37,8 @@ pub enum Reply {
     },
     /// Accept and never answer.
     Stall,
+    /// `reply`, after a pause.
+    After(Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -104,7 +106,11 @@ async fn fake_handler(State(state): State<FakeState>, req: Request) -> Response 
     let bytes = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     state.received.lock().unwrap().push(Received { path, query, headers, body });
-    let reply = state.reply.lock().unwrap().clone();
+    let mut reply = state.reply.lock().unwrap().clone();
+    while let Reply::After(pause, inner) = reply {
+        tokio::time::sleep(pause).await;
+        reply = *inner;
+    }
     match reply {
         Reply::Json { status, headers, body } => {
             let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
@@ -137,6 +143,7 @@ async fn fake_handler(State(state): State<FakeState>, req: Request) -> Response 
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Reply::After(..) => unreachable!("unwrapped above"),
     }
 }
 
@@ -156,6 +163,9 @@ pub fn config_for(fake: &Fake) -> Config {
     config.providers.get_mut("groq").unwrap().base_url = format!("{}/openai/v1", fake.url());
     config.providers.get_mut("gemini").unwrap().base_url = format!("{}/v1beta", fake.url());
     config.server.max_body_bytes = 64 * 1024;
+    // Admission control has its own tests (tests/limits.rs); here it would only
+    // make unrelated tests depend on how many requests they send.
+    config.limits.enabled = false;
     config
 }
 
@@ -252,6 +262,7 @@ pub fn config_with(fakes: &[(&str, &Fake)]) -> Config {
             None => p.enabled = false,
         }
     }
+    config.limits.enabled = false;
     config
 }
 
