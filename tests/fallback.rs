@@ -128,6 +128,7 @@ async fn run(w: &World, links: &[ChainLink]) -> Result<squad::service::fallback:
         deadline: Instant::now() + Duration::from_secs(30),
         limits: None,
         tokens: 0,
+        exhausted: None,
     };
     let ctx = CallContext::new("t", Duration::from_secs(30));
     runner
@@ -273,6 +274,7 @@ async fn the_request_deadline_bounds_every_attempt() {
         deadline: Instant::now() + Duration::from_secs(2),
         limits: None,
         tokens: 0,
+        exhausted: None,
     };
     let ctx = CallContext::new("t", Duration::from_secs(2));
     let started = Instant::now();
@@ -328,6 +330,7 @@ async fn a_stalling_provider_gets_one_attempt_timeout_per_try_and_the_next_one_a
         deadline: Instant::now() + Duration::from_secs(120),
         limits: None,
         tokens: 0,
+        exhausted: None,
     };
     let ctx = CallContext::new("t", Duration::from_secs(120));
     let started = Instant::now();
@@ -386,6 +389,7 @@ async fn a_cancelled_probe_does_not_leave_the_breaker_stuck() {
             deadline: Instant::now() + Duration::from_secs(90),
             limits: None,
             tokens: 0,
+            exhausted: None,
         };
         let ctx = CallContext::new("t", Duration::from_secs(90));
         runner

@@ -247,3 +247,49 @@ async fn fail_closed_refuses_while_redis_is_down() {
     assert!(limits.admit_provider("groq", "m", 1).await.is_err());
     assert!(limits.degraded());
 }
+
+#[tokio::test]
+async fn a_provider_reporting_its_budget_spent_is_parked_until_its_reset() {
+    let spent = Reply::Json {
+        status: 200,
+        headers: vec![
+            ("x-ratelimit-remaining-requests", "0".into()),
+            ("x-ratelimit-reset-requests", "2m59.56s".into()),
+            ("x-ratelimit-remaining-tokens", "7900".into()),
+            ("x-ratelimit-reset-tokens", "7.66s".into()),
+        ],
+        body: OpenAi::completion("last one", 1, 1),
+    };
+    let a = Fake::start(spent).await;
+    let b = Fake::start(Reply::json(200, OpenAi::completion("from cerebras", 1, 1))).await;
+    // `sm` tries groq, then cerebras.
+    let gw = gateway_with(config_with(&[("groq", &a), ("cerebras", &b)]), all_secrets()).await;
+    let first: Value = gw.post("/v1/agents/sm", json!({"prompt": "one"})).await.json().await.unwrap();
+    assert_eq!(first["provider"], "groq");
+    let second: Value = gw.post("/v1/agents/sm", json!({"prompt": "two"})).await.json().await.unwrap();
+    assert_eq!(second["provider"], "cerebras");
+    assert_eq!(second["metadata"]["provider_chain"][0]["outcome"], "rate_limited");
+    assert_eq!(a.hits(), 1, "groq is not called again before its reset");
+    let status: Value = gw.get("/providers/groq").await.json().await.unwrap();
+    assert!(status["parked_for_ms"].as_u64().unwrap() > 170_000, "{status}");
+}
+
+#[tokio::test]
+async fn upstream_429s_lower_the_effective_rate() {
+    let a = Fake::start(Reply::Json {
+        status: 429,
+        headers: vec![("retry-after", "1".into())],
+        body: OpenAi::error(429, "slow down"),
+    })
+    .await;
+    let mut config = limited(&a, 60, 60);
+    config.resilience.retry.attempts_per_provider = 1;
+    let gw = gateway_with(config, all_secrets()).await;
+    let before: Value = gw.get("/providers/groq").await.json().await.unwrap();
+    assert_eq!(before["limits"]["effective_rpm"], 60.0);
+    assert_eq!(gw.chat(hello("groq/m")).await.status(), 429);
+    let after: Value = gw.get("/providers/groq").await.json().await.unwrap();
+    assert_eq!(after["limits"]["effective_rpm"], 30.0, "halved by the 429");
+    // (The gauge `squad_provider_effective_rpm` is process-global; other
+    // gateways in this test binary set it too, so it is not asserted here.)
+}

@@ -119,6 +119,11 @@ pub async fn send(
         Ok(Ok(r)) => r,
     };
     if response.status().is_success() {
+        if let Some(wait) = exhausted_for(response.headers())
+            && let Ok(mut slot) = ctx.exhausted.lock()
+        {
+            *slot = Some(wait);
+        }
         return Ok(response);
     }
     let status = response.status().as_u16();
@@ -197,6 +202,53 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// When a provider's own rate-limit headers say a budget is spent
+/// (`x-ratelimit-remaining-requests: 0`, Cerebras' `…-tokens-minute: 0`), the
+/// time until its matching `x-ratelimit-reset-*` (Go durations such as
+/// `2m59.56s`, or fractional seconds). The longest such wait wins.
+pub fn exhausted_for(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str();
+            let suffix = name.strip_prefix("x-ratelimit-remaining")?;
+            if value.to_str().ok()?.trim().parse::<f64>().ok()? > 0.0 {
+                return None;
+            }
+            let reset = headers.get(format!("x-ratelimit-reset{suffix}"))?.to_str().ok()?;
+            parse_reset(reset.trim())
+        })
+        .max()
+}
+
+/// `7.66s`, `2m59.56s`, `1h2m`, `350ms`, or plain (fractional) seconds.
+fn parse_reset(raw: &str) -> Option<Duration> {
+    if let Ok(secs) = raw.parse::<f64>() {
+        return positive_secs(secs);
+    }
+    let mut total = 0.0;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else {
+            return None;
+        };
+        total += number * unit;
+        rest = &rest[len..];
+    }
+    positive_secs(total)
 }
 
 /// `retry-after-ms`, then `retry-after` as (fractional) seconds, then as an HTTP-date.
@@ -349,6 +401,25 @@ mod tests {
         let out = scrub(body, Some(&key));
         assert!(!out.contains("sk-live-0123456789") && !out.contains("abc.def-ghi"), "{out}");
         assert!(out.contains("Bearer [REDACTED]"), "{out}");
+    }
+
+    #[test]
+    fn spent_provider_budgets_are_read_from_groq_and_cerebras_headers() {
+        let groq = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "2m59.56s"),
+            ("x-ratelimit-remaining-tokens", "7900"),
+            ("x-ratelimit-reset-tokens", "7.66s"),
+        ]);
+        assert_eq!(exhausted_for(&groq), Some(Duration::from_millis(179_560)));
+        let cerebras =
+            headers(&[("x-ratelimit-remaining-tokens-minute", "0"), ("x-ratelimit-reset-tokens-minute", "11.38")]);
+        assert_eq!(exhausted_for(&cerebras), Some(Duration::from_millis(11_380)));
+        let fine = headers(&[("x-ratelimit-remaining-requests", "14"), ("x-ratelimit-reset-requests", "1s")]);
+        assert_eq!(exhausted_for(&fine), None);
+        assert_eq!(parse_reset("350ms"), Some(Duration::from_millis(350)));
+        assert_eq!(parse_reset("1h2m"), Some(Duration::from_secs(3720)));
+        assert_eq!(parse_reset("soon"), None);
     }
 
     #[test]

@@ -31,11 +31,24 @@ pub struct CallContext {
     pub deadline: Instant,
     /// Who is asking (API key id or client address), for per-client budgets.
     pub client: Option<String>,
+    /// Set by an adapter when a successful response says the provider's own
+    /// budget is spent (`x-ratelimit-remaining-*: 0`): how long until it resets.
+    pub exhausted: Arc<std::sync::Mutex<Option<Duration>>>,
 }
 
 impl CallContext {
     pub fn new(request_id: impl Into<String>, budget: Duration) -> Self {
-        Self { request_id: request_id.into(), deadline: Instant::now() + budget, client: None }
+        Self {
+            request_id: request_id.into(),
+            deadline: Instant::now() + budget,
+            client: None,
+            exhausted: Arc::default(),
+        }
+    }
+
+    /// Takes what the last call reported about the provider's budget.
+    pub fn take_exhausted(&self) -> Option<Duration> {
+        self.exhausted.lock().map(|mut g| g.take()).unwrap_or(None)
     }
 
     pub fn with_client(mut self, client: Option<String>) -> Self {

@@ -153,13 +153,14 @@ impl Gateway {
         req.max_tokens = req.max_tokens.or(Some(agent.max_tokens));
     }
 
-    fn runner(&self, ctx: &CallContext, tokens: u64) -> Runner<'_> {
+    fn runner<'a>(&'a self, ctx: &'a CallContext, tokens: u64) -> Runner<'a> {
         Runner {
             registry: &self.registry,
             policy: self.policy,
             deadline: ctx.deadline,
             limits: Some(&self.limits),
             tokens,
+            exhausted: Some(ctx),
         }
     }
 

@@ -138,6 +138,8 @@ pub struct Runner<'a> {
     pub limits: Option<&'a Limits>,
     /// Token estimate reserved against provider budgets per call.
     pub tokens: u64,
+    /// The call context, read after each success for a spent provider budget.
+    pub exhausted: Option<&'a crate::providers::CallContext>,
 }
 
 /// What the loop over one provider decided.
@@ -255,6 +257,11 @@ impl Runner<'_> {
             let latency = started.elapsed();
             let error = match result {
                 Ok(value) => {
+                    // The provider said its own budget is spent: park it until
+                    // its reset rather than learn it from a 429.
+                    if let Some(wait) = self.exhausted.and_then(|ctx| ctx.take_exhausted()) {
+                        health.park(wait.min(self.policy.park_max));
+                    }
                     health.record(latency, None);
                     metrics::breaker_transition(&id, guard.settle(Some(true)));
                     log.attempts.push(attempt_of(&target, Outcome::Ok, latency));
