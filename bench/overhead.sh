@@ -5,7 +5,9 @@
 #   1. a fixed rate (default 1000 req/s) — added p50 / p99 latency;
 #   2. saturation — throughput through Squad as a share of direct;
 #   3. streaming time-to-first-token, direct vs through Squad;
-#   4. Squad's idle RSS.
+#   4. Squad's idle RSS;
+#   5. saturation throughput with admission control on (budgets set too high
+#      to refuse anything, so only its cost shows) against off.
 # Needs oha (`cargo install oha --locked`) and curl. Load goes to 127.0.0.1 only.
 #
 # Usage: bench/overhead.sh [--rate 1000] [--duration 10] [--connections 50]
@@ -26,6 +28,7 @@ command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" 
 cargo build --release --quiet
 BIN=target/release/squad
 UP_PORT=${UP_PORT:-18901} SQ_PORT=${SQ_PORT:-18902} STREAM_UP_PORT=${STREAM_UP_PORT:-18903} SQ_STREAM_PORT=${SQ_STREAM_PORT:-18904}
+SQ_LIMITED_PORT=${SQ_LIMITED_PORT:-18905}
 OUT=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$OUT"; }
@@ -33,12 +36,20 @@ trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
-start_squad() { # port upstream_port
+start_squad() { # port upstream_port limits(on|off)
+  if [ "${3:-off}" = on ]; then
+    LIMITS="limits: { enabled: true, clients: { rpm: 1000000000, tpm: 1000000000000, concurrent: 100000 } }"
+    GROQ_LIMITS="limits: { rpm: 1000000000, tpm: 1000000000000 }"
+  else
+    LIMITS="limits: { enabled: false }"
+    GROQ_LIMITS="limits: {}"
+  fi
   cat > "$OUT/squad-$1.yaml" <<YAML
 server: { bind: 127.0.0.1, port: $1 }
 log: { level: info }
+$LIMITS
 providers:
-  groq: { base_url: "http://127.0.0.1:$2/openai/v1" }
+  groq: { base_url: "http://127.0.0.1:$2/openai/v1", $GROQ_LIMITS }
 YAML
   GROQ_API_KEY=bench-key "$BIN" serve --config "$OUT/squad-$1.yaml" >/dev/null 2>&1 &
   pids+=($!); SQUAD_PID=$!
@@ -50,6 +61,7 @@ YAML
 wait_port "$UP_PORT"; wait_port "$STREAM_UP_PORT"
 start_squad "$SQ_PORT" "$UP_PORT"; MAIN_PID=$SQUAD_PID
 start_squad "$SQ_STREAM_PORT" "$STREAM_UP_PORT"
+start_squad "$SQ_LIMITED_PORT" "$UP_PORT" on
 
 sleep 1
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$MAIN_PID/status")
@@ -75,6 +87,9 @@ load rate-squad "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --
 echo "saturation: $SAT_CONNS connections for ${DURATION}s, direct then through Squad…" >&2
 load sat-direct "$DIRECT_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$SAT_CONNS"
 load sat-squad "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
+echo "saturation with admission control on…" >&2
+load sat-limited "http://127.0.0.1:$SQ_LIMITED_PORT/v1/chat/completions" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
+load sat-squad2 "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
 LOADED_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$MAIN_PID/status")
 
 echo "streaming time to first token: $TTFT_SAMPLES requests each…" >&2
@@ -113,4 +128,8 @@ d50, d99 = ttft("direct"); s50, s99 = ttft("squad")
 print(f"{'stream TTFT p50 ms':26}{d50:12.3f}{s50:12.3f}{s50-d50:12.3f}   added <= 1 ms")
 print(f"{'stream TTFT p99 ms':26}{d99:12.3f}{s99:12.3f}{s99-d99:12.3f}")
 print(f"{'squad RSS idle / loaded MB':26}{idle_kb/1024:12.1f}{loaded_kb/1024:12.1f}{'':12}   idle <= 30 MB")
+off = (ss['rps'] + load('sat-squad2')['rps']) / 2
+on = load('sat-limited')
+print(f"{'limits off / on req/s':26}{off:12.0f}{on['rps']:12.0f}{(on['rps']-off)/off*100:11.1f}%   loss <= 5%")
+print(f"{'limits on success %':26}{'':12}{on['ok']:12.2f}")
 PY

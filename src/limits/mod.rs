@@ -30,18 +30,23 @@ pub fn estimate_tokens(prompt_bytes: usize, max_tokens: Option<u32>) -> u64 {
     (prompt_bytes as u64).div_ceil(4) + max_tokens.map_or(DEFAULT_COMPLETION_ESTIMATE, u64::from)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Budget {
     requests: Option<Rate>,
     tokens: Option<Rate>,
+    /// Store keys, built once (no formatting on the hot path).
+    requests_key: String,
+    tokens_key: Arc<str>,
 }
 
 impl Budget {
-    fn from(limit: &RateLimit) -> Self {
+    fn from(limit: &RateLimit, key: &str) -> Self {
         let rpm = limit.rpm.filter(|r| *r > 0);
         Self {
             requests: rpm.and_then(|r| Rate::per_minute(r, limit.burst.unwrap_or(r))),
             tokens: limit.tpm.filter(|t| *t > 0).and_then(|t| Rate::per_minute(t, t)),
+            requests_key: format!("{key}:r"),
+            tokens_key: Arc::from(format!("{key}:t")),
         }
     }
 
@@ -63,7 +68,7 @@ struct ProviderBudget {
 /// Tokens reserved for one call, to be settled with the real usage.
 pub struct Reservation {
     store: Arc<dyn RateStore>,
-    key: String,
+    key: Arc<str>,
     rate: Rate,
     reserved: u64,
 }
@@ -135,8 +140,13 @@ impl Limits {
             .iter()
             .map(|(id, p)| {
                 let budget = ProviderBudget {
-                    default: Budget::from(&p.limits.rate()),
-                    models: p.limits.models.iter().map(|(m, r)| (m.clone(), Budget::from(r))).collect(),
+                    default: Budget::from(&p.limits.rate(), &format!("p:{id}")),
+                    models: p
+                        .limits
+                        .models
+                        .iter()
+                        .map(|(m, r)| (m.clone(), Budget::from(r, &format!("p:{id}:{m}"))))
+                        .collect(),
                     factor: AtomicU64::new(1.0f64.to_bits()),
                     last_cut: AtomicU64::new(0),
                 };
@@ -156,7 +166,7 @@ impl Limits {
             providers,
             throttle: l.throttle,
             gate: (l.concurrency.max_in_flight > 0).then(|| Gate::new(l.concurrency)),
-            client: Budget::from(&l.clients.rate()),
+            client: Budget::from(&l.clients.rate(), "c"),
             client_concurrent: l.clients.concurrent.filter(|c| *c > 0),
             in_flight_by_client: DashMap::new(),
             base: Instant::now(),
@@ -172,12 +182,9 @@ impl Limits {
         self.shared.as_ref().is_some_and(|s| s.is_down())
     }
 
-    fn budget(&self, provider: &str, model: &str) -> Option<(&ProviderBudget, Budget, String)> {
+    fn budget(&self, provider: &str, model: &str) -> Option<(&ProviderBudget, &Budget)> {
         let p = self.providers.get(provider)?;
-        match p.models.get(model) {
-            Some(b) => Some((p, *b, format!("p:{provider}:{model}"))),
-            None => Some((p, p.default, format!("p:{provider}"))),
-        }
+        Some((p, p.models.get(model).unwrap_or(&p.default)))
     }
 
     fn factor(p: &ProviderBudget) -> f64 {
@@ -195,13 +202,13 @@ impl Limits {
         if !self.enabled {
             return Ok(None);
         }
-        let Some((p, budget, key)) = self.budget(provider, model) else { return Ok(None) };
+        let Some((p, budget)) = self.budget(provider, model) else { return Ok(None) };
         if budget.is_unlimited() {
             return Ok(None);
         }
         let requests = budget.requests.map(|r| r.scaled(Self::factor(p)));
         if let Some(rate) = requests {
-            let v = self.decide(&format!("{key}:r"), rate, 1).await;
+            let v = self.decide(&budget.requests_key, rate, 1).await;
             if !v.allowed {
                 metrics::admission("provider", "limited");
                 return Err(v.retry_after);
@@ -211,12 +218,12 @@ impl Limits {
             metrics::admission("provider", "allowed");
             return Ok(None);
         };
-        let tokens_key = format!("{key}:t");
+        let tokens_key = budget.tokens_key.clone();
         let v = self.decide(&tokens_key, rate, tokens.min(rate.burst())).await;
         if !v.allowed {
             // Give the request slot back: this call is not going out.
             if let Some(r) = requests {
-                let _ = self.store.adjust(&format!("{key}:r"), r, -1).await;
+                let _ = self.store.adjust(&budget.requests_key, r, -1).await;
             }
             metrics::admission("provider", "limited");
             return Err(v.retry_after);
@@ -332,7 +339,7 @@ impl Limits {
     /// Reserves a client's token estimate (its `tpm`).
     pub async fn admit_client_tokens(&self, client: &str, tokens: u64) -> Result<Option<Reservation>, Refusal> {
         let Some(rate) = self.client.tokens.filter(|_| self.enabled) else { return Ok(None) };
-        let key = format!("c:{client}:t");
+        let key: Arc<str> = Arc::from(format!("c:{client}:t"));
         let cost = tokens.min(rate.burst());
         let v = self.decide(&key, rate, cost).await;
         if !v.allowed {
