@@ -140,6 +140,8 @@ fn merge(base: &mut Value, overlay: Value) {
                 }
             }
         }
+        // `key:` with nothing after it is YAML null: keep the default.
+        (_, Value::Null) => {}
         (slot, value) => *slot = value,
     }
 }

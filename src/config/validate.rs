@@ -154,6 +154,38 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             issue(format!("resilience.breaker.{name}"), "must be greater than zero and at most 24h");
         }
     }
+    let l = &config.limits;
+    if l.concurrency.max_wait > MAX_DURATION || l.throttle.cooldown > MAX_DURATION {
+        issue("limits".into(), "durations must be at most 24h");
+    }
+    let t = &l.throttle;
+    if !(t.decrease > 0.0 && t.decrease < 1.0) {
+        issue("limits.throttle.decrease".into(), "must be between 0 and 1 (exclusive)");
+    }
+    let in_unit = |x: f64| x > 0.0 && x <= 1.0;
+    if !in_unit(t.min_factor) || !in_unit(t.recover_step) {
+        issue("limits.throttle".into(), "min_factor and recover_step must be greater than 0 and at most 1");
+    }
+    if l.redis.replicas == 0 {
+        issue("limits.redis.replicas".into(), "must be at least 1");
+    }
+    if l.redis.prefix.is_empty() || l.redis.prefix.contains(char::is_whitespace) {
+        issue("limits.redis.prefix".into(), "must be a non-empty word");
+    }
+    if let Some(url) = &l.redis.url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        issue("limits.redis.url".into(), "must be a redis:// or rediss:// URL");
+    }
+    for (id, p) in &config.providers {
+        let budgets = std::iter::once(("".to_owned(), p.limits.rate()))
+            .chain(p.limits.models.iter().map(|(m, r)| (format!(".models.{m}"), *r)));
+        for (at, r) in budgets {
+            if r.burst == Some(0) {
+                issue(format!("providers.{id}.limits{at}.burst"), "must be at least 1");
+            }
+        }
+    }
     if config.agents.language.trim().is_empty() {
         issue("agents.language".into(), "must not be empty");
     }

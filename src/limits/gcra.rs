@@ -19,8 +19,9 @@ pub struct Rate {
 
 impl Rate {
     /// `per_minute` units a minute, `burst` at once (at least 1).
+    /// `None` for 0, and for rates above one unit a nanosecond (no limit in practice).
     pub fn per_minute(per_minute: u64, burst: u64) -> Option<Rate> {
-        if per_minute == 0 {
+        if per_minute == 0 || per_minute > 60_000_000_000 {
             return None;
         }
         let interval_ns = 60_000_000_000 / per_minute;
