@@ -38,8 +38,8 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 
 start_squad() { # port upstream_port limits(on|off)
   if [ "${3:-off}" = on ]; then
-    LIMITS="limits: { enabled: true, clients: { rpm: 1000000000, tpm: 1000000000000, concurrent: 100000 } }"
-    GROQ_LIMITS="limits: { rpm: 1000000000, tpm: 1000000000000 }"
+    LIMITS="limits: { enabled: true, clients: { rpm: 1000000000, tpm: 10000000000, concurrent: 100000 } }"
+    GROQ_LIMITS="limits: { rpm: 1000000000, tpm: 10000000000 }"
   else
     LIMITS="limits: { enabled: false }"
     GROQ_LIMITS="limits: {}"

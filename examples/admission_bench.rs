@@ -15,7 +15,8 @@ fn config(redis: Option<String>) -> Config {
     let groq = config.providers.get_mut("groq").expect("groq is built in");
     // Budgets no benchmark reaches, so every decision is an admission.
     groq.limits.rpm = Some(1_000_000_000);
-    groq.limits.tpm = Some(1_000_000_000_000);
+    // Below one token a nanosecond, so the token path is really exercised.
+    groq.limits.tpm = Some(10_000_000_000);
     config.limits.redis.url = redis;
     config.limits.redis.prefix = format!("bench-{}", std::process::id());
     config

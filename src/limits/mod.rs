@@ -71,6 +71,8 @@ pub struct Reservation {
     key: Arc<str>,
     rate: Rate,
     reserved: u64,
+    /// Charged by the in-process fallback rather than Redis.
+    local: bool,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -84,7 +86,7 @@ impl Reservation {
     pub async fn settle(self, used: u64) {
         let delta = used as i64 - self.reserved as i64;
         if delta != 0 {
-            let _ = self.store.adjust(&self.key, self.rate, delta).await;
+            let _ = self.store.adjust(&self.key, self.rate, delta, self.local).await;
         }
     }
 }
@@ -120,7 +122,7 @@ pub struct Limits {
     gate: Option<Gate>,
     client: Budget,
     client_concurrent: Option<u64>,
-    in_flight_by_client: DashMap<String, Arc<AtomicU64>>,
+    in_flight_by_client: InFlight,
     base: Instant,
 }
 
@@ -168,7 +170,7 @@ impl Limits {
             gate: (l.concurrency.max_in_flight > 0).then(|| Gate::new(l.concurrency)),
             client: Budget::from(&l.clients.rate(), "c"),
             client_concurrent: l.clients.concurrent.filter(|c| *c > 0),
-            in_flight_by_client: DashMap::new(),
+            in_flight_by_client: Arc::new(DashMap::new()),
             base: Instant::now(),
         })
     }
@@ -207,12 +209,14 @@ impl Limits {
             return Ok(None);
         }
         let requests = budget.requests.map(|r| r.scaled(Self::factor(p)));
+        let mut requests_local = false;
         if let Some(rate) = requests {
             let v = self.decide(&budget.requests_key, rate, 1).await;
             if !v.allowed {
                 metrics::admission("provider", "limited");
                 return Err(v.retry_after);
             }
+            requests_local = v.local;
         }
         let Some(rate) = budget.tokens else {
             metrics::admission("provider", "allowed");
@@ -223,13 +227,19 @@ impl Limits {
         if !v.allowed {
             // Give the request slot back: this call is not going out.
             if let Some(r) = requests {
-                let _ = self.store.adjust(&budget.requests_key, r, -1).await;
+                let _ = self.store.adjust(&budget.requests_key, r, -1, requests_local).await;
             }
             metrics::admission("provider", "limited");
             return Err(v.retry_after);
         }
         metrics::admission("provider", "allowed");
-        Ok(Some(Reservation { store: self.store.clone(), key: tokens_key, rate, reserved: tokens.min(rate.burst()) }))
+        Ok(Some(Reservation {
+            store: self.store.clone(),
+            key: tokens_key,
+            rate,
+            reserved: tokens.min(rate.burst()),
+            local: v.local,
+        }))
     }
 
     async fn decide(&self, key: &str, rate: Rate, cost: u64) -> Verdict {
@@ -241,6 +251,7 @@ impl Limits {
                 retry_after: Duration::from_secs(1),
                 remaining: 0,
                 reset: Duration::from_secs(1),
+                local: true,
             },
         }
     }
@@ -257,21 +268,26 @@ impl Limits {
         }
         let now = self.base.elapsed().as_nanos() as u64 + 1;
         let t = &self.throttle;
-        let next = if rate_limited {
-            let last = p.last_cut.load(Ordering::Relaxed);
+        if rate_limited {
+            // One cut per cooldown: only the caller that claims the window cuts.
+            let last = p.last_cut.load(Ordering::Acquire);
             if last != 0 && now.saturating_sub(last) < t.cooldown.as_nanos() as u64 {
                 return;
             }
-            p.last_cut.store(now, Ordering::Relaxed);
-            (Self::factor(p) * t.decrease).max(t.min_factor)
-        } else {
-            let f = Self::factor(p);
-            if f >= 1.0 {
+            if p.last_cut.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 return;
             }
-            (f + t.recover_step).min(1.0)
+        } else if Self::factor(p) >= 1.0 {
+            return;
+        }
+        let update = |bits: u64| {
+            let f = f64::from_bits(bits);
+            let next = if rate_limited { (f * t.decrease).max(t.min_factor) } else { (f + t.recover_step).min(1.0) };
+            Some(next.to_bits())
         };
-        p.factor.store(next.to_bits(), Ordering::Relaxed);
+        let next = match p.factor.fetch_update(Ordering::AcqRel, Ordering::Acquire, update) {
+            Ok(previous) | Err(previous) => update(previous).map(f64::from_bits).unwrap_or(1.0),
+        };
         if let Some(rpm) = self.effective_rpm(provider) {
             metrics::effective_rpm(provider, rpm);
         }
@@ -323,12 +339,17 @@ impl Limits {
         let slot = match self.client_concurrent {
             Some(max) => {
                 let counter = self.in_flight_by_client.entry(client.to_owned()).or_default().clone();
+                let slot = ClientSlot(Some((counter.clone(), self.in_flight_by_client.clone(), client.to_owned())));
                 if counter.fetch_add(1, Ordering::AcqRel) >= max {
-                    counter.fetch_sub(1, Ordering::AcqRel);
+                    drop(slot);
+                    // The request slot taken above is not used: give it back.
+                    if let Some(rate) = self.client.requests {
+                        let _ = self.store.adjust(&format!("c:{client}:r"), rate, -1, false).await;
+                    }
                     metrics::admission("client", "limited");
                     return Err((Refusal::Client { retry_after: Duration::from_secs(1) }, headers));
                 }
-                ClientSlot(Some(counter))
+                slot
             }
             None => ClientSlot(None),
         };
@@ -346,18 +367,33 @@ impl Limits {
             metrics::admission("client", "limited");
             return Err(Refusal::Client { retry_after: v.retry_after });
         }
-        Ok(Some(Reservation { store: self.store.clone(), key, rate, reserved: cost }))
+        Ok(Some(Reservation { store: self.store.clone(), key, rate, reserved: cost, local: v.local }))
     }
 }
 
 /// Counts a client's in-flight request until dropped.
-pub struct ClientSlot(Option<Arc<AtomicU64>>);
+/// In-flight request counts by client.
+type InFlight = Arc<DashMap<String, Arc<AtomicU64>>>;
+
+pub struct ClientSlot(Option<(Arc<AtomicU64>, InFlight, String)>);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Some(c) = &self.0 {
-            c.fetch_sub(1, Ordering::AcqRel);
+        if let Some((count, map, client)) = &self.0
+            && count.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            // Idle clients leave the map, so rotating addresses cannot grow it.
+            map.remove_if(client, |_, c| c.load(Ordering::Acquire) == 0);
         }
+    }
+}
+
+struct QueueSeat<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSeat<'_> {
+    fn drop(&mut self) {
+        let depth = self.0.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        metrics::queue_depth(depth);
     }
 }
 
@@ -384,11 +420,11 @@ impl Gate {
             metrics::admission("concurrency", "queue_full");
             return Err(refused);
         }
+        // Leaves the queue however the wait ends, a cancelled request included.
+        let _in_queue = QueueSeat(&self.waiting);
         metrics::queue_depth(self.waiting.load(Ordering::Relaxed));
         let started = Instant::now();
         let result = tokio::time::timeout(self.config.max_wait, self.slots.clone().acquire_owned()).await;
-        let depth = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::queue_depth(depth);
         let waited = started.elapsed();
         metrics::queue_wait(waited);
         match result {
@@ -459,6 +495,34 @@ mod tests {
             l.on_upstream("groq", false);
         }
         assert_eq!(l.effective_rpm("groq"), Some(60.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_cancelled_in_the_queue_leaves_it() {
+        let mut config = Config::default();
+        config.limits.concurrency =
+            ConcurrencyConfig { max_in_flight: 1, max_queue: 1, max_wait: Duration::from_secs(60) };
+        let l = Arc::new(Limits::from_config(&config).unwrap());
+        let _held = l.enter().await.unwrap();
+        for _ in 0..3 {
+            let queued = tokio::spawn({
+                let l = l.clone();
+                async move { l.enter().await.is_ok() }
+            });
+            tokio::task::yield_now().await;
+            queued.abort();
+            let _ = queued.await;
+        }
+        // The seat is free again: a new request can queue (and times out here).
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.enter().await.err() }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(matches!(waiter.await.unwrap(), Some(Refusal::Concurrency { .. })));
+        let metrics_unaffected = l.gate.as_ref().unwrap().waiting.load(Ordering::Acquire);
+        assert_eq!(metrics_unaffected, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,8 @@ pub struct Verdict {
     pub remaining: u64,
     /// Until the budget is whole again (for `X-RateLimit-Reset`).
     pub reset: Duration,
+    /// Decided by the in-process fallback (Redis was down): settle it there too.
+    pub local: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +39,9 @@ pub trait RateStore: Send + Sync {
     /// Takes `cost` units if they fit.
     async fn acquire(&self, key: &str, rate: Rate, cost: u64) -> Result<Verdict, StoreDown>;
     /// Moves the budget by `delta` units unconditionally: negative returns a
-    /// reservation's unused part, positive charges usage beyond it.
-    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown>;
+    /// reservation's unused part, positive charges usage beyond it. `local`
+    /// says where the original charge was made (see `Verdict::local`).
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64, local: bool) -> Result<(), StoreDown>;
 }
 
 /// In-process GCRA state.
@@ -80,6 +83,7 @@ impl LocalStore {
                                 retry_after: Duration::ZERO,
                                 remaining: gcra::remaining(rate, new, now),
                                 reset: gcra::reset_after(new, now),
+                                local: true,
                             };
                         }
                         Err(current) => tat = current,
@@ -91,6 +95,7 @@ impl LocalStore {
                         retry_after: Duration::from_nanos(retry_after_ns),
                         remaining: gcra::remaining(rate, tat, now),
                         reset: gcra::reset_after(tat, now),
+                        local: true,
                     };
                 }
             }
@@ -117,7 +122,7 @@ impl RateStore for LocalStore {
         Ok(self.acquire_now(key, rate, cost))
     }
 
-    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64, _local: bool) -> Result<(), StoreDown> {
         self.adjust_now(key, rate, delta);
         Ok(())
     }
@@ -191,8 +196,10 @@ impl RedisStore {
     }
 }
 
-fn us(ns: u64) -> u64 {
-    (ns / 1000).max(1)
+/// Nanoseconds as fractional microseconds: truncating to whole µs would make
+/// fast rates (tens of thousands of tokens a minute and up) faster than set.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
 }
 
 #[async_trait::async_trait]
@@ -213,10 +220,11 @@ impl RateStore for RedisStore {
             retry_after: Duration::from_micros(retry_us.max(0) as u64),
             remaining: remaining.max(0) as u64,
             reset: Duration::from_micros(reset_us.max(0) as u64),
+            local: false,
         })
     }
 
-    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64, _local: bool) -> Result<(), StoreDown> {
         let mut conn = self.conn().await?;
         let _: i64 = self
             .adjust
@@ -274,7 +282,11 @@ impl Shared {
 
     fn fallback(&self, key: &str, rate: Rate, cost: u64, e: StoreDown) -> Result<Verdict, StoreDown> {
         match self.policy {
-            RedisFailurePolicy::LocalShare => Ok(self.local.acquire_now(key, self.local_rate(rate), cost)),
+            RedisFailurePolicy::LocalShare => {
+                // A cost larger than the share's burst could never fit: cap it.
+                let share = self.local_rate(rate);
+                Ok(self.local.acquire_now(key, share, cost.min(share.burst().max(1))))
+            }
             RedisFailurePolicy::FailClosed => Err(e),
         }
     }
@@ -319,17 +331,19 @@ impl RateStore for Shared {
         }
     }
 
-    async fn adjust(&self, key: &str, rate: Rate, delta: i64) -> Result<(), StoreDown> {
-        if self.down.load(Ordering::Acquire) {
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64, local: bool) -> Result<(), StoreDown> {
+        // Settle where the charge was made: a local charge never touches Redis
+        // (the other replicas never saw it), and a Redis charge that cannot be
+        // settled while Redis is down is left as it was (conservative).
+        if local {
             self.local.adjust_now(key, self.local_rate(rate), delta);
             return Ok(());
         }
-        match self.redis.adjust(key, rate, delta).await {
+        match self.redis.adjust(key, rate, delta, false).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.note_down(&e);
-                self.local.adjust_now(key, self.local_rate(rate), delta);
-                Ok(())
+                Err(e)
             }
         }
     }

@@ -164,23 +164,16 @@ impl Gateway {
         }
     }
 
-    /// Admission before any provider is tried: the client's token budget, then
-    /// a slot of the global concurrency gate (waiting in its bounded queue).
+    /// Admission before any provider is tried: a slot of the global concurrency
+    /// gate (waiting in its bounded queue), then the client's token budget.
     async fn admit(&self, req: &ChatRequest, ctx: &CallContext) -> Result<Admitted, ServiceError> {
         let prompt_bytes = req.messages.iter().map(|m| m.content.len()).sum();
         let tokens = limits::estimate_tokens(prompt_bytes, req.max_tokens);
+        // The slot first: a request cancelled while queued has charged nothing.
+        let pass = self.limits.enter().await.map_err(ServiceError::Limited)?;
         let client_tokens = match &ctx.client {
             Some(client) => self.limits.admit_client_tokens(client, tokens).await.map_err(ServiceError::Limited)?,
             None => None,
-        };
-        let pass = match self.limits.enter().await {
-            Ok(pass) => pass,
-            Err(refusal) => {
-                if let Some(r) = client_tokens {
-                    r.settle(0).await;
-                }
-                return Err(ServiceError::Limited(refusal));
-            }
         };
         Ok(Admitted { waited: pass.waited, _pass: pass, tokens, reservations: client_tokens.into_iter().collect() })
     }

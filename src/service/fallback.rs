@@ -246,6 +246,10 @@ impl Runner<'_> {
             if attempt > 0 {
                 metrics::retry(&id);
             }
+            // A spent-budget signal belongs to the call that reports it.
+            if let Some(ctx) = self.exhausted {
+                ctx.take_exhausted();
+            }
             let started = Instant::now();
             let until = (started + self.policy.attempt_timeout).min(self.deadline);
             let result = match tokio::time::timeout_at(until, call(target.clone())).await {
@@ -272,8 +276,17 @@ impl Runner<'_> {
                 }
                 Err(e) => e,
             };
-            // The call failed: its tokens were not used.
-            if let Some(r) = reservation {
+            // Tokens come back only when the provider clearly did not process
+            // the call; after a timeout or a 5xx it may have (and billed it).
+            let unprocessed = matches!(
+                error,
+                ProviderError::Connect(_)
+                    | ProviderError::RateLimited { .. }
+                    | ProviderError::Rejected { .. }
+                    | ProviderError::NotFound { .. }
+                    | ProviderError::Auth { .. }
+            );
+            if let Some(r) = reservation.filter(|_| unprocessed) {
                 r.settle(0).await;
             }
             if let Some(limits) = self.limits {
