@@ -45,8 +45,10 @@ impl Budget {
         Self {
             requests: rpm.and_then(|r| Rate::per_minute(r, limit.burst.unwrap_or(r))),
             tokens: limit.tpm.filter(|t| *t > 0).and_then(|t| Rate::per_minute(t, t)),
-            requests_key: format!("{key}:r"),
-            tokens_key: Arc::from(format!("{key}:t")),
+            // `{…}` is a Redis hash tag: both keys land in one slot, so one
+            // script may touch both (Redis Cluster included).
+            requests_key: format!("{{{key}}}:r"),
+            tokens_key: Arc::from(format!("{{{key}}}:t")),
         }
     }
 
@@ -209,51 +211,33 @@ impl Limits {
             return Ok(None);
         }
         let requests = budget.requests.map(|r| r.scaled(Self::factor(p)));
-        let mut requests_local = false;
-        if let Some(rate) = requests {
-            let v = self.decide(&budget.requests_key, rate, 1).await;
-            if !v.allowed {
-                metrics::admission("provider", "limited");
-                return Err(v.retry_after);
+        let cost = budget.tokens.map(|r| tokens.min(r.burst())).unwrap_or(0);
+        let v = match (requests, budget.tokens) {
+            (Some(r), Some(t)) => {
+                let both = self.store.acquire_both((&budget.requests_key, r), (&budget.tokens_key, t, cost)).await;
+                both.unwrap_or_else(|_| refused())
             }
-            requests_local = v.local;
-        }
-        let Some(rate) = budget.tokens else {
-            metrics::admission("provider", "allowed");
-            return Ok(None);
+            (Some(r), None) => self.decide(&budget.requests_key, r, 1).await,
+            (None, Some(t)) => self.decide(&budget.tokens_key, t, cost).await,
+            (None, None) => return Ok(None),
         };
-        let tokens_key = budget.tokens_key.clone();
-        let v = self.decide(&tokens_key, rate, tokens.min(rate.burst())).await;
         if !v.allowed {
-            // Give the request slot back: this call is not going out.
-            if let Some(r) = requests {
-                let _ = self.store.adjust(&budget.requests_key, r, -1, requests_local).await;
-            }
             metrics::admission("provider", "limited");
             return Err(v.retry_after);
         }
         metrics::admission("provider", "allowed");
+        let Some(rate) = budget.tokens else { return Ok(None) };
         Ok(Some(Reservation {
             store: self.store.clone(),
-            key: tokens_key,
+            key: budget.tokens_key.clone(),
             rate,
-            reserved: tokens.min(rate.burst()),
+            reserved: cost,
             local: v.local,
         }))
     }
 
     async fn decide(&self, key: &str, rate: Rate, cost: u64) -> Verdict {
-        match self.store.acquire(key, rate, cost).await {
-            Ok(v) => v,
-            // Fail closed (the policy chose it): refuse for a second.
-            Err(_) => Verdict {
-                allowed: false,
-                retry_after: Duration::from_secs(1),
-                remaining: 0,
-                reset: Duration::from_secs(1),
-                local: true,
-            },
-        }
+        self.store.acquire(key, rate, cost).await.unwrap_or_else(|_| refused())
     }
 
     /// Auto-throttle: a 429 from the provider cuts its effective request rate
@@ -327,6 +311,7 @@ impl Limits {
             return Ok((None, ClientSlot(None)));
         }
         let mut headers = None;
+        let mut requests_local = false;
         if let Some(rate) = self.client.requests {
             let v = self.decide(&format!("c:{client}:r"), rate, 1).await;
             let h = ClientHeaders { limit: rate.burst(), remaining: v.remaining, reset: v.reset };
@@ -335,6 +320,7 @@ impl Limits {
                 return Err((Refusal::Client { retry_after: v.retry_after }, Some(h)));
             }
             headers = Some(h);
+            requests_local = v.local;
         }
         let slot = match self.client_concurrent {
             Some(max) => {
@@ -344,7 +330,7 @@ impl Limits {
                     drop(slot);
                     // The request slot taken above is not used: give it back.
                     if let Some(rate) = self.client.requests {
-                        let _ = self.store.adjust(&format!("c:{client}:r"), rate, -1, false).await;
+                        let _ = self.store.adjust(&format!("c:{client}:r"), rate, -1, requests_local).await;
                     }
                     metrics::admission("client", "limited");
                     return Err((Refusal::Client { retry_after: Duration::from_secs(1) }, headers));
@@ -368,6 +354,17 @@ impl Limits {
             return Err(Refusal::Client { retry_after: v.retry_after });
         }
         Ok(Some(Reservation { store: self.store.clone(), key, rate, reserved: cost, local: v.local }))
+    }
+}
+
+/// Fail closed (the policy chose it): refuse for a second.
+fn refused() -> Verdict {
+    Verdict {
+        allowed: false,
+        retry_after: Duration::from_secs(1),
+        remaining: 0,
+        reset: Duration::from_secs(1),
+        local: true,
     }
 }
 

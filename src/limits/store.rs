@@ -42,6 +42,21 @@ pub trait RateStore: Send + Sync {
     /// reservation's unused part, positive charges usage beyond it. `local`
     /// says where the original charge was made (see `Verdict::local`).
     async fn adjust(&self, key: &str, rate: Rate, delta: i64, local: bool) -> Result<(), StoreDown>;
+
+    /// One request and `cost` tokens together, or neither. This default takes
+    /// them in turn and gives the request back if the tokens do not fit;
+    /// Redis does both in one script.
+    async fn acquire_both(&self, requests: (&str, Rate), tokens: (&str, Rate, u64)) -> Result<Verdict, StoreDown> {
+        let v = self.acquire(requests.0, requests.1, 1).await?;
+        if !v.allowed {
+            return Ok(v);
+        }
+        let t = self.acquire(tokens.0, tokens.1, tokens.2).await?;
+        if !t.allowed {
+            let _ = self.adjust(requests.0, requests.1, -1, v.local).await;
+        }
+        Ok(t)
+    }
 }
 
 /// In-process GCRA state.
@@ -141,10 +156,34 @@ if tat < now then tat = now end
 local new_tat = tat + interval * cost
 local allow_at = new_tat - tolerance
 if allow_at <= now then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
   return {1, 0, math.floor((tolerance - (new_tat - now)) / interval), math.floor(new_tat - now)}
 end
 return {0, math.floor(allow_at - now), math.floor((tolerance - (tat - now)) / interval), math.floor(tat - now)}
+";
+
+/// Request and token budgets in one atomic step: both charged, or neither.
+/// Keys share a hash tag (`{p:groq}`), so this also works on Redis Cluster.
+const ACQUIRE_BOTH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ri, rtol = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ti, ttol, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local rtat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if rtat < now then rtat = now end
+local r_new = rtat + ri
+if r_new - rtol > now then
+  return {0, math.floor(r_new - rtol - now), 0, math.floor(rtat - now)}
+end
+local ttat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ttat < now then ttat = now end
+local t_new = ttat + ti * cost
+if t_new - ttol > now then
+  return {0, math.floor(t_new - ttol - now), math.floor((ttol - (ttat - now)) / ti), math.floor(ttat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', r_new), 'PX', math.ceil((r_new - now) / 1000) + 1000)
+redis.call('SET', KEYS[2], string.format('%.3f', t_new), 'PX', math.ceil((t_new - now) / 1000) + 1000)
+return {1, 0, math.floor((ttol - (t_new - now)) / ti), math.floor(t_new - now)}
 ";
 
 const ADJUST: &str = r"
@@ -156,7 +195,7 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 tat = tat + interval * delta
 if tat < now then tat = now end
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 return 1
 ";
 
@@ -165,6 +204,7 @@ pub struct RedisStore {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     acquire: redis::Script,
+    acquire_both: redis::Script,
     adjust: redis::Script,
 }
 
@@ -176,6 +216,7 @@ impl RedisStore {
             client,
             conn: OnceCell::new(),
             acquire: redis::Script::new(ACQUIRE),
+            acquire_both: redis::Script::new(ACQUIRE_BOTH),
             adjust: redis::Script::new(ADJUST),
         })
     }
@@ -193,6 +234,16 @@ impl RedisStore {
             .await
             .cloned()
             .map_err(|e| StoreDown(e.to_string()))
+    }
+}
+
+fn verdict(allowed: i64, retry_us: i64, remaining: i64, reset_us: i64) -> Verdict {
+    Verdict {
+        allowed: allowed == 1,
+        retry_after: Duration::from_micros(retry_us.max(0) as u64),
+        remaining: remaining.max(0) as u64,
+        reset: Duration::from_micros(reset_us.max(0) as u64),
+        local: false,
     }
 }
 
@@ -215,13 +266,24 @@ impl RateStore for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| StoreDown(e.to_string()))?;
-        Ok(Verdict {
-            allowed: allowed == 1,
-            retry_after: Duration::from_micros(retry_us.max(0) as u64),
-            remaining: remaining.max(0) as u64,
-            reset: Duration::from_micros(reset_us.max(0) as u64),
-            local: false,
-        })
+        Ok(verdict(allowed, retry_us, remaining, reset_us))
+    }
+
+    async fn acquire_both(&self, requests: (&str, Rate), tokens: (&str, Rate, u64)) -> Result<Verdict, StoreDown> {
+        let mut conn = self.conn().await?;
+        let (allowed, retry_us, remaining, reset_us): (i64, i64, i64, i64) = self
+            .acquire_both
+            .key(format!("{}:rl:{}", self.prefix, requests.0))
+            .key(format!("{}:rl:{}", self.prefix, tokens.0))
+            .arg(us(requests.1.interval_ns))
+            .arg(us(requests.1.tolerance_ns))
+            .arg(us(tokens.1.interval_ns))
+            .arg(us(tokens.1.tolerance_ns))
+            .arg(tokens.2)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StoreDown(e.to_string()))?;
+        Ok(verdict(allowed, retry_us, remaining, reset_us))
     }
 
     async fn adjust(&self, key: &str, rate: Rate, delta: i64, _local: bool) -> Result<(), StoreDown> {
@@ -329,6 +391,28 @@ impl RateStore for Shared {
                 self.fallback(key, rate, cost, e)
             }
         }
+    }
+
+    async fn acquire_both(&self, requests: (&str, Rate), tokens: (&str, Rate, u64)) -> Result<Verdict, StoreDown> {
+        if self.try_redis() {
+            match self.redis.acquire_both(requests, tokens).await {
+                Ok(v) => {
+                    self.note_up();
+                    return Ok(v);
+                }
+                Err(e) => self.note_down(&e),
+            }
+        }
+        // Redis is away: the same two budgets, in process, at this replica's share.
+        let v = self.fallback(requests.0, requests.1, 1, StoreDown("redis down".into()))?;
+        if !v.allowed {
+            return Ok(v);
+        }
+        let t = self.fallback(tokens.0, tokens.1, tokens.2, StoreDown("redis down".into()))?;
+        if !t.allowed {
+            self.local.adjust_now(requests.0, self.local_rate(requests.1), -1);
+        }
+        Ok(t)
     }
 
     async fn adjust(&self, key: &str, rate: Rate, delta: i64, local: bool) -> Result<(), StoreDown> {
