@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::fallback::{Attempt, Failure, Runner};
+use super::fallback::{Attempt, Failure, Runner, Success};
 use super::registry::{Registry, RouteError};
 use crate::agents::{Agent, ChainLink, PromptSettings, Roster, system_prompt};
 use crate::conversations::{ConversationStore, StoreError};
@@ -189,10 +189,7 @@ impl Gateway {
                 async move { call.provider.chat(&req, ctx).await }
             })
             .await;
-        record_calls(&self.registry, outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts()));
-        if let Some(agent) = &target.agent {
-            metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started.elapsed());
-        }
+        self.record(target, &outcome, started);
         let mut done = outcome.inspect_err(|_| admitted.settle(Some(0)))?;
         admitted.reservations.extend(done.reservation.take());
         let used = done.value.usage.map(|u| u.total());
@@ -238,11 +235,8 @@ impl Gateway {
                 }
             })
             .await;
-        record_calls(&self.registry, outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts()));
-        if let Some(agent) = &target.agent {
-            // For streams: time to the first chunk.
-            metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started_at.elapsed());
-        }
+        // For streams the agent latency is the time to the first chunk.
+        self.record(target, &outcome, started_at);
         let mut done = outcome.inspect_err(|_| admitted.settle(Some(0)))?;
         admitted.reservations.extend(done.reservation.take());
         let fallback_used = done.fallback_used(&target.chain);
@@ -303,17 +297,24 @@ impl Admitted {
     }
 }
 
-/// Upstream call metrics for every attempt that reached a provider.
-fn record_calls(registry: &Registry, attempts: &[Attempt]) {
-    use super::fallback::Outcome;
-    for a in attempts {
-        let outcome = match &a.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed { kind, .. } => kind.as_str(),
-            Outcome::Skipped(_) => continue,
-        };
-        if registry.get(&a.provider).is_some() {
-            metrics::upstream_call(&a.provider, outcome, a.latency);
+impl Gateway {
+    /// Upstream call metrics for every attempt that reached a provider, and
+    /// the agent's request metric.
+    fn record<T>(&self, target: &Target, outcome: &Result<Success<T>, Failure>, started: Instant) {
+        use super::fallback::Outcome;
+        let attempts = outcome.as_ref().map(|s| &s.attempts[..]).unwrap_or_else(|f| f.attempts());
+        for a in attempts {
+            let label = match &a.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Failed { kind, .. } => kind.as_str(),
+                Outcome::Skipped(_) => continue,
+            };
+            if self.registry.get(&a.provider).is_some() {
+                metrics::upstream_call(&a.provider, label, a.latency);
+            }
+        }
+        if let Some(agent) = &target.agent {
+            metrics::agent_request(&agent.id, if outcome.is_ok() { "ok" } else { "error" }, started.elapsed());
         }
     }
 }

@@ -195,16 +195,7 @@ impl Drop for Gateway {
 }
 
 pub async fn gateway(config: Config) -> Gateway {
-    let state = app::state(&config, &secrets()).unwrap();
-    let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let drain = Drain { delay: Duration::ZERO, grace: Duration::from_secs(1) };
-    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, async {
-        let _ = stopped.await;
-    }));
-    Gateway { url, client: reqwest::Client::new(), stop: Some(stop) }
+    gateway_with(config, secrets()).await
 }
 
 impl Gateway {
