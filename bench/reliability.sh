@@ -36,6 +36,9 @@ start_squad() { # port groq_upstream_port
   cat > "$OUT/squad-$1.yaml" <<YAML
 server: { bind: 127.0.0.1, port: $1, request_timeout: 20s }
 log: { level: warn }
+# This bench measures resilience, not admission control: the providers'
+# default budgets (15-30 rpm) would refuse most of a 30 req/s load.
+limits: { enabled: false }
 providers:
   groq: { base_url: "http://127.0.0.1:$2/openai/v1", timeouts: { first_byte: 1s, total: 5s } }
   cerebras: { base_url: "http://127.0.0.1:$HEALTHY/v1" }

@@ -206,10 +206,10 @@ fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, S
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
+        // Keep draining even when nobody listens: a closed pipe would make
+        // squad's log writes fail.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);

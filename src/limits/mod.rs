@@ -369,6 +369,9 @@ fn refused() -> Verdict {
 }
 
 /// Counts a client's in-flight request until dropped.
+/// Idle clients' counters kept for reuse before they are removed.
+const IDLE_CLIENTS_KEPT: usize = 4096;
+
 /// In-flight request counts by client.
 type InFlight = Arc<DashMap<String, Arc<AtomicU64>>>;
 
@@ -378,8 +381,10 @@ impl Drop for ClientSlot {
     fn drop(&mut self) {
         if let Some((count, map, client)) = &self.0
             && count.fetch_sub(1, Ordering::AcqRel) == 1
+            && map.len() > IDLE_CLIENTS_KEPT
         {
-            // Idle clients leave the map, so rotating addresses cannot grow it.
+            // Idle clients leave the map once it is large, so rotating
+            // addresses cannot grow it without bound.
             map.remove_if(client, |_, c| c.load(Ordering::Acquire) == 0);
         }
     }
