@@ -190,13 +190,7 @@ async fn streaming_fallback_before_the_first_chunk_is_invisible() {
     assert_eq!(resp.headers()["x-squad-provider"], "groq");
     let data = sse_data(resp).await;
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let text: String = data[..data.len() - 1]
-        .iter()
-        .filter_map(|d| {
-            serde_json::from_str::<Value>(d).ok()?["choices"][0]["delta"]["content"].as_str().map(str::to_owned)
-        })
-        .collect();
-    assert_eq!(text, "Fell back");
+    assert_eq!(support::sse_text(&data[..data.len() - 1]), "Fell back");
 
     // The primary opens its stream (200) and fails before any chunk: still invisible.
     let (a, _b, gw) = analyst_world(
@@ -413,12 +407,7 @@ async fn all_thirteen_agents_answer_through_both_apis() {
             .await;
         let data = sse_data(resp).await;
         assert_eq!(data.last().unwrap(), "[DONE]", "{id}");
-        let text: String = data[..data.len() - 1]
-            .iter()
-            .filter_map(|d| {
-                serde_json::from_str::<Value>(d).ok()?["choices"][0]["delta"]["content"].as_str().map(str::to_owned)
-            })
-            .collect();
+        let text = support::sse_text(&data[..data.len() - 1]);
         assert!(text.ends_with(&format!("yo {id}")), "{id}: {text}");
     }
 }

@@ -266,3 +266,34 @@ async fn responses_parse_with_the_openai_sdk_types() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_body_that_arrives_too_slowly_is_a_408() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("x", 1, 1))).await;
+    let mut config = config_for(&fake);
+    config.server.body_read_timeout = std::time::Duration::from_millis(300);
+    let gw = gateway(config).await;
+    let slow = futures::stream::unfold(0, |step| async move {
+        match step {
+            0 => Some((Ok::<_, std::io::Error>(b"{\"model\": ".to_vec()), 1)),
+            1 => {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                Some((Ok(b"\"groq\"}".to_vec()), 2))
+            }
+            _ => None,
+        }
+    });
+    let started = std::time::Instant::now();
+    let resp = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "answered at the timeout, not after the body");
+    assert_error_body(&resp.json().await.unwrap(), "body_timeout");
+    assert_eq!(fake.hits(), 0);
+}

@@ -53,13 +53,7 @@ async fn every_provider_answers_plain_and_streamed_through_the_simulated_upstrea
         .await;
         let data = sse_data(resp).await;
         assert_eq!(data.last().unwrap(), "[DONE]", "{provider}");
-        let text: String = data[..data.len() - 1]
-            .iter()
-            .filter_map(|d| {
-                let v: Value = serde_json::from_str(d).unwrap();
-                v["choices"].get(0)?["delta"]["content"].as_str().map(str::to_owned)
-            })
-            .collect();
+        let text = support::sse_text(&data[..data.len() - 1]);
         assert!(text.ends_with(&format!("You said: ping {provider}")), "{provider}: {text}");
         let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
         assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{provider}: {usage}");

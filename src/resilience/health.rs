@@ -45,7 +45,7 @@ pub struct StatusReport {
     /// healthy / degraded / unavailable
     pub status: &'static str,
     pub breaker: &'static str,
-    pub requests: u64,
+    /// Failed calls in the recent window.
     pub failures: u64,
     pub window_requests: usize,
     pub window_failure_rate: f64,
@@ -123,7 +123,6 @@ impl ProviderHealth {
         StatusReport {
             status,
             breaker: breaker.as_str(),
-            requests: recent.len() as u64,
             failures: failures as u64,
             window_requests: recent.len(),
             window_failure_rate: rate,

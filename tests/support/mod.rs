@@ -220,6 +220,17 @@ pub async fn sse_data(resp: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// The text of a chat-completions stream: every `delta.content`, in order
+/// (`data` without its final `[DONE]`; usage chunks have no choice and add nothing).
+pub fn sse_text(data: &[String]) -> String {
+    data.iter()
+        .filter_map(|d| {
+            let v: Value = serde_json::from_str(d).ok()?;
+            v["choices"].get(0)?["delta"]["content"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
 /// Asserts `body` is our error shape and returns the error object.
 pub fn assert_error_body(body: &Value, code: &str) -> Value {
     let err = body.get("error").unwrap_or_else(|| panic!("no error object in {body}"));
