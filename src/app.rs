@@ -9,7 +9,7 @@ use secrecy::SecretString;
 
 use crate::agents::{PromptSettings, Roster};
 use crate::api::{self, AppState};
-use crate::config::{Config, ProviderKind};
+use crate::config::{AuthMode, Config, ProviderKind};
 use crate::conversations::{Bounds, ConversationStore, MemoryStore, RedisStore};
 use crate::limits::Limits;
 use crate::providers::DynProvider;
@@ -18,6 +18,7 @@ use crate::providers::http::BuildError;
 use crate::providers::openai_compat::OpenAiCompat;
 use crate::resilience::ProviderHealth;
 use crate::service::{Gateway, GatewayParts, Lifecycle, ProviderEntry, ProviderState, Registry};
+use crate::store::{AuditLog, KeyCache, Store};
 use crate::telemetry;
 
 /// Provider keys by provider id, read from the environment variables the config
@@ -104,7 +105,11 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
                 .map_err(|e| AppError { provider: "limits".into(), source: BuildError::Url(e.to_string()) })?,
         ),
     });
+    let persistence = persistence(config)?;
     Ok(AppState {
+        store: persistence.store,
+        keys: persistence.keys,
+        audit: persistence.audit,
         gateway: Arc::new(gateway),
         lifecycle: Arc::new(Lifecycle::default()),
         metrics: telemetry::metrics::install(),
@@ -113,6 +118,113 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
     })
+}
+
+struct Persistence {
+    store: Option<Arc<Store>>,
+    keys: Option<Arc<KeyCache>>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// The database is opened (lazily) when auditing or API keys need it.
+fn persistence(config: &Config) -> Result<Persistence, AppError> {
+    let auth = config.auth.mode == AuthMode::Required;
+    if !config.audit.enabled && !auth {
+        return Ok(Persistence { store: None, keys: None, audit: None });
+    }
+    let store = Arc::new(
+        Store::open(&config.database)
+            .map_err(|e| AppError { provider: "database".into(), source: BuildError::Url(e.to_string()) })?,
+    );
+    Ok(Persistence {
+        keys: auth.then(|| Arc::new(KeyCache::new(store.clone()))),
+        audit: config.audit.enabled.then(|| AuditLog::new(&config.audit, &config.pricing, store.clone())),
+        store: Some(store),
+    })
+}
+
+/// Background work of a running gateway: migrations, the audit writer, key
+/// reloads and audit retention. `shutdown` flushes the audit log.
+pub struct Background {
+    stop: tokio_util::sync::CancellationToken,
+    audit: Option<Arc<AuditLog>>,
+    store: Option<Arc<Store>>,
+}
+
+/// Starts the background work. Tries the migrations first (for at most the
+/// database connect timeout) so keys are loaded before traffic arrives; a
+/// database that is down does not stop start-up.
+pub async fn start(state: &AppState, config: &Config) -> Background {
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(store) = &state.store {
+        match tokio::time::timeout(config.database.connect_timeout, store.migrate()).await {
+            Ok(Ok(())) => tracing::info!(database = %store.shown_url(), dialect = store.dialect(), "database ready"),
+            Ok(Err(e)) => tracing::error!(database = %store.shown_url(), error = %e, "database unavailable at start-up; audit records wait in the journal"),
+            Err(_) => tracing::error!(database = %store.shown_url(), "database did not answer at start-up; audit records wait in the journal"),
+        }
+        if let Some(keys) = &state.keys {
+            if let Err(e) = keys.refresh().await {
+                tracing::error!(error = %e, "API keys not loaded; requests get 503 until the database answers");
+            }
+            tokio::spawn(reload_keys(keys.clone(), store.clone(), config.auth.refresh_interval, stop.clone()));
+        }
+        if config.audit.enabled && config.audit.retention_days > 0 {
+            tokio::spawn(retention(store.clone(), config.audit.retention_days, stop.clone()));
+        }
+    }
+    if let Some(audit) = &state.audit {
+        audit.start().await;
+    }
+    Background { stop, audit: state.audit.clone(), store: state.store.clone() }
+}
+
+impl Background {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Some(audit) = &self.audit {
+            audit.shutdown().await;
+        }
+        if let Some(store) = &self.store {
+            store.close().await;
+        }
+    }
+}
+
+async fn reload_keys(
+    keys: Arc<KeyCache>,
+    store: Arc<Store>,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let migrated = store.is_migrated() || store.migrate().await.is_ok();
+        if migrated && let Err(e) = keys.refresh().await {
+            tracing::warn!(error = %e, "API key reload failed; the last loaded keys stay in use");
+        }
+    }
+}
+
+/// Deletes audit rows older than the retention period, hourly.
+async fn retention(store: Arc<Store>, days: u32, stop: tokio_util::sync::CancellationToken) {
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+    loop {
+        if store.is_migrated() {
+            let cutoff = crate::store::now_ms() - i64::from(days) * 24 * 3600 * 1000;
+            match store.prune_audit(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, days, "audit retention: old rows deleted"),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed; retried in an hour"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(if store.is_migrated() { HOUR } else { HOUR / 60 }) => {}
+        }
+    }
 }
 
 fn conversation_store(config: &Config) -> Result<Arc<dyn ConversationStore>, AppError> {
@@ -134,7 +246,9 @@ pub fn router(state: AppState) -> axum::Router {
 
 /// Points every provider at the simulated upstream on `mock` and gives each a
 /// placeholder key, so `--demo` exercises the real adapters and wire formats.
+/// API keys are off in the demo.
 pub fn demo_overrides(config: &mut Config, secrets: &mut Secrets, mock: std::net::SocketAddr) {
+    config.auth.mode = AuthMode::Disabled;
     for (id, p) in config.providers.iter_mut() {
         p.enabled = true;
         p.base_url = match p.kind {

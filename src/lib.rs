@@ -6,6 +6,7 @@
 //! - `service`: use cases with no HTTP types: routing, chat, lifecycle.
 //! - `providers`: the `Provider` trait, `ProviderError`, and the adapters
 //!   (`openai_compat`, `gemini`), each as {mod, wire, convert, stream}.
+//! - `store`: SQLite or PostgreSQL: audit rows (journal + batched writer), API keys, usage.
 //! - `telemetry`: logging set-up and every metric name.
 //! - `config`: typed, layered, validated configuration.
 //! - `domain`: plain data: requests, messages, responses, chunks, usage.
@@ -27,4 +28,5 @@ pub mod providers;
 pub mod resilience;
 pub mod server;
 pub mod service;
+pub mod store;
 pub mod telemetry;

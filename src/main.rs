@@ -15,6 +15,8 @@ use squad::mock::{Fault, MockOptions};
 use squad::server::{self, Drain};
 use squad::telemetry;
 
+mod admin;
+
 #[derive(Parser)]
 #[command(name = "squad", version, about = "Squad: one OpenAI-compatible API in front of five LLM providers")]
 struct Cli {
@@ -66,8 +68,89 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         retry_after: u64,
     },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[arg(long, env = "SQUAD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Manage API keys (stored as SHA-256 hashes; the key is shown once).
+    Keys {
+        #[arg(long, env = "SQUAD_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Audit log maintenance.
+    Audit {
+        #[arg(long, env = "SQUAD_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// A consistent online copy of a SQLite store (PostgreSQL: use pg_dump).
+    Backup {
+        #[arg(long, env = "SQUAD_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Agents the key may use (comma-separated); default: every agent and provider model.
+        #[arg(long, value_delimiter = ',')]
+        agents: Option<Vec<String>>,
+        /// Requests per minute for this key (replaces limits.clients.rpm).
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute for this key (replaces limits.clients.tpm).
+        #[arg(long)]
+        tpm: Option<u32>,
+        /// Expiry: YYYY-MM-DD or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// May use admin routes (`/v1/usage`).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys (never the secret).
+    List,
+    /// Revoke a key by id, or every active key with this name.
+    Revoke { id_or_name: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Delete rows older than `--before` (default: audit.retention_days ago).
+    Prune {
+        #[arg(long)]
+        before: Option<String>,
+    },
+    /// Write rows with since <= time < until as JSON lines or CSV.
+    Export {
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
 }
 
 /// glibc's allocator showed up at ~13% of CPU under load; mimalloc is faster
@@ -101,6 +184,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => check_config(config),
+        Command::Migrate { config } => runtime().block_on(admin::migrate(config)),
+        Command::Keys { config, command } => runtime().block_on(admin::keys(config, command)),
+        Command::Audit { config, command } => runtime().block_on(admin::audit(config, command)),
+        Command::Backup { config, out } => runtime().block_on(admin::backup(config, out)),
         Command::Serve { config, port, bind, demo } => runtime().block_on(serve(config, port, bind, demo)),
         Command::MockUpstream { port, bind, latency, tokens_per_second, fault, faults, retry_after } => {
             let faults = faults.map(|m| m.0).unwrap_or_else(|| fault.map(|f| vec![(f, 1.0)]).unwrap_or_default());
@@ -177,6 +264,10 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
             return ExitCode::from(2);
         }
     };
+    if config.auth.mode == squad::config::AuthMode::Disabled {
+        tracing::warn!("auth.mode is disabled: anyone who can reach this port can use it and spend provider credits");
+    }
+    let background = app::start(&state, &config).await;
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -205,7 +296,10 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
     }
     let lifecycle = state.lifecycle.clone();
     let drain = Drain { delay: config.server.drain_delay, grace: config.server.shutdown_grace };
-    match server::run(listener, app::router(state), lifecycle, drain, server::signal()).await {
+    let result = server::run(listener, app::router(state), lifecycle, drain, server::signal()).await;
+    // Everything queued for the audit log is written (or journaled) before exit.
+    background.shutdown().await;
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -378,6 +378,7 @@ async fn all_thirteen_agents_answer_through_both_apis() {
     let mut config = squad::config::Config::default();
     let mut secrets = squad::app::Secrets::default();
     squad::app::demo_overrides(&mut config, &mut secrets, addr);
+    config.audit.enabled = false;
     let gw = gateway_with(config, secrets).await;
 
     let list: Value = gw.get("/v1/agents").await.json().await.unwrap();

@@ -20,6 +20,7 @@ async fn demo_gateway() -> (String, std::sync::Arc<mock::MockStats>) {
     let mut config = Config::default();
     let mut secrets = Secrets::default();
     app::demo_overrides(&mut config, &mut secrets, mock_addr);
+    config.audit.enabled = false;
     let state = app::state(&config, &secrets).unwrap();
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

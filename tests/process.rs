@@ -15,9 +15,16 @@ use support::{Fake, Reply, sse_data};
 const KEY: &str = "gsk_process_test_SECRET_value_987";
 const PROMPT: &str = "my private question about tides";
 
+/// `squad` in a fresh working directory (its SQLite file and audit journal
+/// land there), with auth off: keys have their own tests.
 fn squad() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_squad"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    let dir = std::env::temp_dir().join(format!("squad-proc-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SQUAD__AUTH__MODE", "disabled")
+        .current_dir(dir);
     cmd
 }
 

@@ -5,10 +5,12 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, http::HeaderValue};
+use axum::http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::audit::{Served, note_served};
+use super::auth::Principal;
 use super::chat::PROVIDER_HEADER;
 use super::error::{ApiError, AttemptView};
 use super::extract::ApiJson;
@@ -16,6 +18,7 @@ use super::middleware::{ClientKey, RequestId, ServedBy};
 use super::state::AppState;
 use crate::agents::{Agent, ChainLink};
 use crate::service::{Answer, Ask};
+use crate::store::Draft;
 
 pub const MAX_PROMPT_CHARS: usize = 10_000;
 
@@ -153,41 +156,81 @@ fn answer_response(a: Answer, request_id: String) -> Response {
     response
 }
 
-async fn run(
-    state: &AppState,
+/// What every agent route extracts besides its body.
+pub struct Caller {
     request_id: String,
-    client: Option<Extension<ClientKey>>,
-    agent: String,
-    body: AgentBody,
-) -> Result<Response, ApiError> {
+    client: Option<ClientKey>,
+    principal: Option<Principal>,
+    audit: Option<Draft>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ext = &parts.extensions;
+        Ok(Self {
+            request_id: ext.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+            client: ext.get::<ClientKey>().cloned(),
+            principal: ext.get::<Principal>().cloned(),
+            audit: ext.get::<Draft>().cloned(),
+        })
+    }
+}
+
+async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -> Result<Response, ApiError> {
     state.gateway.agent(&agent)?;
+    let draft = caller.audit;
+    if let Some(d) = &draft {
+        let metadata = body.metadata.as_ref().map(Value::to_string);
+        let (user, conversation) = (body.user_id.clone(), body.conversation_id.clone());
+        d.update(|r| {
+            r.agent = Some(agent.clone());
+            r.user_id = user;
+            r.conversation_id = conversation;
+            r.metadata = metadata;
+        });
+        if let Some(p) = body.prompt.as_ref().or(body.task.as_ref()) {
+            d.prompt(p.clone());
+        }
+    }
+    if let Some(p) = &caller.principal {
+        p.authorize(Some(&agent))?;
+    }
     let ask = body.into_ask(agent)?;
-    let ctx = state.gateway.context(&request_id, false).with_client(client.map(|c| c.0.0));
+    let request_id = caller.request_id;
+    let ctx = state.gateway.context(&request_id, false).with_client(caller.client.map(|c| (c.0, c.1)));
     let answer = state.gateway.ask(ask, &ctx).await?;
+    if let Some(d) = &draft {
+        let served = Served {
+            provider: &answer.provider,
+            model: &answer.model,
+            attempts: &answer.attempts,
+            usage: Some(answer.usage),
+            text: Some(&answer.response),
+        };
+        note_served(d, served);
+        let conversation = answer.conversation_id.clone();
+        d.update(|r| r.conversation_id = Some(conversation));
+    }
     Ok(answer_response(answer, request_id))
 }
 
 pub async fn ask_agent(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    client: Option<Extension<ClientKey>>,
+    caller: Caller,
     Path(agent): Path<String>,
     ApiJson(value): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     // An unknown agent is a 404 even when the body is also wrong.
     state.gateway.agent(&agent)?;
-    run(&state, request_id, client, agent, decode(value)?).await
+    run(&state, caller, agent, decode(value)?).await
 }
 
-pub async fn chat(
-    State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    client: Option<Extension<ClientKey>>,
-    ApiJson(value): ApiJson<Value>,
-) -> Result<Response, ApiError> {
+pub async fn chat(State(state): State<AppState>, caller: Caller, ApiJson(value): ApiJson<Value>) -> Result<Response, ApiError> {
     let mut body = decode(value)?;
     let agent = body.agent.take().ok_or_else(|| unprocessable("`agent` is required", "agent"))?;
-    run(&state, request_id, client, agent, body).await
+    run(&state, caller, agent, body).await
 }
 
 #[derive(Serialize)]

@@ -12,12 +12,15 @@ use futures::{Stream, StreamExt};
 
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::audit::{Served, note_served};
+use super::auth::Principal;
 use super::middleware::{ClientKey, RequestId, ServedBy};
 use super::state::AppState;
 use super::wire::{self, ChatCompletionRequest};
 use crate::domain::{ChatChunk, Usage};
 use crate::providers::{ChunkStream, ProviderError};
 use crate::service::StartedStream;
+use crate::store::Draft;
 
 pub static PROVIDER_HEADER: header::HeaderName = header::HeaderName::from_static("x-squad-provider");
 
@@ -25,6 +28,8 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     client: Option<Extension<ClientKey>>,
+    principal: Option<Extension<Principal>>,
+    audit: Option<Extension<Draft>>,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = body.model.clone();
@@ -32,18 +37,42 @@ pub async fn chat_completions(
     let include_usage = body.wants_usage_chunk();
     let mut request = body.into_domain()?;
     let target = state.gateway.resolve(&model)?;
+    let agent_id = target.agent.as_ref().map(|a| a.id.clone());
+    if let Some(Extension(draft)) = &audit {
+        draft.prompt(super::audit::prompt_text(&request.messages));
+        draft.update(|r| r.agent = agent_id.clone());
+    }
+    if let Some(Extension(p)) = &principal {
+        p.authorize(agent_id.as_deref())?;
+    }
+    let audit = audit.map(|Extension(d)| d);
     if let Some(agent) = &target.agent {
         state.gateway.apply_persona(agent, &mut request);
     }
-    let ctx = state.gateway.context(&request_id, stream).with_client(client.map(|c| c.0.0));
+    let ctx = state.gateway.context(&request_id, stream).with_client(client.map(|Extension(c)| (c.0, c.1)));
     tracing::debug!(messages = request.messages.len(), "chat request validated");
 
     if stream {
         let started = state.gateway.chat_stream(&target, request, &ctx).await?;
-        return Ok(sse_response(started, &request_id, include_usage));
+        if let Some(draft) = &audit {
+            let attempts = &started.attempts;
+            let (provider, model) = (&started.provider, &started.model);
+            note_served(draft, Served { provider, model, attempts, usage: None, text: None });
+        }
+        return Ok(sse_response(started, &request_id, include_usage, audit));
     }
     let done = state.gateway.chat(&target, request, &ctx).await?;
     let r = &done.response;
+    if let Some(draft) = &audit {
+        let served = Served {
+            provider: &done.provider,
+            model: &done.model,
+            attempts: &done.attempts,
+            usage: r.usage,
+            text: Some(&r.content),
+        };
+        note_served(draft, served);
+    }
     let id = if r.id.is_empty() { format!("chatcmpl-{request_id}") } else { r.id.clone() };
     let public_model = format!("{}/{}", done.provider, r.model);
     let body = serde_json::to_vec(&wire::completion(r, &id, &public_model)).map_err(|_| ApiError::Internal)?;
@@ -61,9 +90,9 @@ fn with_provider(mut response: Response, provider: &str) -> Response {
     response
 }
 
-fn sse_response(started: StartedStream, request_id: &str, include_usage: bool) -> Response {
+fn sse_response(started: StartedStream, request_id: &str, include_usage: bool, audit: Option<Draft>) -> Response {
     let provider = started.provider.clone();
-    let events = encode(started, request_id.to_owned(), include_usage).map(Ok::<_, Infallible>);
+    let events = encode(started, request_id.to_owned(), include_usage, audit).map(Ok::<_, Infallible>);
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
     with_provider(sse.into_response(), &provider)
 }
@@ -78,12 +107,18 @@ struct Encoder {
     include_usage: bool,
     sent_first: bool,
     usage: Option<Usage>,
+    /// Submitted when the stream ends; dropped unsubmitted (→ cancelled) if
+    /// the client goes away first.
+    audit: Option<Draft>,
 }
 
 impl Encoder {
     fn chunk_event(&mut self, chunk: &ChatChunk) -> Option<Event> {
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
+        }
+        if let (Some(draft), Some(text)) = (&self.audit, &chunk.content) {
+            draft.response(text);
         }
         let has_choice = chunk.content.is_some()
             || chunk.role.is_some()
@@ -96,13 +131,40 @@ impl Encoder {
         json_event(&wire::content_chunk(chunk, &self.id, &self.model, first))
     }
 
-    fn closing_events(&self) -> Vec<Event> {
+    /// Submits the audit record; `false` if it could not be kept and the
+    /// policy is `reject` (the stream then ends in an error, not `[DONE]`).
+    fn finish_audit(&mut self, error: Option<&str>) -> bool {
+        let Some(draft) = self.audit.take() else { return true };
+        let usage = self.usage;
+        draft.update(|r| {
+            if let Some(u) = usage {
+                r.tokens_in = u.prompt_tokens as i64;
+                r.tokens_out = u.completion_tokens as i64;
+            }
+            if let Some(e) = error {
+                r.error_kind = Some(e.to_owned());
+            }
+        });
+        draft.finish().is_ok()
+    }
+
+    fn closing_events(&mut self) -> Vec<Event> {
+        if !self.finish_audit(None) {
+            let body = serde_json::json!({"error": {
+                "type": "unavailable_error",
+                "message": "the audit log cannot be written",
+                "code": "audit_unavailable",
+                "request_id": self.request_id,
+            }});
+            return vec![Event::default().data(body.to_string())];
+        }
         let usage = self.usage.filter(|_| self.include_usage);
         let usage = usage.and_then(|u| json_event(&wire::usage_chunk(u, &self.id, &self.model, self.created)));
         usage.into_iter().chain([Event::default().data("[DONE]")]).collect()
     }
 
-    fn error_event(&self, error: &ProviderError) -> Event {
+    fn error_event(&mut self, error: &ProviderError) -> Event {
+        self.finish_audit(Some("stream_interrupted"));
         let (provider, request_id) = (&self.provider, &self.request_id);
         tracing::warn!(%request_id, %provider, kind = error.kind().as_str(), %error, "stream failed after it started");
         let body = serde_json::json!({"error": {
@@ -124,14 +186,20 @@ fn json_event<T: serde::Serialize>(value: &T) -> Option<Event> {
 /// error event and the stream ends *without* `[DONE]`, so no client mistakes a
 /// truncated answer for a complete one. Nothing is spawned: dropping the
 /// response (the client went away) drops the upstream stream with it.
-fn encode(started: StartedStream, request_id: String, include_usage: bool) -> impl Stream<Item = Event> + Send {
+fn encode(
+    started: StartedStream,
+    request_id: String,
+    include_usage: bool,
+    audit: Option<Draft>,
+) -> impl Stream<Item = Event> + Send {
     let StartedStream { provider, first, rest, .. } = started;
     let (id, model, created) = match &first {
         Some(c) if !c.id.is_empty() => (c.id.clone(), format!("{provider}/{}", c.model), c.created),
         Some(c) => (format!("chatcmpl-{request_id}"), format!("{provider}/{}", c.model), c.created),
         None => (format!("chatcmpl-{request_id}"), provider.clone(), crate::domain::unix_now()),
     };
-    let enc = Encoder { id, model, created, provider, request_id, include_usage, sent_first: false, usage: None };
+    let enc =
+        Encoder { id, model, created, provider, request_id, include_usage, sent_first: false, usage: None, audit };
     let head: ChunkStream = Box::pin(futures::stream::iter(first.map(Ok)));
     let upstream = head.chain(rest);
     futures::stream::unfold((enc, upstream, false), |(mut enc, mut upstream, over)| async move {
@@ -139,7 +207,12 @@ fn encode(started: StartedStream, request_id: String, include_usage: bool) -> im
             return None;
         }
         loop {
-            let events = match upstream.next().await {
+            let waited = std::time::Instant::now();
+            let next = upstream.next().await;
+            if let Some(draft) = &enc.audit {
+                draft.add_upstream(waited.elapsed());
+            }
+            let events = match next {
                 Some(Ok(chunk)) => match enc.chunk_event(&chunk) {
                     Some(ev) => return Some((vec![ev], (enc, upstream, false))),
                     None => continue,

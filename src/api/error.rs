@@ -56,6 +56,18 @@ pub enum ApiError {
     ClientLimited { retry_after: Duration },
     #[error("the gateway is at its concurrency limit; retry in {}s", secs(retry_after))]
     ConcurrencyLimited { retry_after: Duration },
+    /// No key, or one that is malformed, unknown, expired or revoked.
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: &'static str },
+    /// A valid key used beyond its scope.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("API keys cannot be checked: the key store has not answered yet")]
+    AuthUnavailable,
+    #[error("the audit log cannot be written; requests are refused (audit.on_failure: reject)")]
+    AuditUnavailable,
+    #[error("the database is unavailable: {0}")]
+    DatabaseUnavailable(String),
     #[error("internal error")]
     Internal,
 }
@@ -163,6 +175,11 @@ impl ApiError {
             Self::AllFailed { .. } => (S::BAD_GATEWAY, "upstream_error", "upstream_failed"),
             Self::ClientLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "client"),
             Self::ConcurrencyLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "concurrency"),
+            Self::Unauthorized { code, .. } => (S::UNAUTHORIZED, "authentication_error", code),
+            Self::Forbidden { code, .. } => (S::FORBIDDEN, "permission_error", code),
+            Self::AuthUnavailable => (S::SERVICE_UNAVAILABLE, "unavailable_error", "auth_unavailable"),
+            Self::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "unavailable_error", "audit_unavailable"),
+            Self::DatabaseUnavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable_error", "database_unavailable"),
             Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal_error", "internal"),
         }
     }
@@ -245,6 +262,9 @@ impl IntoResponse for ApiError {
         | Self::ConcurrencyLimited { retry_after } = &self
         {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs(retry_after)));
+        }
+        if let Self::Unauthorized { .. } = &self {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(provider) = self.provider() {
             response.extensions_mut().insert(ServedBy(provider.to_owned()));

@@ -37,9 +37,36 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 "status": if state.gateway.limits().degraded() { "degraded" } else { "ok" },
             },
             "conversations": {"backend": state.gateway.conversations().backend()},
+            "database": database(&state).await,
+            "auth": {"mode": if state.keys.is_some() { "required" } else { "disabled" },
+                     "keys_loaded": state.keys.as_ref().map(|k| k.is_loaded())},
         },
     });
     Json(body).into_response()
+}
+
+/// The database as `/health` and `/health/ready` show it. A database that is
+/// down is reported, not fatal: chat goes on and audit records wait in the journal.
+async fn database(state: &AppState) -> Value {
+    let Some(store) = &state.store else { return json!({"status": "disabled"}) };
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await;
+    let (status, latency, error) = match ping {
+        Ok(Ok(d)) => ("up", Some(d.as_secs_f64() * 1000.0), None),
+        Ok(Err(e)) => ("down", None, Some(e.to_string())),
+        Err(_) => ("down", None, Some("no answer within 1s".to_owned())),
+    };
+    let mut v = json!({
+        "status": status,
+        "dialect": store.dialect(),
+        "url": store.shown_url(),
+        "migrated": store.is_migrated(),
+        "latency_ms": latency,
+        "error": error,
+    });
+    if let Some(audit) = &state.audit {
+        v["audit"] = serde_json::to_value(audit.status()).unwrap_or_default();
+    }
+    v
 }
 
 pub async fn live() -> Response {
@@ -48,7 +75,7 @@ pub async fn live() -> Response {
 
 pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
     if state.lifecycle.is_ready() {
-        Ok(Json(json!({"status": "ready"})).into_response())
+        Ok(Json(json!({"status": "ready", "database": database(&state).await["status"]})).into_response())
     } else {
         Err(ApiError::NotReady)
     }

@@ -21,9 +21,10 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Who is asking, for per-client budgets: the client address until API keys exist.
+/// Who is asking, for per-client budgets: `key:<id>` for an API key (with its
+/// own `tpm`, if it has one), else the client address.
 #[derive(Debug, Clone)]
-pub struct ClientKey(pub String);
+pub struct ClientKey(pub String, pub Option<u64>);
 
 pub static RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub static RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -47,14 +48,20 @@ pub async fn client_limits(
     next: Next,
 ) -> Response {
     use axum::response::IntoResponse;
-    let client = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_owned());
-    match state.gateway.limits().admit_client(&client).await {
+    let key = req.extensions().get::<super::auth::Principal>().and_then(|p| p.0.clone());
+    let client = match &key {
+        Some(key) => format!("key:{}", key.id),
+        None => req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_owned()),
+    };
+    let (rpm, tpm) = key.map(|k| (k.rpm, k.tpm)).unwrap_or_default();
+    let (rpm, tpm) = (rpm.map(|r| r.max(0) as u64), tpm.map(|t| t.max(0) as u64));
+    match state.gateway.limits().admit_client(&client, rpm).await {
         Ok((headers, slot)) => {
-            req.extensions_mut().insert(ClientKey(client));
+            req.extensions_mut().insert(ClientKey(client, tpm));
             let mut response = next.run(req).await;
             if let Some(h) = &headers {
                 rate_limit_headers(&mut response, h);

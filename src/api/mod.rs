@@ -1,6 +1,8 @@
 //! The only axum-facing code: routes, wire DTOs, extractors, `ApiError`, middleware.
 
 pub mod agents;
+pub mod audit;
+pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod extract;
@@ -8,6 +10,7 @@ pub mod health;
 pub mod middleware;
 pub mod providers;
 pub mod state;
+pub mod usage;
 pub mod wire;
 
 use axum::Router;
@@ -19,22 +22,36 @@ pub use state::AppState;
 /// 1. `request_context`: request id, span, metrics, access log, error bodies.
 ///    It wraps everything, including the 404/405 fallbacks, so every response
 ///    carries `x-request-id` and every error our JSON body.
+/// 2. On the routes that call providers: `audit` (one record per request,
+///    refusals included), then `authenticate`, then per-client admission.
+/// 3. On the other API routes: `authenticate` (and `admin_only` for `/v1/usage`).
+///    `/health*` and `/metrics` are open.
 ///
 /// Body limits are enforced by `ApiJson` (413 with our body), not a layer.
 pub fn router(state: AppState) -> Router {
-    // The routes that call providers pass per-client admission first.
-    let limited = Router::new()
+    use axum::middleware::{from_fn, from_fn_with_state};
+    let authenticate = || from_fn_with_state(state.clone(), auth::authenticate);
+    // Layers added later wrap the earlier ones: audit is outermost.
+    let provider_routes = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/agents/{agent}", post(agents::ask_agent))
         .route("/v1/chat", post(agents::chat))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::client_limits));
-    Router::new()
-        .merge(limited)
+        .route_layer(from_fn_with_state(state.clone(), middleware::client_limits))
+        .route_layer(authenticate())
+        .route_layer(from_fn_with_state(state.clone(), audit::audit));
+    let api_routes = Router::new()
         .route("/v1/agents", get(agents::list))
         .route("/v1/agents/{agent}", get(agents::show))
         .route("/providers", get(providers::list))
         .route("/providers/{name}", get(providers::show))
         .route("/v1/models", get(health::models))
+        .route_layer(authenticate());
+    let admin_routes =
+        Router::new().route("/v1/usage", get(usage::usage)).route_layer(from_fn(auth::admin_only)).route_layer(authenticate());
+    Router::new()
+        .merge(provider_routes)
+        .merge(api_routes)
+        .merge(admin_routes)
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

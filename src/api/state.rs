@@ -6,6 +6,7 @@ use std::time::Instant;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::service::{Gateway, Lifecycle};
+use crate::store::{AuditLog, KeyCache, Store};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -17,4 +18,10 @@ pub struct AppState {
     pub started_unix: u64,
     pub max_body_bytes: usize,
     pub body_read_timeout: std::time::Duration,
+    /// The database, when one is configured (audit, keys, usage).
+    pub store: Option<Arc<Store>>,
+    /// API keys; `None` when `auth.mode` is `disabled`.
+    pub keys: Option<Arc<KeyCache>>,
+    /// The audit log; `None` when `audit.enabled` is false.
+    pub audit: Option<Arc<AuditLog>>,
 }

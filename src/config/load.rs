@@ -23,6 +23,7 @@ const NAMED_ENV: &[(&str, &str)] = &[
     ("LOG_FORMAT", "log.format"),
     ("REDIS_URL", "conversations.redis_url"),
     ("REDIS_URL", "limits.redis.url"),
+    ("DATABASE_URL", "database.url"),
 ];
 
 /// Prefix of generic overrides: `SQUAD__SERVER__REQUEST_TIMEOUT=60s` sets

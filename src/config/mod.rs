@@ -26,6 +26,171 @@ pub struct Config {
     pub conversations: ConversationsConfig,
     pub resilience: ResilienceConfig,
     pub limits: LimitsConfig,
+    pub database: DatabaseConfig,
+    pub audit: AuditConfig,
+    pub auth: AuthConfig,
+    /// Prices in USD per million tokens by `provider/model` (or `provider/*`),
+    /// for cost estimates in audit rows and `/v1/usage`.
+    pub pricing: BTreeMap<String, Price>,
+}
+
+/// The store for audit rows, API keys and usage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// `sqlite://squad.db` (a file, created if missing; WAL mode) or
+    /// `postgres://user@host/db`. `DATABASE_URL` overrides it.
+    pub url: String,
+    /// Pool sizes; defaults: PostgreSQL 5 / 20, SQLite 1 / 4.
+    pub pool_min: Option<u32>,
+    pub pool_max: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://squad.db".into(),
+            pool_min: None,
+            pool_max: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+/// What an audit row keeps of the prompt and the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditContent {
+    /// Passed through the PII redactor (until it exists: a placeholder with the length).
+    Redacted,
+    /// SHA-256 of the text: proves what was sent without keeping it.
+    Hash,
+    /// Nothing.
+    None,
+}
+
+/// What happens when an audit record cannot even reach the local journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailurePolicy {
+    /// Serve the request; log an error and count it.
+    Allow,
+    /// Answer 503: no request is served without its record.
+    Reject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub content: AuditContent,
+    /// The append-only journal every record reaches before its response completes.
+    pub journal_dir: std::path::PathBuf,
+    pub on_failure: AuditFailurePolicy,
+    /// Rows older than this are deleted by a background job (0: keep forever).
+    pub retention_days: u32,
+    /// Rows per database write.
+    pub batch_size: usize,
+    /// Longest a record waits in memory before its batch is written.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Records held in memory for the writer; beyond it they wait in the journal.
+    pub queue_capacity: usize,
+    /// A journal segment is closed at this size.
+    pub segment_bytes: u64,
+    /// How often journaled records are retried while the database is away.
+    #[serde(with = "humantime_serde")]
+    pub replay_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            content: AuditContent::Redacted,
+            journal_dir: "squad-journal".into(),
+            on_failure: AuditFailurePolicy::Allow,
+            retention_days: 30,
+            batch_size: 256,
+            flush_interval: Duration::from_millis(200),
+            queue_capacity: 10_000,
+            segment_bytes: 16 * 1024 * 1024,
+            replay_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every API route needs a key (`/health*` and `/metrics` stay open).
+    Required,
+    /// No keys: anyone who can reach the port can use it.
+    Disabled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// How often the in-memory key cache is reloaded (revocations by another
+    /// process or replica take effect within this).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { mode: AuthMode::Required, refresh_interval: Duration::from_secs(5) }
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    pub fn cost(&self, tokens_in: u64, tokens_out: u64) -> f64 {
+        (tokens_in as f64 * self.input + tokens_out as f64 * self.output) / 1_000_000.0
+    }
+}
+
+/// List prices of the built-in models (USD per million tokens, input / output)
+/// as published in late 2026; estimates: set your contracted prices in `pricing`.
+fn builtin_prices() -> BTreeMap<String, Price> {
+    [
+        ("groq/openai/gpt-oss-120b", 0.15, 0.60),
+        ("groq/openai/gpt-oss-20b", 0.075, 0.30),
+        ("groq/qwen/qwen3.6-27b", 0.29, 0.59),
+        ("cerebras/gpt-oss-120b", 0.35, 0.75),
+        ("cerebras/zai-glm-4.7", 2.25, 2.75),
+        ("gemini/gemini-3.5-flash", 0.30, 2.50),
+        ("gemini/gemini-3.5-flash-lite", 0.10, 0.40),
+        ("gemini/gemini-3.1-pro-preview", 2.00, 12.00),
+        ("openrouter/openai/gpt-5.2", 1.25, 10.00),
+        ("openrouter/anthropic/claude-sonnet-4.5", 3.00, 15.00),
+        ("deepseek/deepseek-flash", 0.28, 0.42),
+        ("deepseek/deepseek-v4-pro", 0.55, 2.19),
+    ]
+    .into_iter()
+    .map(|(m, input, output)| (m.to_owned(), Price { input, output }))
+    .collect()
+}
+
+/// The price for `provider/model`: exact, then `provider/*`.
+pub fn price_of<'a>(pricing: &'a BTreeMap<String, Price>, provider: &str, model: &str) -> Option<&'a Price> {
+    pricing.get(&format!("{provider}/{model}")).or_else(|| pricing.get(&format!("{provider}/*")))
 }
 
 /// A request and token budget: `rpm` requests a minute (`burst` at once) and
@@ -372,6 +537,10 @@ impl Default for Config {
             conversations: ConversationsConfig::default(),
             resilience: ResilienceConfig::default(),
             limits: LimitsConfig::default(),
+            database: DatabaseConfig::default(),
+            audit: AuditConfig::default(),
+            auth: AuthConfig::default(),
+            pricing: builtin_prices(),
         }
     }
 }

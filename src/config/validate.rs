@@ -203,6 +203,45 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             _ => issue(path, "must be provider/model with a configured provider"),
         }
     }
+    let db = &config.database;
+    if !(db.is_postgres() || db.url.starts_with("sqlite:")) {
+        issue("database.url".into(), "must be sqlite://PATH or postgres://user@host/db");
+    }
+    if db.pool_max == Some(0) || db.pool_min.zip(db.pool_max).is_some_and(|(min, max)| min > max) {
+        issue("database.pool_max".into(), "must be at least 1 and at least pool_min");
+    }
+    if db.connect_timeout.is_zero() || db.connect_timeout > MAX_DURATION {
+        issue("database.connect_timeout".into(), "must be greater than zero and at most 24h");
+    }
+    let a = &config.audit;
+    if a.batch_size == 0 || a.batch_size > 1000 {
+        issue("audit.batch_size".into(), "must be between 1 and 1000");
+    }
+    if a.queue_capacity == 0 {
+        issue("audit.queue_capacity".into(), "must be at least 1");
+    }
+    if a.segment_bytes < 4096 {
+        issue("audit.segment_bytes".into(), "must be at least 4096");
+    }
+    for (name, d) in [("flush_interval", a.flush_interval), ("replay_interval", a.replay_interval)] {
+        if d.is_zero() || d > MAX_DURATION {
+            issue(format!("audit.{name}"), "must be greater than zero and at most 24h");
+        }
+    }
+    if a.journal_dir.as_os_str().is_empty() {
+        issue("audit.journal_dir".into(), "must not be empty");
+    }
+    if config.auth.refresh_interval.is_zero() || config.auth.refresh_interval > MAX_DURATION {
+        issue("auth.refresh_interval".into(), "must be greater than zero and at most 24h");
+    }
+    for (model, price) in &config.pricing {
+        if !model.contains('/') {
+            issue(format!("pricing.{model}"), "keys are provider/model or provider/*");
+        }
+        if !(price.input.is_finite() && price.output.is_finite() && price.input >= 0.0 && price.output >= 0.0) {
+            issue(format!("pricing.{model}"), "prices must be finite and not negative");
+        }
+    }
     issues
 }
 

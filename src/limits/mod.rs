@@ -302,17 +302,20 @@ impl Limits {
         }
     }
 
-    /// A client's request budget and concurrency; `Err` is a refusal.
+    /// A client's request budget and concurrency; `Err` is a refusal. `rpm`
+    /// is the client's own budget (an API key's), replacing `limits.clients.rpm`.
     pub async fn admit_client(
         &self,
         client: &str,
+        rpm: Option<u64>,
     ) -> Result<(Option<ClientHeaders>, ClientSlot), (Refusal, Option<ClientHeaders>)> {
         if !self.enabled {
             return Ok((None, ClientSlot(None)));
         }
         let mut headers = None;
         let mut requests_local = false;
-        if let Some(rate) = self.client.requests {
+        let requests = rpm.filter(|r| *r > 0).and_then(|r| Rate::per_minute(r, r)).or(self.client.requests);
+        if let Some(rate) = requests {
             let v = self.decide(&format!("c:{client}:r"), rate, 1).await;
             let h = ClientHeaders { limit: rate.burst(), remaining: v.remaining, reset: v.reset };
             if !v.allowed {
@@ -329,7 +332,7 @@ impl Limits {
                 if counter.fetch_add(1, Ordering::AcqRel) >= max {
                     drop(slot);
                     // The request slot taken above is not used: give it back.
-                    if let Some(rate) = self.client.requests {
+                    if let Some(rate) = requests {
                         let _ = self.store.adjust(&format!("c:{client}:r"), rate, -1, requests_local).await;
                     }
                     metrics::admission("client", "limited");
@@ -343,9 +346,16 @@ impl Limits {
         Ok((headers, slot))
     }
 
-    /// Reserves a client's token estimate (its `tpm`).
-    pub async fn admit_client_tokens(&self, client: &str, tokens: u64) -> Result<Option<Reservation>, Refusal> {
-        let Some(rate) = self.client.tokens.filter(|_| self.enabled) else { return Ok(None) };
+    /// Reserves a client's token estimate (its own `tpm` when it has one,
+    /// otherwise `limits.clients.tpm`).
+    pub async fn admit_client_tokens(
+        &self,
+        client: &str,
+        tokens: u64,
+        tpm: Option<u64>,
+    ) -> Result<Option<Reservation>, Refusal> {
+        let own = tpm.filter(|t| *t > 0).and_then(|t| Rate::per_minute(t, t));
+        let Some(rate) = own.or(self.client.tokens).filter(|_| self.enabled) else { return Ok(None) };
         let key: Arc<str> = Arc::from(format!("c:{client}:t"));
         let cost = tokens.min(rate.burst());
         let v = self.decide(&key, rate, cost).await;

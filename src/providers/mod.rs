@@ -31,6 +31,8 @@ pub struct CallContext {
     pub deadline: Instant,
     /// Who is asking (API key id or client address), for per-client budgets.
     pub client: Option<String>,
+    /// That client's own token budget (an API key's `tpm`).
+    pub client_tpm: Option<u64>,
     /// Set by an adapter when a successful response says the provider's own
     /// budget is spent (`x-ratelimit-remaining-*: 0`): how long until it resets.
     pub exhausted: Arc<std::sync::Mutex<Option<Duration>>>,
@@ -42,6 +44,7 @@ impl CallContext {
             request_id: request_id.into(),
             deadline: Instant::now() + budget,
             client: None,
+            client_tpm: None,
             exhausted: Arc::default(),
         }
     }
@@ -51,8 +54,10 @@ impl CallContext {
         self.exhausted.lock().map(|mut g| g.take()).unwrap_or(None)
     }
 
-    pub fn with_client(mut self, client: Option<String>) -> Self {
+    pub fn with_client(mut self, client: Option<(String, Option<u64>)>) -> Self {
+        let (client, tpm) = client.unzip();
         self.client = client;
+        self.client_tpm = tpm.flatten();
         self
     }
 }

@@ -26,6 +26,10 @@ pub const QUEUE_DEPTH: &str = "squad_concurrency_queue_depth";
 pub const QUEUE_WAIT: &str = "squad_concurrency_queue_wait_seconds";
 pub const EFFECTIVE_RPM: &str = "squad_provider_effective_rpm";
 pub const LIMITS_REDIS_ERRORS: &str = "squad_limits_redis_errors_total";
+pub const AUDIT_RECORDS: &str = "squad_audit_records_total";
+pub const AUDIT_FAILURES: &str = "squad_audit_failures_total";
+pub const AUDIT_JOURNAL_BYTES: &str = "squad_audit_journal_bytes";
+pub const AUTH_DECISIONS: &str = "squad_auth_decisions_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -155,4 +159,27 @@ fn status_label(status: u16) -> &'static str {
         s if s < 500 => "4xx",
         _ => "5xx",
     }
+}
+
+/// An audit record reached a stage: `journaled`, `queued`, `written`, `replayed`.
+pub fn audit_record(stage: &'static str) {
+    counter!(AUDIT_RECORDS, "stage" => stage).increment(1);
+}
+
+pub fn audit_records(stage: &'static str, n: u64) {
+    counter!(AUDIT_RECORDS, "stage" => stage).increment(n);
+}
+
+/// An audit failure: `journal`, `database`, `encode`, `journal_read`, `journal_corrupt`, `lost`.
+pub fn audit_failure(stage: &'static str) {
+    counter!(AUDIT_FAILURES, "stage" => stage).increment(1);
+}
+
+pub fn audit_journal_bytes(bytes: u64) {
+    gauge!(AUDIT_JOURNAL_BYTES).set(bytes as f64);
+}
+
+/// An API-key decision: `ok`, `missing`, `invalid`, `expired`, `revoked`, `forbidden`, `unavailable`.
+pub fn auth_decision(outcome: &'static str) {
+    counter!(AUTH_DECISIONS, "outcome" => outcome).increment(1);
 }

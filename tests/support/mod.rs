@@ -166,7 +166,15 @@ pub fn config_for(fake: &Fake) -> Config {
     // Admission control has its own tests (tests/limits.rs); here it would only
     // make unrelated tests depend on how many requests they send.
     config.limits.enabled = false;
+    without_persistence(&mut config);
     config
+}
+
+/// Keys and auditing have their own tests (tests/persistence.rs); elsewhere
+/// they would only add a database to tests about something else.
+pub fn without_persistence(config: &mut Config) {
+    config.audit.enabled = false;
+    config.auth.mode = squad::config::AuthMode::Disabled;
 }
 
 pub const GROQ_KEY: &str = "gsk_test_SECRET_groq_0123456789";
@@ -184,6 +192,7 @@ pub struct Gateway {
     pub url: String,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    background: Option<app::Background>,
 }
 
 impl Drop for Gateway {
@@ -265,6 +274,7 @@ pub fn config_with(fakes: &[(&str, &Fake)]) -> Config {
         }
     }
     config.limits.enabled = false;
+    without_persistence(&mut config);
     config
 }
 
@@ -279,6 +289,7 @@ pub fn all_secrets() -> Secrets {
 
 pub async fn gateway_with(config: Config, secrets: Secrets) -> Gateway {
     let state = app::state(&config, &secrets).unwrap();
+    let background = app::start(&state, &config).await;
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -287,10 +298,20 @@ pub async fn gateway_with(config: Config, secrets: Secrets) -> Gateway {
     tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, async {
         let _ = stopped.await;
     }));
-    Gateway { url, client: reqwest::Client::new(), stop: Some(stop) }
+    Gateway { url, client: reqwest::Client::new(), stop: Some(stop), background: Some(background) }
 }
 
 impl Gateway {
+    /// Stops serving and flushes the audit log, as `squad serve` does on SIGTERM.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(background) = self.background.take() {
+            background.shutdown().await;
+        }
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.client.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap()
     }

@@ -1,0 +1,109 @@
+//! The audit layer on the routes that call providers: every request that gets
+//! this far leaves a record, successes, client errors, refusals (401, 403,
+//! 429) and failures alike. Handlers fill in what they learn through the
+//! `Draft` in the request's extensions; this layer adds the status and error
+//! and submits the record before the response leaves. A streamed response
+//! submits it when the stream ends (or is dropped: then `cancelled`).
+
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, AttemptView, PendingError};
+use super::middleware::{RequestId, ServedBy};
+use super::state::AppState;
+use crate::service::Attempt;
+use crate::store::Draft;
+use crate::store::writer::DraftStart;
+
+pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(log) = state.audit.clone() else { return next.run(req).await };
+    if log.refusing() {
+        return ApiError::AuditUnavailable.into_response();
+    }
+    let start = DraftStart {
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+        method: req.method().as_str().to_owned(),
+        route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        client_addr: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string()),
+    };
+    let draft = Draft::new(log, start, Instant::now());
+    req.extensions_mut().insert(draft.clone());
+    let response = next.run(req).await;
+    let status = i64::from(response.status().as_u16());
+    let error = response.extensions().get::<PendingError>().map(|e| e.0.clone());
+    let served_by = response.extensions().get::<ServedBy>().map(|s| s.0.clone());
+    let mut upstream_ms = 0;
+    draft.update(|r| {
+        r.status = status;
+        if let Some(e) = error {
+            r.error_kind = Some(e.code);
+            upstream_ms = e.attempts.iter().flatten().map(|a| a.latency_ms).sum();
+            if let Some(attempts) = e.attempts.filter(|a| !a.is_empty()) {
+                r.attempts = serde_json::to_string(&attempts).unwrap_or_else(|_| "[]".into());
+            }
+        }
+        if r.provider.is_none() {
+            r.provider = served_by;
+        }
+    });
+    draft.add_upstream(std::time::Duration::from_millis(upstream_ms));
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streaming {
+        // The stream holds its own clone and submits the record when it ends.
+        draft.update(|r| r.streamed = true);
+        return response;
+    }
+    match draft.finish() {
+        Ok(()) => response,
+        Err(_) => ApiError::AuditUnavailable.into_response(),
+    }
+}
+
+/// The attempts as an audit row keeps them (the same view clients see).
+pub fn attempts_json(attempts: &[Attempt]) -> String {
+    let views: Vec<AttemptView> = attempts.iter().map(AttemptView::from).collect();
+    serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
+}
+
+/// Provider time of a finished chain: every attempt's latency.
+pub fn upstream_time(attempts: &[Attempt]) -> std::time::Duration {
+    attempts.iter().map(|a| a.latency).sum()
+}
+
+/// The prompt as the audit log sees it: the client's messages, one per line.
+pub fn prompt_text(messages: &[crate::domain::Message]) -> String {
+    messages.iter().map(|m| format!("{}: {}", m.role.as_str(), m.content)).collect::<Vec<_>>().join("\n")
+}
+
+/// What a successful chain adds to the record.
+pub struct Served<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub attempts: &'a [Attempt],
+    pub usage: Option<crate::domain::Usage>,
+    pub text: Option<&'a str>,
+}
+
+pub fn note_served(draft: &Draft, s: Served<'_>) {
+    draft.add_upstream(upstream_time(s.attempts));
+    if let Some(text) = s.text {
+        draft.response(text);
+    }
+    let attempts = attempts_json(s.attempts);
+    draft.update(|r| {
+        r.provider = Some(s.provider.to_owned());
+        r.model = Some(s.model.to_owned());
+        r.attempts = attempts;
+        if let Some(u) = s.usage {
+            r.tokens_in = u.prompt_tokens as i64;
+            r.tokens_out = u.completion_tokens as i64;
+        }
+    });
+}

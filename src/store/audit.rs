@@ -1,0 +1,193 @@
+//! The audit row and its queries: batched idempotent inserts, retention,
+//! export and usage aggregation.
+
+use serde::{Deserialize, Serialize};
+use sqlx::QueryBuilder;
+
+use super::{Store, StoreError, on_db};
+
+/// One API request, as kept in `audit_log` and in the journal (one JSON line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AuditRecord {
+    /// Squad's own id for the record (UUIDv7): inserts are idempotent on it.
+    pub id: String,
+    pub request_id: String,
+    pub ts_ms: i64,
+    pub key_id: Option<String>,
+    pub client_addr: Option<String>,
+    pub method: String,
+    pub route: String,
+    pub agent: Option<String>,
+    pub user_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub status: i64,
+    pub error_kind: Option<String>,
+    /// JSON array: `[{provider, model, outcome, status?, latency_ms}]`.
+    pub attempts: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: Option<f64>,
+    pub latency_ms: f64,
+    pub upstream_ms: f64,
+    pub overhead_ms: f64,
+    pub streamed: bool,
+    pub cancelled: bool,
+    pub prompt: Option<String>,
+    pub response: Option<String>,
+    /// JSON object from the request's `metadata`.
+    pub metadata: Option<String>,
+}
+
+const COLUMNS: &str = "id, request_id, ts_ms, key_id, client_addr, method, route, agent, user_id, conversation_id, \
+     status, error_kind, attempts, provider, model, tokens_in, tokens_out, cost_usd, latency_ms, upstream_ms, \
+     overhead_ms, streamed, cancelled, prompt, response, metadata";
+
+impl AuditRecord {
+    /// The record as JSON with `attempts` and `metadata` as JSON values, for export.
+    pub fn to_export(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["time"] = super::format_time(self.ts_ms).into();
+        v["attempts"] = serde_json::from_str(&self.attempts).unwrap_or_default();
+        if let Some(m) = &self.metadata {
+            v["metadata"] = serde_json::from_str(m).unwrap_or_default();
+        }
+        v
+    }
+}
+
+/// How `/v1/usage` groups rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Provider,
+    Model,
+    Agent,
+    Key,
+}
+
+impl GroupBy {
+    fn expr(self) -> &'static str {
+        match self {
+            Self::Provider => "COALESCE(provider, '')",
+            Self::Model => "COALESCE(provider, '') || '/' || COALESCE(model, '')",
+            Self::Agent => "COALESCE(agent, '')",
+            Self::Key => "COALESCE(key_id, '')",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct UsageRow {
+    pub group: String,
+    pub requests: i64,
+    pub tokens_input: i64,
+    pub tokens_output: i64,
+    pub cost_usd: f64,
+}
+
+impl Store {
+    /// Inserts `rows` in one statement; rows already present (same `id`) are
+    /// skipped, so replaying a journal twice changes nothing. Returns the
+    /// number of new rows.
+    pub async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        on_db!(self, pool, DB => {
+            let mut q: QueryBuilder<DB> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(r.id.as_str())
+                    .push_bind(r.request_id.as_str())
+                    .push_bind(r.ts_ms)
+                    .push_bind(r.key_id.as_deref())
+                    .push_bind(r.client_addr.as_deref())
+                    .push_bind(r.method.as_str())
+                    .push_bind(r.route.as_str())
+                    .push_bind(r.agent.as_deref())
+                    .push_bind(r.user_id.as_deref())
+                    .push_bind(r.conversation_id.as_deref())
+                    .push_bind(r.status)
+                    .push_bind(r.error_kind.as_deref())
+                    .push_bind(r.attempts.as_str())
+                    .push_bind(r.provider.as_deref())
+                    .push_bind(r.model.as_deref())
+                    .push_bind(r.tokens_in)
+                    .push_bind(r.tokens_out)
+                    .push_bind(r.cost_usd)
+                    .push_bind(r.latency_ms)
+                    .push_bind(r.upstream_ms)
+                    .push_bind(r.overhead_ms)
+                    .push_bind(r.streamed)
+                    .push_bind(r.cancelled)
+                    .push_bind(r.prompt.as_deref())
+                    .push_bind(r.response.as_deref())
+                    .push_bind(r.metadata.as_deref());
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            Ok(q.build().execute(pool).await?.rows_affected())
+        })
+    }
+
+    /// Deletes rows older than `before_ms`; returns how many.
+    pub async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        on_db!(self, pool, DB => Ok(sqlx::query("DELETE FROM audit_log WHERE ts_ms < $1")
+            .bind(before_ms)
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
+
+    /// Rows with `since <= ts_ms < until`, oldest first, at most `limit`
+    /// after the row `after` (`(ts_ms, id)` of the last row of the previous page).
+    pub async fn audit_page(
+        &self,
+        since: i64,
+        until: i64,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (after_ts, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE ts_ms >= $1 AND ts_ms < $2 AND (ts_ms > $3 OR (ts_ms = $4 AND id > $5)) \
+             ORDER BY ts_ms, id LIMIT $6"
+        );
+        on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(since)
+            .bind(until)
+            .bind(after_ts)
+            .bind(after_ts)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Every record with this request id (clients may reuse ids).
+    pub async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE request_id = $1 ORDER BY ts_ms, id");
+        on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(request_id).fetch_all(pool).await?))
+    }
+
+    pub async fn audit_count(&self) -> Result<i64, StoreError> {
+        on_db!(self, pool, DB => {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log").fetch_one(pool).await?;
+            Ok(n)
+        })
+    }
+
+    /// Requests, tokens and cost with `since <= ts_ms < until`, grouped.
+    pub async fn usage(&self, since: i64, until: i64, group_by: GroupBy) -> Result<Vec<UsageRow>, StoreError> {
+        let real = if self.dialect() == "postgres" { "DOUBLE PRECISION" } else { "REAL" };
+        let sql = format!(
+            "SELECT {g} AS \"group\", COUNT(*) AS requests, \
+             CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT) AS tokens_input, \
+             CAST(COALESCE(SUM(tokens_out), 0) AS BIGINT) AS tokens_output, \
+             CAST(COALESCE(SUM(cost_usd), 0) AS {real}) AS cost_usd \
+             FROM audit_log WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY {g} ORDER BY cost_usd DESC, requests DESC",
+            g = group_by.expr()
+        );
+        on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, UsageRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(since).bind(until).fetch_all(pool).await?))
+    }
+}

@@ -1,0 +1,211 @@
+//! Persistence: audit rows, API keys and usage, in SQLite (default, one file in
+//! WAL mode) or PostgreSQL. Migrations are embedded per dialect. The pool
+//! connects lazily, so a database that is down at start-up does not stop
+//! Squad from serving: the audit journal holds records until it returns.
+//!
+//! Queries are written once with `$n` placeholders (both dialects accept
+//! them) and run on either pool through `on_db!`.
+
+pub mod audit;
+pub mod journal;
+pub mod keys;
+pub mod writer;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::DatabaseConfig;
+
+pub use audit::{AuditRecord, GroupBy, UsageRow};
+pub use keys::{ApiKey, KeyCache, KeyCheck, NewKey};
+pub use writer::{AuditLog, Draft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool this store has, and
+/// `$db` naming its sqlx database type.
+macro_rules! on_db {
+    ($store:expr, $pool:ident, $db:ident => $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            $crate::store::Db::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_db;
+
+pub struct Store {
+    db: Db,
+    migrated: AtomicBool,
+    /// One migration at a time (the writer, the key loader and start-up may all try).
+    migrating: tokio::sync::Mutex<()>,
+    /// The URL with any password replaced, for logs and `/health`.
+    shown_url: String,
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// A store for `config`; connects on first use.
+    pub fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let db = if config.is_postgres() {
+            let options = PgConnectOptions::from_str(&config.url)?;
+            Db::Postgres(
+                PgPoolOptions::new()
+                    .min_connections(config.pool_min.unwrap_or(5))
+                    .max_connections(config.pool_max.unwrap_or(20))
+                    .acquire_timeout(config.connect_timeout)
+                    .connect_lazy_with(options),
+            )
+        } else {
+            let options = SqliteConnectOptions::from_str(&config.url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // With WAL, NORMAL survives a process crash (not a power cut);
+                // the audit journal covers the window either way.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(config.connect_timeout);
+            Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .min_connections(config.pool_min.unwrap_or(1))
+                    .max_connections(config.pool_max.unwrap_or(4))
+                    .acquire_timeout(config.connect_timeout)
+                    .connect_lazy_with(options),
+            )
+        };
+        Ok(Self { db, migrated: AtomicBool::new(false), migrating: tokio::sync::Mutex::new(()), shown_url: hide_password(&config.url) })
+    }
+
+    pub fn dialect(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// Applies the embedded migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let _one = self.migrating.lock().await;
+        if self.is_migrated() {
+            return Ok(());
+        }
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn is_migrated(&self) -> bool {
+        self.migrated.load(Ordering::Acquire)
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        on_db!(self, pool, DB => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?);
+        Ok(started.elapsed())
+    }
+
+    /// A consistent online copy of a SQLite store (`VACUUM INTO`). PostgreSQL
+    /// is backed up with `pg_dump`.
+    pub async fn backup(&self, out: &std::path::Path) -> Result<(), StoreError> {
+        let Db::Sqlite(pool) = &self.db else {
+            return Err(StoreError::Invalid("backup copies SQLite stores; for PostgreSQL use pg_dump".into()));
+        };
+        if out.exists() {
+            return Err(StoreError::Invalid(format!("{} already exists", out.display())));
+        }
+        let path = out.to_str().ok_or_else(|| StoreError::Invalid("the output path is not UTF-8".into()))?;
+        sqlx::query("VACUUM INTO $1").bind(path).execute(pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, pool, DB => pool.close().await);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `2026-11-29`, `2026-11-29T10:00:00Z` or a Unix time in seconds → Unix milliseconds.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
+    humantime::parse_rfc3339_weak(&full)
+        .map_err(|_| format!("`{s}` is not a date (YYYY-MM-DD), an RFC 3339 time or Unix seconds"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| format!("`{s}` is before 1970"))
+}
+
+/// Unix milliseconds → RFC 3339 (UTC, milliseconds).
+pub fn format_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(hide_password("postgres://squad:hunter2@db:5432/squad"), "postgres://squad:***@db:5432/squad");
+        assert_eq!(hide_password("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(hide_password("sqlite://squad.db"), "sqlite://squad.db");
+    }
+
+    #[test]
+    fn times_parse_in_three_forms() {
+        assert_eq!(parse_time("1970-01-02").unwrap(), 86_400_000);
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
+        assert_eq!(parse_time("5").unwrap(), 5000);
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(format_time(1000), "1970-01-01T00:00:01.000Z");
+    }
+}

@@ -1,0 +1,456 @@
+//! The audit log: `Draft`s filled in while a request runs, submitted when it
+//! ends (journal first, then the in-memory queue), and one writer task that
+//! inserts queued records in batches and replays the journal when records
+//! could not go through the queue.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::journal::Journal;
+use super::{AuditRecord, Store};
+use crate::config::{AuditConfig, AuditContent, AuditFailurePolicy, Price, price_of};
+use crate::telemetry::metrics;
+
+/// The record could not be written anywhere durable and the policy is `reject`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit journal cannot be written")]
+pub struct AuditUnavailable;
+
+type Queued = (Option<u64>, AuditRecord);
+
+pub struct AuditLog {
+    journal: Journal,
+    tx: mpsc::Sender<Queued>,
+    rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    store: Arc<Store>,
+    policy: AuditFailurePolicy,
+    content: AuditContent,
+    pricing: BTreeMap<String, Price>,
+    batch_size: usize,
+    replay_interval: Duration,
+    stop: CancellationToken,
+    writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    db: Mutex<DbState>,
+}
+
+#[derive(Default)]
+struct DbState {
+    /// After a failure, batches go straight to the journal until this time.
+    down_until: Option<Instant>,
+    last_error: Option<String>,
+    /// Records that reached neither the journal nor the database yet.
+    unjournaled: Vec<AuditRecord>,
+}
+
+/// What `/health` shows of the audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditStatus {
+    pub database_reachable: bool,
+    pub journal_bytes: u64,
+    pub journal_backlog_segments: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl AuditLog {
+    pub fn new(config: &AuditConfig, pricing: &BTreeMap<String, Price>, store: Arc<Store>) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let journal = Journal::open(&config.journal_dir, config.segment_bytes);
+        metrics::audit_journal_bytes(journal.bytes());
+        Arc::new(Self {
+            journal,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            store,
+            policy: config.on_failure,
+            content: config.content,
+            pricing: pricing.clone(),
+            batch_size: config.batch_size,
+            replay_interval: config.replay_interval,
+            stop: CancellationToken::new(),
+            writer: tokio::sync::Mutex::new(None),
+            db: Mutex::new(DbState::default()),
+        })
+    }
+
+    /// Starts the writer task (once).
+    pub async fn start(self: &Arc<Self>) {
+        let rx = self.rx.lock().ok().and_then(|mut r| r.take());
+        if let Some(rx) = rx {
+            let me = self.clone();
+            *self.writer.lock().await = Some(tokio::spawn(async move { me.run(rx).await }));
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Under `reject`, whether requests should be refused before they start
+    /// (the journal failed within the last second).
+    pub fn refusing(&self) -> bool {
+        self.policy == AuditFailurePolicy::Reject && self.journal.recently_failed()
+    }
+
+    pub fn status(&self) -> AuditStatus {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        AuditStatus {
+            database_reachable: db.down_until.is_none() && self.store.is_migrated(),
+            journal_bytes: self.journal.bytes(),
+            journal_backlog_segments: self.journal.backlog(),
+            last_error: db.last_error.clone(),
+        }
+    }
+
+    fn db_state(&self) -> std::sync::MutexGuard<'_, DbState> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Journal, then queue. `Err` only when the journal failed and the policy
+    /// is `reject`; every other failure is logged and counted.
+    pub fn submit(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+        let mut line = match serde_json::to_vec(&record) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
+                metrics::audit_failure("encode");
+                return self.allowed(AuditUnavailable);
+            }
+        };
+        line.push(b'\n');
+        let seq = match self.journal.append(&line) {
+            Ok(seq) => {
+                metrics::audit_record("journaled");
+                Some(seq)
+            }
+            Err(e) => {
+                tracing::error!(request_id = %record.request_id, error = %e, "audit journal write failed");
+                metrics::audit_failure("journal");
+                None
+            }
+        };
+        let journaled = seq.is_some();
+        match self.tx.try_send((seq, record)) {
+            Ok(()) => metrics::audit_record("queued"),
+            Err(e) => {
+                let (seq, record) = match e {
+                    mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                };
+                match seq {
+                    // Waits in the journal for replay.
+                    Some(seq) => self.journal.mark_dirty(seq),
+                    None => self.keep_unjournaled(record),
+                }
+            }
+        }
+        if journaled { Ok(()) } else { self.allowed(AuditUnavailable) }
+    }
+
+    fn allowed(&self, e: AuditUnavailable) -> Result<(), AuditUnavailable> {
+        match self.policy {
+            AuditFailurePolicy::Allow => Ok(()),
+            AuditFailurePolicy::Reject => Err(e),
+        }
+    }
+
+    /// A record in neither the journal nor the queue: held in memory (bounded)
+    /// for the writer to retry; beyond the bound it is lost, loudly.
+    fn keep_unjournaled(&self, record: AuditRecord) {
+        let mut db = self.db_state();
+        if db.unjournaled.len() < 10_000 {
+            db.unjournaled.push(record);
+        } else {
+            tracing::error!(request_id = %record.request_id, "audit record lost: journal, queue and buffer all full");
+            metrics::audit_failure("lost");
+        }
+    }
+
+    /// Drains the queue into the database (or leaves records in the journal),
+    /// seals the journal and stops the writer. Call after the server stopped.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        if let Some(handle) = self.writer.lock().await.take() {
+            let _ = handle.await;
+        }
+        self.journal.seal();
+        metrics::audit_journal_bytes(self.journal.bytes());
+        let left = self.journal.backlog();
+        if left > 0 {
+            tracing::warn!(segments = left, "audit records left in the journal for the next start");
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>) {
+        // Segments left by an earlier run go first.
+        self.replay().await;
+        let mut tick = tokio::time::interval(self.replay_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(self.batch_size);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                n = rx.recv_many(&mut batch, self.batch_size) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.write(&mut batch).await;
+                }
+                _ = tick.tick() => self.replay().await,
+            }
+        }
+        // Shutdown: what is queued is written, or stays in the journal.
+        rx.close();
+        while rx.recv_many(&mut batch, self.batch_size).await > 0 {
+            self.write(&mut batch).await;
+        }
+        self.replay().await;
+    }
+
+    fn db_down(&self) -> bool {
+        self.db_state().down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark_down(&self, error: &super::StoreError) {
+        let mut db = self.db_state();
+        if db.down_until.is_none() {
+            tracing::error!(error = %error, "audit database unavailable; records wait in the journal");
+        }
+        db.down_until = Some(Instant::now() + self.replay_interval);
+        db.last_error = Some(error.to_string());
+        metrics::audit_failure("database");
+    }
+
+    fn mark_up(&self) {
+        let mut db = self.db_state();
+        if db.down_until.take().is_some() {
+            tracing::info!("audit database reachable again");
+        }
+        db.last_error = None;
+    }
+
+    async fn ensure_migrated(&self) -> Result<(), super::StoreError> {
+        if self.store.is_migrated() { Ok(()) } else { self.store.migrate().await }
+    }
+
+    async fn write(&self, batch: &mut Vec<Queued>) {
+        let items = std::mem::take(batch);
+        if self.db_down() {
+            self.leave_in_journal(items);
+            return;
+        }
+        let records: Vec<AuditRecord> = items.iter().map(|(_, r)| r.clone()).collect();
+        let result = match self.ensure_migrated().await {
+            Ok(()) => self.store.insert_audit(&records).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => {
+                self.mark_up();
+                metrics::audit_records("written", records.len() as u64);
+                self.journal.committed(items.iter().filter_map(|(seq, _)| *seq));
+                metrics::audit_journal_bytes(self.journal.bytes());
+            }
+            Err(e) => {
+                self.mark_down(&e);
+                self.leave_in_journal(items);
+            }
+        }
+    }
+
+    fn leave_in_journal(&self, items: Vec<Queued>) {
+        for (seq, record) in items {
+            match seq {
+                Some(seq) => self.journal.mark_dirty(seq),
+                None => self.keep_unjournaled(record),
+            }
+        }
+    }
+
+    /// Writes journaled records that missed the queue, oldest segment first.
+    async fn replay(&self) {
+        let dirty = self.journal.dirty_segments();
+        let unjournaled = std::mem::take(&mut self.db_state().unjournaled);
+        if dirty.is_empty() && unjournaled.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ensure_migrated().await {
+            self.mark_down(&e);
+            self.db_state().unjournaled.extend(unjournaled);
+            return;
+        }
+        for chunk in unjournaled.chunks(self.batch_size) {
+            if let Err(e) = self.store.insert_audit(chunk).await {
+                self.mark_down(&e);
+                self.db_state().unjournaled.extend(unjournaled);
+                return;
+            }
+        }
+        if !unjournaled.is_empty() {
+            metrics::audit_records("written", unjournaled.len() as u64);
+        }
+        for seq in dirty {
+            let contents = match self.journal.read(seq) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
+                    metrics::audit_failure("journal_read");
+                    continue;
+                }
+            };
+            if contents.corrupt > 0 {
+                tracing::warn!(segment = seq, lines = contents.corrupt, "unreadable audit journal lines skipped");
+                metrics::audit_failure("journal_corrupt");
+            }
+            let mut inserted = 0;
+            for chunk in contents.records.chunks(self.batch_size) {
+                match self.store.insert_audit(chunk).await {
+                    Ok(n) => inserted += n,
+                    Err(e) => {
+                        self.mark_down(&e);
+                        return;
+                    }
+                }
+            }
+            self.mark_up();
+            metrics::audit_records("replayed", inserted);
+            tracing::info!(segment = seq, records = contents.records.len(), inserted, "audit journal segment replayed");
+            self.journal.replayed(seq);
+            metrics::audit_journal_bytes(self.journal.bytes());
+        }
+    }
+
+    /// Text as `audit.content` says to keep it.
+    fn content(&self, text: Option<String>) -> Option<String> {
+        let text = text?;
+        match self.content {
+            AuditContent::None => None,
+            AuditContent::Hash => Some(format!("sha256:{}", super::keys::hash_key(&text))),
+            // Until the PII redactor exists, nothing of the text is kept.
+            AuditContent::Redacted => Some(format!("[redacted: {} characters]", text.chars().count())),
+        }
+    }
+
+    fn cost(&self, provider: Option<&str>, model: Option<&str>, tokens_in: i64, tokens_out: i64) -> Option<f64> {
+        let price = price_of(&self.pricing, provider?, model?)?;
+        Some(price.cost(tokens_in.max(0) as u64, tokens_out.max(0) as u64))
+    }
+}
+
+/// A record being filled in while its request runs. Cheap to clone; the
+/// record is submitted by `finish`, or when the last clone is dropped (then
+/// marked cancelled: the client went away first).
+#[derive(Clone)]
+pub struct Draft(Arc<Mutex<DraftInner>>);
+
+struct DraftInner {
+    record: AuditRecord,
+    started: Instant,
+    upstream: Duration,
+    prompt: Option<String>,
+    response: Option<String>,
+    log: Arc<AuditLog>,
+    done: bool,
+}
+
+pub struct DraftStart {
+    pub request_id: String,
+    pub method: String,
+    pub route: String,
+    pub client_addr: Option<String>,
+}
+
+impl Draft {
+    pub fn new(log: Arc<AuditLog>, start: DraftStart, started: Instant) -> Self {
+        let record = AuditRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            request_id: start.request_id,
+            ts_ms: super::now_ms(),
+            client_addr: start.client_addr,
+            method: start.method,
+            route: start.route,
+            attempts: "[]".into(),
+            ..AuditRecord::default()
+        };
+        let inner = DraftInner { record, started, upstream: Duration::ZERO, prompt: None, response: None, log, done: false };
+        Self(Arc::new(Mutex::new(inner)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DraftInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes fields of the record.
+    pub fn update(&self, f: impl FnOnce(&mut AuditRecord)) {
+        f(&mut self.lock().record)
+    }
+
+    pub fn prompt(&self, text: String) {
+        self.lock().prompt = Some(text);
+    }
+
+    /// Appends to the response text (streams add chunk by chunk).
+    pub fn response(&self, text: &str) {
+        self.lock().response.get_or_insert_with(String::new).push_str(text);
+    }
+
+    /// Time spent waiting on providers.
+    pub fn add_upstream(&self, d: Duration) {
+        self.lock().upstream += d;
+    }
+
+    pub fn status(&self) -> i64 {
+        self.lock().record.status
+    }
+
+    /// Submits the record (once; later calls do nothing).
+    pub fn finish(&self) -> Result<(), AuditUnavailable> {
+        let mut inner = self.lock();
+        inner.submit()
+    }
+}
+
+impl DraftInner {
+    fn submit(&mut self) -> Result<(), AuditUnavailable> {
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(());
+        }
+        let elapsed = self.started.elapsed();
+        let r = &mut self.record;
+        r.latency_ms = elapsed.as_secs_f64() * 1000.0;
+        r.upstream_ms = self.upstream.as_secs_f64() * 1000.0;
+        r.overhead_ms = (r.latency_ms - r.upstream_ms).max(0.0);
+        if r.tokens_in > 0 || r.tokens_out > 0 {
+            r.cost_usd = self.log.cost(r.provider.as_deref(), r.model.as_deref(), r.tokens_in, r.tokens_out);
+        }
+        r.prompt = self.log.content(self.prompt.take());
+        r.response = self.log.content(self.response.take());
+        let record = std::mem::replace(r, AuditRecord::default());
+        self.log.submit(record)
+    }
+}
+
+impl Drop for DraftInner {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record.cancelled = true;
+            if self.record.status == 0 {
+                self.record.status = 499;
+            }
+            let _ = self.submit();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn record(id: &str) -> AuditRecord {
+        AuditRecord { id: id.into(), request_id: format!("req-{id}"), ..AuditRecord::default() }
+    }
+}

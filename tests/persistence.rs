@@ -1,0 +1,675 @@
+//! The store (SQLite always, PostgreSQL when `DATABASE_URL` is set), the
+//! audit log's completeness and outage guarantees, and API keys, over real
+//! HTTP against the simulated upstream.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use squad::config::{AuditFailurePolicy, AuthMode, Config, DatabaseConfig};
+use squad::store::keys::{self, KeySpec};
+use squad::store::{AuditRecord, GroupBy, Store, now_ms};
+use support::{Gateway, assert_error_body, gateway_with};
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("squad-persist-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("squad.db").display())
+}
+
+/// A fresh PostgreSQL database on the server `DATABASE_URL` names, or `None`
+/// (said loudly) when it is unset.
+async fn pg_database(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("DATABASE_URL") else {
+        eprintln!("\n*** SKIPPED the PostgreSQL half of {test}: DATABASE_URL is not set ***\n");
+        return None;
+    };
+    let admin = sqlx::PgPool::connect(&base).await.expect("DATABASE_URL is set but PostgreSQL does not answer");
+    let name = format!("squad_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some(format!("{prefix}/{name}"))
+}
+
+/// Every database the suite runs against: SQLite, and PostgreSQL when configured.
+async fn databases(test: &str) -> Vec<String> {
+    let mut urls = vec![sqlite_url(&temp_dir())];
+    urls.extend(pg_database(test).await);
+    urls
+}
+
+fn open(url: &str) -> Store {
+    Store::open(&DatabaseConfig { url: url.to_owned(), ..DatabaseConfig::default() }).unwrap()
+}
+
+fn record(id: &str, provider: &str, tokens: (i64, i64), cost: Option<f64>, ts_ms: i64) -> AuditRecord {
+    AuditRecord {
+        id: id.into(),
+        request_id: format!("req-{id}"),
+        ts_ms,
+        method: "POST".into(),
+        route: "/v1/chat/completions".into(),
+        status: 200,
+        attempts: "[]".into(),
+        provider: Some(provider.into()),
+        model: Some("m".into()),
+        agent: Some("dev".into()),
+        tokens_in: tokens.0,
+        tokens_out: tokens.1,
+        cost_usd: cost,
+        ..AuditRecord::default()
+    }
+}
+
+async fn store_suite(url: &str) {
+    let store = open(url);
+    store.migrate().await.unwrap();
+    let again = open(url);
+    again.migrate().await.expect("migrations are idempotent");
+
+    // Inserts are idempotent on the record id.
+    let now = now_ms();
+    let rows =
+        vec![record("a", "groq", (10, 5), Some(0.5), now - 1000), record("b", "gemini", (1, 1), None, now - 500)];
+    assert_eq!(store.insert_audit(&rows).await.unwrap(), 2);
+    assert_eq!(store.insert_audit(&rows).await.unwrap(), 0, "a replayed batch adds nothing");
+    let more: Vec<_> = (0..2500).map(|i| record(&format!("r{i:05}"), "groq", (1, 2), Some(0.001), now)).collect();
+    for chunk in more.chunks(500) {
+        store.insert_audit(chunk).await.unwrap();
+    }
+    assert_eq!(store.audit_count().await.unwrap(), 2502);
+    let read = store.audit_by_request("req-a").await.unwrap();
+    assert_eq!(read, vec![rows[0].clone()], "a row reads back as written");
+
+    // Export pages cover every row exactly once.
+    let mut seen = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = store.audit_page(0, i64::MAX, after.clone(), 700).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.ts_ms, last.id.clone()));
+        for r in page {
+            assert!(seen.insert(r.id), "no row twice");
+        }
+    }
+    assert_eq!(seen.len(), 2502);
+
+    // Usage sums by group; a missing price counts as 0.
+    let usage = store.usage(0, i64::MAX, GroupBy::Provider).await.unwrap();
+    let groq = usage.iter().find(|u| u.group == "groq").unwrap();
+    assert_eq!((groq.requests, groq.tokens_input, groq.tokens_output), (2501, 2510, 5005));
+    assert!((groq.cost_usd - 3.0).abs() < 1e-6, "{groq:?}");
+    let gemini = usage.iter().find(|u| u.group == "gemini").unwrap();
+    assert_eq!((gemini.requests, gemini.cost_usd), (1, 0.0));
+    let by_model = store.usage(0, i64::MAX, GroupBy::Model).await.unwrap();
+    assert!(by_model.iter().any(|u| u.group == "groq/m"));
+    assert!(store.usage(now + 1, now + 2, GroupBy::Agent).await.unwrap().is_empty());
+
+    // Retention.
+    assert_eq!(store.prune_audit(now - 200).await.unwrap(), 2);
+    assert_eq!(store.audit_count().await.unwrap(), 2500);
+
+    // Keys: stored as a hash only; revocation by id or name.
+    let spec = |name: &str| KeySpec {
+        name: name.into(),
+        agents: Some(vec!["dev".into()]),
+        rpm: Some(5),
+        tpm: None,
+        expires_ms: None,
+        admin: false,
+    };
+    let k1 = keys::generate(spec("ci")).unwrap();
+    let k2 = keys::generate(spec("ci")).unwrap();
+    store.insert_key(&k1.key).await.unwrap();
+    store.insert_key(&k2.key).await.unwrap();
+    let listed = store.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].agents, Some(vec!["dev".to_owned()]));
+    assert!(listed.iter().all(|k| k.hash.len() == 64 && !k.hash.contains(&k1.secret[17..])));
+    assert_eq!(store.revoke_key(&k1.key.id).await.unwrap(), 1);
+    assert_eq!(store.revoke_key("ci").await.unwrap(), 1, "only the still-active key of that name");
+    assert_eq!(store.revoke_key("ci").await.unwrap(), 0);
+    assert!(store.list_keys().await.unwrap().iter().all(|k| k.revoked_ms.is_some()));
+
+    if store.dialect() == "sqlite" {
+        let out = temp_dir().join("backup.db");
+        store.backup(&out).await.unwrap();
+        let copy = open(&format!("sqlite://{}", out.display()));
+        assert_eq!(copy.audit_count().await.unwrap(), 2500, "the backup is a full, consistent copy");
+    }
+}
+
+#[tokio::test]
+async fn store_suite_on_sqlite() {
+    store_suite(&sqlite_url(&temp_dir())).await;
+}
+
+#[tokio::test]
+async fn store_suite_on_postgres() {
+    let Some(url) = pg_database("store_suite_on_postgres").await else { return };
+    store_suite(&url).await;
+}
+
+/// A gateway in front of the simulated upstream, auditing into `db_url`.
+async fn audited(db_url: &str, dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let (mock_app, _) = squad::mock::router(squad::mock::MockOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, mock_app).await });
+    let mut config = Config::default();
+    let mut secrets = squad::app::Secrets::default();
+    squad::app::demo_overrides(&mut config, &mut secrets, addr);
+    config.limits.enabled = false;
+    config.database.url = db_url.to_owned();
+    config.database.connect_timeout = Duration::from_millis(500);
+    config.audit.journal_dir = dir.join("journal");
+    config.audit.replay_interval = Duration::from_millis(200);
+    tweak(&mut config);
+    gateway_with(config, secrets).await
+}
+
+/// N concurrent requests of every kind → exactly N rows with the right fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_leaves_exactly_one_audit_row() {
+    for url in databases("every_request_leaves_exactly_one_audit_row").await {
+        let dir = temp_dir();
+        let gw = Arc::new(audited(&url, &dir, |_| {}).await);
+        let mut tasks = Vec::new();
+        for i in 0..120 {
+            let gw = gw.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("load-{i}");
+                let req = match i % 4 {
+                    0 => gw.client.post(format!("{}/v1/chat/completions", gw.url)).json(&json!({
+                        "model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "secret plan 42"}]})),
+                    1 => gw.client.post(format!("{}/v1/agents/dev", gw.url)).json(&json!({
+                        "prompt": "review this", "user_id": "u1", "conversation_id": format!("c{i}"), "metadata": {"team": "a"}})),
+                    2 => gw.client.post(format!("{}/v1/chat/completions", gw.url)).json(&json!({
+                        "model": "gemini/gemini-3.5-flash", "stream": true, "messages": [{"role": "user", "content": "hi"}]})),
+                    _ => gw.client.post(format!("{}/v1/chat/completions", gw.url)).json(&json!({
+                        "model": "nope/nothing", "messages": [{"role": "user", "content": "hi"}]})),
+                };
+                let resp = req.header("x-request-id", &id).send().await.unwrap();
+                let status = resp.status().as_u16();
+                let _ = resp.bytes().await.unwrap();
+                (id, status)
+            }));
+        }
+        let mut sent = Vec::new();
+        for t in tasks {
+            sent.push(t.await.unwrap());
+        }
+        let gw = Arc::into_inner(gw).unwrap();
+        gw.shutdown().await;
+
+        let store = open(&url);
+        assert_eq!(store.audit_count().await.unwrap(), 120, "{url}");
+        for (id, status) in &sent {
+            let rows = store.audit_by_request(id).await.unwrap();
+            assert_eq!(rows.len(), 1, "{id}");
+            let r = &rows[0];
+            assert_eq!(r.status, i64::from(*status), "{id}");
+            assert!(r.latency_ms > 0.0 && r.overhead_ms >= 0.0 && r.upstream_ms <= r.latency_ms + 0.001, "{r:?}");
+            assert_eq!(r.client_addr.as_deref(), Some("127.0.0.1"));
+            let n: usize = id.trim_start_matches("load-").parse().unwrap();
+            match n % 4 {
+                0 => {
+                    assert_eq!(r.status, 200);
+                    assert_eq!((r.provider.as_deref(), r.model.as_deref()), (Some("groq"), Some("openai/gpt-oss-20b")));
+                    assert!(r.tokens_in > 0 && r.tokens_out > 0, "{r:?}");
+                    assert!(r.cost_usd.unwrap() > 0.0, "built-in price for groq/openai/gpt-oss-20b");
+                    let attempts: Value = serde_json::from_str(&r.attempts).unwrap();
+                    assert_eq!(attempts[0]["outcome"], "ok");
+                    let prompt = r.prompt.as_deref().unwrap();
+                    assert!(!prompt.contains("secret plan"), "content is redacted by default: {prompt}");
+                    assert!(!r.streamed && !r.cancelled);
+                }
+                1 => {
+                    assert_eq!(r.route, "/v1/agents/{agent}");
+                    assert_eq!(r.agent.as_deref(), Some("dev"));
+                    assert_eq!(r.user_id.as_deref(), Some("u1"));
+                    assert_eq!(r.conversation_id.as_deref(), Some(format!("c{n}").as_str()));
+                    assert_eq!(r.metadata.as_deref(), Some(r#"{"team":"a"}"#));
+                    assert!(r.tokens_out > 0);
+                }
+                2 => {
+                    assert!(r.streamed && !r.cancelled, "{r:?}");
+                    assert_eq!(r.provider.as_deref(), Some("gemini"));
+                    assert!(r.tokens_out > 0, "stream usage captured: {r:?}");
+                    assert!(r.response.is_some());
+                }
+                _ => {
+                    assert_eq!(r.status, 404);
+                    assert_eq!(r.error_kind.as_deref(), Some("model_not_found"));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `audit.content: hash` keeps a SHA-256 of the prompt; `none` keeps nothing.
+#[tokio::test]
+async fn content_modes() {
+    for (mode, expect_some) in [(squad::config::AuditContent::Hash, true), (squad::config::AuditContent::None, false)] {
+        let dir = temp_dir();
+        let url = sqlite_url(&dir);
+        let gw = audited(&url, &dir, |c| c.audit.content = mode).await;
+        let resp = gw
+            .client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .header("x-request-id", "content-1")
+            .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        gw.shutdown().await;
+        let row = open(&url).audit_by_request("content-1").await.unwrap().remove(0);
+        assert_eq!(row.prompt.is_some(), expect_some);
+        if let Some(p) = row.prompt {
+            assert_eq!(p, format!("sha256:{}", keys::hash_key("user: hi")));
+        }
+    }
+}
+
+/// A client that goes away mid-stream leaves a row marked cancelled.
+#[tokio::test]
+async fn a_cancelled_stream_is_recorded_as_cancelled() {
+    let dir = temp_dir();
+    let url = sqlite_url(&dir);
+    let (mock_app, _) =
+        squad::mock::router(squad::mock::MockOptions { tokens_per_second: 5.0, ..Default::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, mock_app).await });
+    let mut config = Config::default();
+    let mut secrets = squad::app::Secrets::default();
+    squad::app::demo_overrides(&mut config, &mut secrets, addr);
+    config.database.url = url.clone();
+    config.audit.journal_dir = dir.join("journal");
+    let gw = gateway_with(config, secrets).await;
+    let mut resp = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("x-request-id", "cancel-1")
+        .json(&json!({"model": "groq/openai/gpt-oss-20b", "stream": true, "messages": [{"role": "user", "content": "a long story please"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.shutdown().await;
+    let row = open(&url).audit_by_request("cancel-1").await.unwrap().remove(0);
+    assert!(row.cancelled && row.streamed, "{row:?}");
+}
+
+/// SQLite locked by another writer (the database is "down" for us):
+/// requests keep succeeding; once it is free, every row arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outage_requests_succeed_and_rows_arrive_after() {
+    let dir = temp_dir();
+    let url = sqlite_url(&dir);
+    let gw = audited(&url, &dir, |c| c.database.connect_timeout = Duration::from_millis(200)).await;
+    let send = |id: String| {
+        let (client, base) = (gw.client.clone(), gw.url.clone());
+        async move {
+            client
+                .post(format!("{base}/v1/chat/completions"))
+                .header("x-request-id", id)
+                .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for i in 0..10 {
+        assert_eq!(send(format!("before-{i}")).await, 200);
+    }
+    // Another process holds the write lock.
+    let locker = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join("squad.db"));
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&locker).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut conn).await.unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..40 {
+        assert_eq!(send(format!("during-{i}")).await, 200, "chat goes on while the database is away");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "requests were not held up by the database");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let journal_files = std::fs::read_dir(dir.join("journal")).unwrap().count();
+    assert!(journal_files > 0, "records wait in the journal");
+    sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+    drop(conn);
+    for i in 0..10 {
+        assert_eq!(send(format!("after-{i}")).await, 200);
+    }
+    let store = open(&url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.audit_count().await.unwrap_or(0) < 60 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.shutdown().await;
+    assert_eq!(store.audit_count().await.unwrap(), 60, "every record once, none twice");
+    for prefix in ["before", "during", "after"] {
+        for i in 0..10 {
+            assert_eq!(store.audit_by_request(&format!("{prefix}-{i}")).await.unwrap().len(), 1);
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.join("journal")).unwrap().count(), 0, "the journal is empty once all is written");
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut (connections dropped,
+/// new ones refused) and restored: an outage without stopping the shared server.
+struct Cuttable {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Cuttable {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up2, epoch2) = (up.clone(), epoch.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let born = epoch2.load(Ordering::SeqCst);
+                let epoch3 = epoch2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while epoch3.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, () = cut => {} }
+                });
+            }
+        });
+        Self { port, up, epoch }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_requests_succeed_and_rows_arrive_after() {
+    let Some(url) = pg_database("postgres_outage_requests_succeed_and_rows_arrive_after").await else { return };
+    let (prefix, db) = url.rsplit_once('/').unwrap();
+    let authority = prefix.rsplit_once('@').map(|(_, h)| h).unwrap_or(prefix.trim_start_matches("postgres://"));
+    let target = tokio::net::lookup_host(authority).await.unwrap().next().unwrap();
+    let proxy = Cuttable::start(target).await;
+    let user = prefix.trim_start_matches("postgres://").rsplit_once('@').map(|(u, _)| u).unwrap_or("postgres");
+    let proxied = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+    let dir = temp_dir();
+    let gw = audited(&proxied, &dir, |c| {
+        c.database.pool_min = Some(1);
+        c.database.connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let client = gw.client.clone();
+    let base = gw.url.clone();
+    let send = |id: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/v1/chat/completions"))
+                .header("x-request-id", id)
+                .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(format!("pg-before-{i}"));
+        assert_eq!(send(ids.last().unwrap().clone()).await, 200);
+    }
+    proxy.cut();
+    for i in 0..40 {
+        ids.push(format!("pg-during-{i}"));
+        assert_eq!(send(ids.last().unwrap().clone()).await, 200, "chat goes on while PostgreSQL is away");
+    }
+    let health: Value = gw.get("/health").await.json().await.unwrap();
+    assert_eq!(health["components"]["database"]["status"], "down", "{health}");
+    proxy.restore();
+    for i in 0..20 {
+        ids.push(format!("pg-after-{i}"));
+        assert_eq!(send(ids.last().unwrap().clone()).await, 200);
+    }
+    let store = open(&url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while store.audit_count().await.unwrap() < 80 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.shutdown().await;
+    assert_eq!(store.audit_count().await.unwrap(), 80, "every record once, none twice");
+    for id in &ids {
+        assert_eq!(store.audit_by_request(id).await.unwrap().len(), 1, "{id}");
+    }
+}
+
+/// When even the journal cannot be written: `reject` answers 503, `allow`
+/// serves and still gets the row to the database through the queue.
+#[tokio::test]
+async fn an_unwritable_journal_follows_the_failure_policy() {
+    for policy in [AuditFailurePolicy::Reject, AuditFailurePolicy::Allow] {
+        let dir = temp_dir();
+        let url = sqlite_url(&dir);
+        std::fs::write(dir.join("blocker"), b"a file, not a directory").unwrap();
+        let gw = audited(&url, &dir, |c| {
+            c.audit.on_failure = policy;
+            c.audit.journal_dir = dir.join("blocker").join("journal");
+        })
+        .await;
+        let resp = gw
+            .client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .header("x-request-id", "unjournaled-1")
+            .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        match policy {
+            AuditFailurePolicy::Reject => {
+                assert_eq!(resp.status(), 503);
+                assert_error_body(&resp.json().await.unwrap(), "audit_unavailable");
+            }
+            AuditFailurePolicy::Allow => {
+                assert_eq!(resp.status(), 200);
+                let metrics = gw.get("/metrics").await.text().await.unwrap();
+                assert!(metrics.contains("squad_audit_failures_total{stage=\"journal\"}"), "{metrics}");
+                gw.shutdown().await;
+                let rows = open(&url).audit_by_request("unjournaled-1").await.unwrap();
+                assert_eq!(rows.len(), 1, "the queue still delivered it");
+            }
+        }
+    }
+}
+
+/// Keys: missing / invalid / expired / revoked → 401; scope → 403; admin
+/// routes; open health and metrics; and the secret never appears in rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_end_to_end() {
+    for url in databases("api_keys_end_to_end").await {
+        let dir = temp_dir();
+        let store = open(&url);
+        store.migrate().await.unwrap();
+        let make = |name: &str, agents: Option<Vec<&str>>, admin: bool, expires_ms: Option<i64>, rpm: Option<i64>| {
+            keys::generate(KeySpec {
+                name: name.into(),
+                agents: agents.map(|a| a.into_iter().map(str::to_owned).collect()),
+                rpm,
+                tpm: None,
+                expires_ms,
+                admin,
+            })
+            .unwrap()
+        };
+        let full = make("full", None, false, None, None);
+        let dev_only = make("dev-only", Some(vec!["dev"]), false, None, None);
+        let admin = make("admin", None, true, None, None);
+        let expired = make("old", None, false, Some(now_ms() + 300), None);
+        let revoked = make("gone", None, false, None, None);
+        let slow = make("slow", None, false, None, Some(2));
+        for k in [&full, &dev_only, &admin, &expired, &revoked, &slow] {
+            store.insert_key(&k.key).await.unwrap();
+        }
+        let gw = audited(&url, &dir, |c| {
+            c.auth.mode = AuthMode::Required;
+            c.auth.refresh_interval = Duration::from_millis(200);
+            c.limits.enabled = true;
+        })
+        .await;
+        let chat = |key: Option<&str>, model: &str| {
+            let mut req = gw.client.post(format!("{}/v1/chat/completions", gw.url)).json(
+                &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+            );
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            req.send()
+        };
+        let model = "groq/openai/gpt-oss-20b";
+
+        let resp = chat(None, model).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_error_body(&resp.json().await.unwrap(), "missing_api_key");
+        for bad in ["nonsense", "sqd_000000000000_".to_string().as_str(), &full.secret.replace('a', "b")] {
+            let resp = chat(Some(bad), model).await.unwrap();
+            assert_eq!(resp.status(), 401, "{bad}");
+            assert_error_body(&resp.json().await.unwrap(), "invalid_api_key");
+        }
+        let wrong_secret = format!("{}{}", &full.secret[..17], "0".repeat(64));
+        assert_eq!(chat(Some(&wrong_secret), model).await.unwrap().status(), 401, "right id, wrong secret");
+
+        assert_eq!(chat(Some(&full.secret), model).await.unwrap().status(), 200);
+        let via_header = gw
+            .client
+            .post(format!("{}/v1/agents/pm", gw.url))
+            .header("x-api-key", &full.secret)
+            .json(&json!({"prompt": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(via_header.status(), 200, "x-api-key works too");
+
+        // Scope: one agent only.
+        assert_eq!(chat(Some(&dev_only.secret), "dev").await.unwrap().status(), 200);
+        let resp = chat(Some(&dev_only.secret), "pm").await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_error_body(&resp.json().await.unwrap(), "agent_not_allowed");
+        assert_eq!(chat(Some(&dev_only.secret), model).await.unwrap().status(), 403, "no raw provider models");
+        let resp = gw
+            .client
+            .post(format!("{}/v1/agents/analyst", gw.url))
+            .bearer_auth(&dev_only.secret)
+            .json(&json!({"prompt": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+
+        // Admin route.
+        let usage = |key: &str| {
+            gw.client.get(format!("{}/v1/usage?group_by=key", gw.url)).bearer_auth(key.to_owned()).send()
+        };
+        let resp = usage(&full.secret).await.unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_error_body(&resp.json().await.unwrap(), "admin_required");
+
+        // Per-key rpm.
+        let statuses: Vec<u16> = futures::future::join_all((0..4).map(|_| chat(Some(&slow.secret), model)))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+
+        // Expiry and revocation take effect without a restart.
+        assert_eq!(chat(Some(&expired.secret), model).await.unwrap().status(), 200);
+        assert_eq!(chat(Some(&revoked.secret), model).await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        store.revoke_key(&revoked.key.id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let resp = chat(Some(&expired.secret), model).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_error_body(&resp.json().await.unwrap(), "expired_api_key");
+        let resp = chat(Some(&revoked.secret), model).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_error_body(&resp.json().await.unwrap(), "revoked_api_key");
+
+        // A key created after start-up works at once.
+        let late = make("late", None, false, None, None);
+        store.insert_key(&late.key).await.unwrap();
+        assert_eq!(chat(Some(&late.secret), model).await.unwrap().status(), 200);
+
+        // Other API routes need a key; health and metrics do not.
+        assert_eq!(gw.get("/v1/agents").await.status(), 401);
+        assert_eq!(gw.get("/v1/models").await.status(), 401);
+        assert_eq!(gw.get("/health").await.status(), 200);
+        assert_eq!(gw.get("/health/ready").await.status(), 200);
+        assert_eq!(gw.get("/metrics").await.status(), 200);
+
+        // Usage, as the admin sees it, grouped by key.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let resp = usage(&admin.secret).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        let data = body["data"].as_array().unwrap();
+        let full_row = data.iter().find(|r| r["group"] == full.key.id.as_str()).unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(full_row["requests"], 2, "{body}");
+        assert!(full_row["tokens_output"].as_i64().unwrap() > 0);
+        assert!(full_row["cost_usd"].as_f64().unwrap() > 0.0);
+        let bad = gw.client.get(format!("{}/v1/usage?group_by=colour", gw.url)).bearer_auth(&admin.secret).send();
+        assert_eq!(bad.await.unwrap().status(), 400);
+
+        gw.shutdown().await;
+        // Refusals are audited too, and no secret is ever stored.
+        let mut after = None;
+        let mut rows = Vec::new();
+        loop {
+            let page = store.audit_page(0, i64::MAX, after.clone(), 1000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.ts_ms, last.id.clone()));
+            rows.extend(page);
+        }
+        assert!(rows.iter().any(|r| r.status == 401 && r.error_kind.as_deref() == Some("missing_api_key")));
+        assert!(rows.iter().any(|r| r.status == 403 && r.key_id.as_deref() == Some(dev_only.key.id.as_str())));
+        let dump = serde_json::to_string(&rows).unwrap();
+        for k in [&full, &dev_only, &admin, &expired, &revoked, &slow, &late] {
+            assert!(!dump.contains(&k.secret[17..]), "a secret reached the audit rows");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
