@@ -538,7 +538,8 @@ async fn api_keys_end_to_end() {
         let full = make("full", None, false, None, None);
         let dev_only = make("dev-only", Some(vec!["dev"]), false, None, None);
         let admin = make("admin", None, true, None, None);
-        let expired = make("old", None, false, Some(now_ms() + 300), None);
+        let expires_at = now_ms() + 1500;
+        let expired = make("old", None, false, Some(expires_at), None);
         let revoked = make("gone", None, false, None, None);
         let slow = make("slow", None, false, None, Some(2));
         for k in [&full, &dev_only, &admin, &expired, &revoked, &slow] {
@@ -561,6 +562,7 @@ async fn api_keys_end_to_end() {
         };
         let model = "groq/openai/gpt-oss-20b";
 
+        assert_eq!(chat(Some(&expired.secret), model).await.unwrap().status(), 200, "not expired yet");
         let resp = chat(None, model).await.unwrap();
         assert_eq!(resp.status(), 401);
         assert_error_body(&resp.json().await.unwrap(), "missing_api_key");
@@ -617,11 +619,13 @@ async fn api_keys_end_to_end() {
         assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
 
         // Expiry and revocation take effect without a restart.
-        assert_eq!(chat(Some(&expired.secret), model).await.unwrap().status(), 200);
         assert_eq!(chat(Some(&revoked.secret), model).await.unwrap().status(), 200);
-        tokio::time::sleep(Duration::from_millis(400)).await;
         store.revoke_key(&revoked.key.id).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = expires_at - now_ms();
+        if left > 0 {
+            tokio::time::sleep(Duration::from_millis(left as u64 + 50)).await;
+        }
         let resp = chat(Some(&expired.secret), model).await.unwrap();
         assert_eq!(resp.status(), 401);
         assert_error_body(&resp.json().await.unwrap(), "expired_api_key");
