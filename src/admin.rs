@@ -48,7 +48,10 @@ pub async fn keys(path: Option<PathBuf>, command: KeysCommand) -> ExitCode {
         KeysCommand::Revoke { id_or_name } => match store.revoke_key(&id_or_name).await {
             Ok(0) => Err(format!("no active key with id or name `{id_or_name}`")),
             Ok(n) => {
-                println!("revoked {n} key{} (takes effect within auth.refresh_interval)", if n == 1 { "" } else { "s" });
+                println!(
+                    "revoked {n} key{} (takes effect within auth.refresh_interval)",
+                    if n == 1 { "" } else { "s" }
+                );
                 Ok(())
             }
             Err(e) => Err(e.to_string()),
@@ -79,28 +82,21 @@ async fn create_key(
     if expires_ms.is_some_and(|e| e <= now_ms()) {
         return Err("--expires is in the past".into());
     }
-    let spec = KeySpec {
-        name,
-        agents,
-        rpm: rpm.map(i64::from),
-        tpm: tpm.map(i64::from),
-        expires_ms,
-        admin,
-    };
+    let spec = KeySpec { name, agents, rpm: rpm.map(i64::from), tpm: tpm.map(i64::from), expires_ms, admin };
     let new = keys::generate(spec).map_err(|e| e.to_string())?;
     store.insert_key(&new.key).await.map_err(|e| e.to_string())?;
     println!("{}", new.secret);
-    eprintln!(
-        "created key {} ({}): store it now, it is not shown again",
-        new.key.id, new.key.name
-    );
+    eprintln!("created key {} ({}): store it now, it is not shown again", new.key.id, new.key.name);
     Ok(())
 }
 
 async fn list_keys(store: &Store) -> Result<(), String> {
     let keys = store.list_keys().await.map_err(|e| e.to_string())?;
     let now = now_ms();
-    println!("{:<14} {:<24} {:<8} {:<6} {:<24} {:<10} {:<10} {}", "ID", "NAME", "STATE", "ADMIN", "AGENTS", "RPM", "TPM", "EXPIRES");
+    println!(
+        "{:<14} {:<24} {:<8} {:<6} {:<24} {:<10} {:<10} EXPIRES",
+        "ID", "NAME", "STATE", "ADMIN", "AGENTS", "RPM", "TPM"
+    );
     for k in keys {
         let agents = k.agents.as_ref().map(|a| a.join(",")).unwrap_or_else(|| "*".into());
         let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
@@ -144,9 +140,32 @@ async fn prune(store: &Store, before: Option<String>, retention_days: u32) -> Re
 }
 
 const CSV_COLUMNS: &[&str] = &[
-    "id", "request_id", "time", "key_id", "client_addr", "method", "route", "agent", "user_id", "conversation_id",
-    "status", "error_kind", "attempts", "provider", "model", "tokens_in", "tokens_out", "cost_usd", "latency_ms",
-    "upstream_ms", "overhead_ms", "streamed", "cancelled", "prompt", "response", "metadata",
+    "id",
+    "request_id",
+    "time",
+    "key_id",
+    "client_addr",
+    "method",
+    "route",
+    "agent",
+    "user_id",
+    "conversation_id",
+    "status",
+    "error_kind",
+    "attempts",
+    "provider",
+    "model",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "latency_ms",
+    "upstream_ms",
+    "overhead_ms",
+    "streamed",
+    "cancelled",
+    "prompt",
+    "response",
+    "metadata",
 ];
 
 fn csv_field(v: &serde_json::Value) -> String {
@@ -168,7 +187,9 @@ async fn export(
     let since = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
     let until = until.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MAX);
     let mut sink: Box<dyn Write> = match &out {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?)),
+        Some(p) => {
+            Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?))
+        }
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let io = |e: std::io::Error| e.to_string();

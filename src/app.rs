@@ -159,8 +159,12 @@ pub async fn start(state: &AppState, config: &Config) -> Background {
     if let Some(store) = &state.store {
         match tokio::time::timeout(config.database.connect_timeout, store.migrate()).await {
             Ok(Ok(())) => tracing::info!(database = %store.shown_url(), dialect = store.dialect(), "database ready"),
-            Ok(Err(e)) => tracing::error!(database = %store.shown_url(), error = %e, "database unavailable at start-up; audit records wait in the journal"),
-            Err(_) => tracing::error!(database = %store.shown_url(), "database did not answer at start-up; audit records wait in the journal"),
+            Ok(Err(e)) => {
+                tracing::error!(database = %store.shown_url(), error = %e, "database unavailable at start-up; audit records wait in the journal")
+            }
+            Err(_) => {
+                tracing::error!(database = %store.shown_url(), "database did not answer at start-up; audit records wait in the journal")
+            }
         }
         if let Some(keys) = &state.keys {
             if let Err(e) = keys.refresh().await {

@@ -287,8 +287,7 @@ async fn content_modes() {
 async fn a_cancelled_stream_is_recorded_as_cancelled() {
     let dir = temp_dir();
     let url = sqlite_url(&dir);
-    let (mock_app, _) =
-        squad::mock::router(squad::mock::MockOptions { tokens_per_second: 5.0, ..Default::default() });
+    let (mock_app, _) = squad::mock::router(squad::mock::MockOptions { tokens_per_second: 5.0, ..Default::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, mock_app).await });
@@ -552,9 +551,10 @@ async fn api_keys_end_to_end() {
         })
         .await;
         let chat = |key: Option<&str>, model: &str| {
-            let mut req = gw.client.post(format!("{}/v1/chat/completions", gw.url)).json(
-                &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
-            );
+            let mut req = gw
+                .client
+                .post(format!("{}/v1/chat/completions", gw.url))
+                .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}));
             if let Some(k) = key {
                 req = req.bearer_auth(k);
             }
@@ -602,9 +602,8 @@ async fn api_keys_end_to_end() {
         assert_eq!(resp.status(), 403);
 
         // Admin route.
-        let usage = |key: &str| {
-            gw.client.get(format!("{}/v1/usage?group_by=key", gw.url)).bearer_auth(key.to_owned()).send()
-        };
+        let usage =
+            |key: &str| gw.client.get(format!("{}/v1/usage?group_by=key", gw.url)).bearer_auth(key.to_owned()).send();
         let resp = usage(&full.secret).await.unwrap();
         assert_eq!(resp.status(), 403);
         assert_error_body(&resp.json().await.unwrap(), "admin_required");

@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
 use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -227,7 +227,11 @@ pub async fn ask_agent(
     run(&state, caller, agent, decode(value)?).await
 }
 
-pub async fn chat(State(state): State<AppState>, caller: Caller, ApiJson(value): ApiJson<Value>) -> Result<Response, ApiError> {
+pub async fn chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(value): ApiJson<Value>,
+) -> Result<Response, ApiError> {
     let mut body = decode(value)?;
     let agent = body.agent.take().ok_or_else(|| unprocessable("`agent` is required", "agent"))?;
     run(&state, caller, agent, body).await

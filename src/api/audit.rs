@@ -51,10 +51,8 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     });
     draft.add_upstream(std::time::Duration::from_millis(upstream_ms));
-    let streaming = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let streaming =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if streaming {
         // The stream holds its own clone and submits the record when it ends.
         draft.update(|r| r.streamed = true);

@@ -10,10 +10,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 
-use super::error::ApiError;
-use super::extract::ApiJson;
 use super::audit::{Served, note_served};
 use super::auth::Principal;
+use super::error::ApiError;
+use super::extract::ApiJson;
 use super::middleware::{ClientKey, RequestId, ServedBy};
 use super::state::AppState;
 use super::wire::{self, ChatCompletionRequest};

@@ -46,8 +46,10 @@ pub fn router(state: AppState) -> Router {
         .route("/providers/{name}", get(providers::show))
         .route("/v1/models", get(health::models))
         .route_layer(authenticate());
-    let admin_routes =
-        Router::new().route("/v1/usage", get(usage::usage)).route_layer(from_fn(auth::admin_only)).route_layer(authenticate());
+    let admin_routes = Router::new()
+        .route("/v1/usage", get(usage::usage))
+        .route_layer(from_fn(auth::admin_only))
+        .route_layer(authenticate());
     Router::new()
         .merge(provider_routes)
         .merge(api_routes)

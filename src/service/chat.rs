@@ -172,7 +172,9 @@ impl Gateway {
         // The slot first: a request cancelled while queued has charged nothing.
         let pass = self.limits.enter().await.map_err(ServiceError::Limited)?;
         let client_tokens = match &ctx.client {
-            Some(client) => self.limits.admit_client_tokens(client, tokens, ctx.client_tpm).await.map_err(ServiceError::Limited)?,
+            Some(client) => {
+                self.limits.admit_client_tokens(client, tokens, ctx.client_tpm).await.map_err(ServiceError::Limited)?
+            }
             None => None,
         };
         Ok(Admitted { waited: pass.waited, _pass: pass, tokens, reservations: client_tokens.into_iter().collect() })

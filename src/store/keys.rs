@@ -290,8 +290,14 @@ mod tests {
 
     #[test]
     fn malformed_keys_have_no_id() {
-        for bad in ["", "sqd_", "sk-abc", "sqd_abc_def", "sqd_0123456789ab_XYZ", &format!("sqd_0123456789AB_{}", "a".repeat(64))]
-        {
+        for bad in [
+            "",
+            "sqd_",
+            "sk-abc",
+            "sqd_abc_def",
+            "sqd_0123456789ab_XYZ",
+            &format!("sqd_0123456789AB_{}", "a".repeat(64)),
+        ] {
             assert_eq!(key_id(bad), None, "{bad}");
         }
     }

@@ -106,7 +106,12 @@ impl Store {
                     .connect_lazy_with(options),
             )
         };
-        Ok(Self { db, migrated: AtomicBool::new(false), migrating: tokio::sync::Mutex::new(()), shown_url: hide_password(&config.url) })
+        Ok(Self {
+            db,
+            migrated: AtomicBool::new(false),
+            migrating: tokio::sync::Mutex::new(()),
+            shown_url: hide_password(&config.url),
+        })
     }
 
     pub fn dialect(&self) -> &'static str {

@@ -376,7 +376,8 @@ impl Draft {
             attempts: "[]".into(),
             ..AuditRecord::default()
         };
-        let inner = DraftInner { record, started, upstream: Duration::ZERO, prompt: None, response: None, log, done: false };
+        let inner =
+            DraftInner { record, started, upstream: Duration::ZERO, prompt: None, response: None, log, done: false };
         Self(Arc::new(Mutex::new(inner)))
     }
 
@@ -429,7 +430,7 @@ impl DraftInner {
         }
         r.prompt = self.log.content(self.prompt.take());
         r.response = self.log.content(self.response.take());
-        let record = std::mem::replace(r, AuditRecord::default());
+        let record = std::mem::take(r);
         self.log.submit(record)
     }
 }

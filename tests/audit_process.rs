@@ -1,0 +1,196 @@
+//! The audit guarantees as an operator meets them, with the real binary:
+//! SIGKILL under load loses no record of an answered request, SIGTERM
+//! flushes, and the `keys` / `audit` / `backup` commands.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::dialects::{Dialect, OpenAi};
+use support::{Fake, Reply};
+
+fn squad(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squad"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(dir);
+    cmd
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("squad-audit-proc-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `squad serve` in `dir` (auth off), once it logs that it listens.
+fn serve(dir: &Path, upstream: &str) -> (Child, String) {
+    std::fs::write(
+        dir.join("squad.yaml"),
+        format!(
+            "server: {{ bind: 127.0.0.1, port: 0, shutdown_grace: 10s }}\nauth: {{ mode: disabled }}\n\
+             limits: {{ enabled: false }}\nproviders:\n  groq: {{ base_url: \"{upstream}/openai/v1\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = squad(dir)
+        .args(["serve"])
+        .env("GROQ_API_KEY", "gsk_audit_process_test_key_0123")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["message"] == "squad listening"
+        {
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (child, format!("http://{}", v["address"].as_str().unwrap()));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("squad serve did not start");
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "squad did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn export(dir: &Path) -> Vec<Value> {
+    let out = squad(dir).args(["audit", "export", "--format", "jsonl"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_answered_request() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let dir = temp_dir();
+    let (mut child, url) = serve(&dir, &fake.url());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let id = format!("kill-{w}-{i}");
+                let resp = client
+                    .post(format!("{url}/v1/chat/completions"))
+                    .header("x-request-id", &id)
+                    .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await;
+                let Ok(resp) = resp else { break };
+                if resp.status() == 200 && resp.json::<Value>().await.is_ok() {
+                    answered.push(id);
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill().unwrap(); // SIGKILL: no flush, no shutdown hook.
+    child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = Vec::new();
+    for w in workers {
+        answered.extend(w.await.unwrap());
+    }
+    assert!(answered.len() > 50, "the load ran ({} answered)", answered.len());
+
+    // The restarted process replays the journal; SIGTERM then flushes.
+    let (mut child, _) = serve(&dir, &fake.url());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).success());
+
+    let rows = export(&dir);
+    let ids: HashSet<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), rows.len(), "no record twice");
+    let requests: HashSet<&str> = rows.iter().map(|r| r["request_id"].as_str().unwrap()).collect();
+    assert_eq!(requests.len(), rows.len(), "no request twice");
+    eprintln!("answered before SIGKILL: {}, audit rows after restart: {}", answered.len(), rows.len());
+    let missing: Vec<&String> = answered.iter().filter(|id| !requests.contains(id.as_str())).collect();
+    assert!(missing.is_empty(), "{} answered requests have no audit row: {missing:?}", missing.len());
+    let journal = std::fs::read_dir(dir.join("squad-journal")).unwrap().count();
+    assert_eq!(journal, 0, "a clean shutdown leaves an empty journal");
+}
+
+#[test]
+fn keys_audit_and_backup_commands() {
+    let dir = temp_dir();
+    let out = squad(&dir)
+        .args(["keys", "create", "--name", "ci-bot", "--agents", "dev,pm", "--rpm", "30", "--expires", "2099-01-01"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("sqd_") && secret.len() > 40, "{secret}");
+    let id = squad::store::keys::key_id(&secret).unwrap().to_owned();
+
+    let out = squad(&dir).args(["keys", "list"]).output().unwrap();
+    let list = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        list.contains(&id) && list.contains("ci-bot") && list.contains("dev,pm") && list.contains("active"),
+        "{list}"
+    );
+    assert!(!list.contains(&secret[17..]), "the secret is never listed");
+    let db = std::fs::read(dir.join("squad.db")).unwrap();
+    assert!(!db.windows(20).any(|w| w == &secret.as_bytes()[20..40]), "the secret is not in the database file");
+
+    let out = squad(&dir).args(["keys", "create", "--name", "x", "--agents", "nobody"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent `nobody`"));
+    let out = squad(&dir).args(["keys", "create", "--name", "x", "--expires", "2001-01-01"]).output().unwrap();
+    assert!(!out.status.success(), "an expiry in the past is refused");
+
+    let out = squad(&dir).args(["keys", "revoke", "ci-bot"]).output().unwrap();
+    assert!(out.status.success());
+    let list = String::from_utf8(squad(&dir).args(["keys", "list"]).output().unwrap().stdout).unwrap();
+    assert!(list.contains("revoked"), "{list}");
+    assert!(!squad(&dir).args(["keys", "revoke", "ci-bot"]).output().unwrap().status.success());
+
+    let out = squad(&dir).args(["audit", "prune", "--before", "2000-01-01"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 0 audit rows"));
+    let out = squad(&dir).args(["audit", "export", "--format", "csv"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("id,request_id,time,"));
+
+    let out = squad(&dir).args(["backup", "--out", "copy.db"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("copy.db").metadata().unwrap().len() > 0);
+    assert!(!squad(&dir).args(["backup", "--out", "copy.db"]).output().unwrap().status.success(), "never overwrites");
+
+    let out = squad(&dir).args(["migrate"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sqlite"));
+}
