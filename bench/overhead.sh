@@ -45,6 +45,8 @@ start_squad() { # port upstream_port limits(on|off)
     GROQ_LIMITS="limits: {}"
   fi
   cat > "$OUT/squad-$1.yaml" <<YAML
+auth: { mode: disabled }
+audit: { enabled: false }
 server: { bind: 127.0.0.1, port: $1 }
 log: { level: info }
 $LIMITS

@@ -34,6 +34,8 @@ wait_port $FAULTY; wait_port $HEALTHY
 
 start_squad() { # port groq_upstream_port
   cat > "$OUT/squad-$1.yaml" <<YAML
+auth: { mode: disabled }
+audit: { enabled: false }
 server: { bind: 127.0.0.1, port: $1, request_timeout: 20s }
 log: { level: warn }
 # This bench measures resilience, not admission control: the providers'

@@ -31,6 +31,7 @@ pub struct AuditLog {
     content: AuditContent,
     pricing: BTreeMap<String, Price>,
     batch_size: usize,
+    flush_interval: Duration,
     replay_interval: Duration,
     stop: CancellationToken,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -70,6 +71,7 @@ impl AuditLog {
             content: config.content,
             pricing: pricing.clone(),
             batch_size: config.batch_size,
+            flush_interval: config.flush_interval,
             replay_interval: config.replay_interval,
             stop: CancellationToken::new(),
             writer: tokio::sync::Mutex::new(None),
@@ -198,6 +200,7 @@ impl AuditLog {
                     if n == 0 {
                         break;
                     }
+                    self.fill(&mut rx, &mut batch).await;
                     self.write(&mut batch).await;
                 }
                 _ = tick.tick() => self.replay().await,
@@ -209,6 +212,20 @@ impl AuditLog {
             self.write(&mut batch).await;
         }
         self.replay().await;
+    }
+
+    /// Waits (at most `flush_interval`) for the batch to fill: under load one
+    /// statement carries many rows instead of one statement per wake-up.
+    async fn fill(&self, rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) {
+        let deadline = tokio::time::Instant::now() + self.flush_interval;
+        while batch.len() < self.batch_size {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                n = rx.recv_many(batch, self.batch_size - batch.len()) => if n == 0 { return },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     fn db_down(&self) -> bool {
@@ -243,7 +260,7 @@ impl AuditLog {
             self.leave_in_journal(items);
             return;
         }
-        let records: Vec<AuditRecord> = items.iter().map(|(_, r)| r.clone()).collect();
+        let (seqs, records): (Vec<Option<u64>>, Vec<AuditRecord>) = items.into_iter().unzip();
         let result = match self.ensure_migrated().await {
             Ok(()) => self.store.insert_audit(&records).await,
             Err(e) => Err(e),
@@ -252,12 +269,12 @@ impl AuditLog {
             Ok(_) => {
                 self.mark_up();
                 metrics::audit_records("written", records.len() as u64);
-                self.journal.committed(items.iter().filter_map(|(seq, _)| *seq));
+                self.journal.committed(seqs.into_iter().flatten());
                 metrics::audit_journal_bytes(self.journal.bytes());
             }
             Err(e) => {
                 self.mark_down(&e);
-                self.leave_in_journal(items);
+                self.leave_in_journal(seqs.into_iter().zip(records).collect());
             }
         }
     }

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Audit-log overhead benchmark. Builds in release mode, starts the simulated
+# upstream (zero latency) and three Squad instances in front of it — auditing
+# off, auditing to SQLite, auditing to PostgreSQL (when DATABASE_URL names a
+# server) — and sends each the same load in one run, alternating, twice:
+#   1. a fixed rate (default 1000 req/s): added p50 / p99 latency vs audit off;
+#   2. saturation: throughput vs audit off.
+# Targets (issue 5): <= 10% throughput loss and <= 0.1 ms added p50.
+# Needs oha (`cargo install oha --locked`). Load goes to 127.0.0.1 only.
+#
+# Usage: bench/audit.sh [--rate 1000] [--duration 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rate) RATE=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
+
+cargo build --release --quiet
+BIN=target/release/squad
+UP_PORT=${UP_PORT:-18911}
+OUT=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$OUT"; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+start_squad() { # name port audit-yaml
+  mkdir -p "$OUT/$1"
+  cat > "$OUT/$1/squad.yaml" <<YAML
+server: { bind: 127.0.0.1, port: $2 }
+log: { level: warn }
+auth: { mode: disabled }
+limits: { enabled: false }
+$3
+providers:
+  groq: { base_url: "http://127.0.0.1:$UP_PORT/openai/v1" }
+YAML
+  (cd "$OUT/$1" && GROQ_API_KEY=bench-key exec "$OLDPWD/$BIN" serve --config squad.yaml >/dev/null 2>&1) &
+  pids+=($!)
+  wait_port "$2"
+}
+
+"$BIN" mock-upstream --port "$UP_PORT" 2>/dev/null & pids+=($!)
+wait_port "$UP_PORT"
+VARIANTS=(off sqlite)
+start_squad off 18912 "audit: { enabled: false }"
+start_squad sqlite 18913 "audit: { enabled: true }"
+PG_DB=""
+if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null; then
+  PG_DB="squad_bench_$$"
+  psql "$DATABASE_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
+  PG_URL="${DATABASE_URL%/*}/$PG_DB"
+  start_squad postgres 18914 "audit: { enabled: true }
+database: { url: \"$PG_URL\" }"
+  VARIANTS+=(postgres)
+else
+  echo "DATABASE_URL not set (or no psql): PostgreSQL variant skipped" >&2
+fi
+port_of() { case $1 in off) echo 18912 ;; sqlite) echo 18913 ;; postgres) echo 18914 ;; esac; }
+
+BODY='{"model":"groq/bench-model","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":64}'
+load() { # name port extra-args...
+  local name=$1 port=$2; shift 2
+  oha --no-tui --output-format json -m POST -T application/json -d "$BODY" "$@" \
+      "http://127.0.0.1:$port/v1/chat/completions" > "$OUT/$name.json"
+}
+echo "warming up…" >&2
+for v in "${VARIANTS[@]}"; do load "warm-$v" "$(port_of "$v")" -z 2s -c 16; done
+for round in 1 2; do
+  for v in "${VARIANTS[@]}"; do
+    echo "round $round: $v at $RATE req/s, then saturation…" >&2
+    load "rate-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
+    load "sat-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$SAT_CONNS"
+  done
+done
+sleep 2  # let the writers drain before counting rows
+(cd "$OUT/sqlite" && "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
+
+python3 - "$OUT" "$RATE" "${VARIANTS[@]}" <<'PY'
+import json, sys
+out, rate, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def load(name):
+    d = json.load(open(f"{out}/{name}.json"))
+    s, p = d["summary"], d["latencyPercentiles"]
+    codes = d.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2")); total = sum(codes.values()) or 1
+    return {"rps": s["requestsPerSec"], "p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "ok": ok / total * 100}
+def avg(prefix, v, key):
+    return sum(load(f"{prefix}-{v}-{r}")[key] for r in (1, 2)) / 2
+print(f"\n== Audit overhead (mean of 2 alternating rounds; {rate} req/s fixed rate, then saturation)")
+print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'sat req/s':>10} {'added p50':>10} {'tput loss':>10}")
+base_p50, base_rps = avg("rate", "off", "p50"), avg("sat", "off", "rps")
+for v in variants:
+    p50, p99, ok, rps = avg("rate", v, "p50"), avg("rate", v, "p99"), avg("rate", v, "ok"), avg("sat", v, "rps")
+    print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {rps:>10.0f} {p50 - base_p50:>+10.3f} {100 * (1 - rps / base_rps):>9.1f}%")
+try:
+    print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
+except OSError:
+    pass
+print("targets: added p50 <= 0.1 ms, throughput loss <= 10%")
+PY
+if [ -n "$PG_DB" ]; then
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null || true
+fi
