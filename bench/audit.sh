@@ -42,7 +42,8 @@ $3
 providers:
   groq: { base_url: "http://127.0.0.1:$UP_PORT/openai/v1" }
 YAML
-  (cd "$OUT/$1" && GROQ_API_KEY=bench-key exec "$OLDPWD/$BIN" serve --config squad.yaml >/dev/null 2>&1) &
+  # DATABASE_URL would override the file's database: each variant names its own.
+  (cd "$OUT/$1" && GROQ_API_KEY=bench-key exec env -u DATABASE_URL "$OLDPWD/$BIN" serve --config squad.yaml >/dev/null 2>&1) &
   pids+=($!)
   wait_port "$2"
 }
@@ -51,7 +52,8 @@ YAML
 wait_port "$UP_PORT"
 VARIANTS=(off sqlite)
 start_squad off 18912 "audit: { enabled: false }"
-start_squad sqlite 18913 "audit: { enabled: true }"
+start_squad sqlite 18913 "audit: { enabled: true }
+database: { url: \"sqlite://squad.db\" }"
 PG_DB=""
 if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null; then
   PG_DB="squad_bench_$$"
@@ -81,7 +83,7 @@ for round in 1 2; do
   done
 done
 sleep 2  # let the writers drain before counting rows
-(cd "$OUT/sqlite" && "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
+(cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
 python3 - "$OUT" "$RATE" "${VARIANTS[@]}" <<'PY'
 import json, sys

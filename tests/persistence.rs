@@ -40,6 +40,19 @@ async fn pg_database(test: &str) -> Option<String> {
     Some(format!("{prefix}/{name}"))
 }
 
+/// Drops a database made by `pg_database` (sessions still open are ended).
+async fn drop_pg(url: &str) {
+    if !url.starts_with("postgres") {
+        return;
+    }
+    let (_, name) = url.rsplit_once('/').unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let _ =
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await;
+    admin.close().await;
+}
+
 /// Every database the suite runs against: SQLite, and PostgreSQL when configured.
 async fn databases(test: &str) -> Vec<String> {
     let mut urls = vec![sqlite_url(&temp_dir())];
@@ -157,6 +170,7 @@ async fn store_suite_on_sqlite() {
 async fn store_suite_on_postgres() {
     let Some(url) = pg_database("store_suite_on_postgres").await else { return };
     store_suite(&url).await;
+    drop_pg(&url).await;
 }
 
 /// A gateway in front of the simulated upstream, auditing into `db_url`.
@@ -253,6 +267,8 @@ async fn every_request_leaves_exactly_one_audit_row() {
                 }
             }
         }
+        store.close().await;
+        drop_pg(&url).await;
         let _ = std::fs::remove_dir_all(dir);
     }
 }
@@ -475,6 +491,8 @@ async fn postgres_outage_requests_succeed_and_rows_arrive_after() {
     for id in &ids {
         assert_eq!(store.audit_by_request(id).await.unwrap().len(), 1, "{id}");
     }
+    store.close().await;
+    drop_pg(&url).await;
 }
 
 /// When even the journal cannot be written: `reject` answers 503, `allow`
@@ -673,6 +691,8 @@ async fn api_keys_end_to_end() {
         for k in [&full, &dev_only, &admin, &expired, &revoked, &slow, &late] {
             assert!(!dump.contains(&k.secret[17..]), "a secret reached the audit rows");
         }
+        store.close().await;
+        drop_pg(&url).await;
         let _ = std::fs::remove_dir_all(dir);
     }
 }
