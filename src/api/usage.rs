@@ -24,7 +24,7 @@ pub async fn usage(
     }
     let time = |name: &str| q.get(name).map(|v| parse_time(v).map_err(|e| ApiError::invalid(e, name))).transpose();
     let until = time("until")?.unwrap_or_else(|| now_ms() + 1);
-    let since = time("since")?.unwrap_or(until - 30 * DAY_MS);
+    let since = time("since")?.unwrap_or(until.saturating_sub(30 * DAY_MS));
     if since >= until {
         return Err(ApiError::invalid("`since` must be before `until`", "since"));
     }

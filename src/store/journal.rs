@@ -98,7 +98,14 @@ impl Journal {
         match &result {
             Ok(_) => inner.failed_at = None,
             Err(_) => {
-                inner.active = None;
+                // The segment written to is abandoned: sealed, and replayed
+                // from the file if any of its records is still pending.
+                if let Some(active) = inner.active.take()
+                    && let Some(s) = inner.segments.get_mut(&active.seq)
+                {
+                    s.sealed = true;
+                    s.dirty |= s.pending > 0;
+                }
                 inner.failed_at = Some(Instant::now());
             }
         }

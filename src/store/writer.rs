@@ -136,6 +136,13 @@ impl AuditLog {
             }
         };
         let journaled = seq.is_some();
+        let refused = !journaled && self.policy == AuditFailurePolicy::Reject;
+        let mut record = record;
+        if refused {
+            // The client gets a 503: the row says so.
+            record.status = 503;
+            record.error_kind = Some("audit_unavailable".into());
+        }
         match self.tx.try_send((seq, record)) {
             Ok(()) => metrics::audit_record("queued"),
             Err(e) => {
@@ -196,6 +203,9 @@ impl AuditLog {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
+                // Before the queue: under steady load the queue is never
+                // empty, and replay must still get its turn.
+                _ = tick.tick() => self.replay().await,
                 n = rx.recv_many(&mut batch, self.batch_size) => {
                     if n == 0 {
                         break;
@@ -203,7 +213,6 @@ impl AuditLog {
                     self.fill(&mut rx, &mut batch).await;
                     self.write(&mut batch).await;
                 }
-                _ = tick.tick() => self.replay().await,
             }
         }
         // Shutdown: what is queued is written, or stays in the journal.
