@@ -88,45 +88,57 @@ pub struct UsageRow {
 }
 
 impl Store {
-    /// Inserts `rows` in one statement; rows already present (same `id`) are
-    /// skipped, so replaying a journal twice changes nothing. Returns the
-    /// number of new rows.
+    /// Inserts `rows` in one transaction; rows already present (same `id`)
+    /// are skipped, so replaying a journal twice changes nothing. Returns the
+    /// number of new rows. Multi-row statements go in power-of-two sizes, so
+    /// a handful of distinct statements stay in the prepared-statement cache.
     pub async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<u64, StoreError> {
+        const MAX_CHUNK: usize = 256;
         if rows.is_empty() {
             return Ok(0);
         }
         on_db!(self, pool, DB => {
-            let mut q: QueryBuilder<DB> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(r.id.as_str())
-                    .push_bind(r.request_id.as_str())
-                    .push_bind(r.ts_ms)
-                    .push_bind(r.key_id.as_deref())
-                    .push_bind(r.client_addr.as_deref())
-                    .push_bind(r.method.as_str())
-                    .push_bind(r.route.as_str())
-                    .push_bind(r.agent.as_deref())
-                    .push_bind(r.user_id.as_deref())
-                    .push_bind(r.conversation_id.as_deref())
-                    .push_bind(r.status)
-                    .push_bind(r.error_kind.as_deref())
-                    .push_bind(r.attempts.as_str())
-                    .push_bind(r.provider.as_deref())
-                    .push_bind(r.model.as_deref())
-                    .push_bind(r.tokens_in)
-                    .push_bind(r.tokens_out)
-                    .push_bind(r.cost_usd)
-                    .push_bind(r.latency_ms)
-                    .push_bind(r.upstream_ms)
-                    .push_bind(r.overhead_ms)
-                    .push_bind(r.streamed)
-                    .push_bind(r.cancelled)
-                    .push_bind(r.prompt.as_deref())
-                    .push_bind(r.response.as_deref())
-                    .push_bind(r.metadata.as_deref());
-            });
-            q.push(" ON CONFLICT (id) DO NOTHING");
-            Ok(q.build().execute(pool).await?.rows_affected())
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0;
+            let mut rest = rows;
+            while !rest.is_empty() {
+                let n = (1usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
+                let (chunk, tail) = rest.split_at(n);
+                let mut q: QueryBuilder<DB> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
+                q.push_values(chunk, |mut b, r| {
+        b.push_bind(r.id.as_str())
+            .push_bind(r.request_id.as_str())
+            .push_bind(r.ts_ms)
+            .push_bind(r.key_id.as_deref())
+            .push_bind(r.client_addr.as_deref())
+            .push_bind(r.method.as_str())
+            .push_bind(r.route.as_str())
+            .push_bind(r.agent.as_deref())
+            .push_bind(r.user_id.as_deref())
+            .push_bind(r.conversation_id.as_deref())
+            .push_bind(r.status)
+            .push_bind(r.error_kind.as_deref())
+            .push_bind(r.attempts.as_str())
+            .push_bind(r.provider.as_deref())
+            .push_bind(r.model.as_deref())
+            .push_bind(r.tokens_in)
+            .push_bind(r.tokens_out)
+            .push_bind(r.cost_usd)
+            .push_bind(r.latency_ms)
+            .push_bind(r.upstream_ms)
+            .push_bind(r.overhead_ms)
+            .push_bind(r.streamed)
+            .push_bind(r.cancelled)
+            .push_bind(r.prompt.as_deref())
+            .push_bind(r.response.as_deref())
+            .push_bind(r.metadata.as_deref());
+                });
+                q.push(" ON CONFLICT (id) DO NOTHING");
+                inserted += q.build().execute(&mut *tx).await?.rows_affected();
+                rest = tail;
+            }
+            tx.commit().await?;
+            Ok(inserted)
         })
     }
 
