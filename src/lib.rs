@@ -6,6 +6,7 @@
 //! - `service`: use cases with no HTTP types: routing, chat, lifecycle.
 //! - `providers`: the `Provider` trait, `ProviderError`, and the adapters
 //!   (`openai_compat`, `gemini`), each as {mod, wire, convert, stream}.
+//! - `security`: PII detection and redaction (linear time, no backtracking).
 //! - `store`: SQLite or PostgreSQL: audit rows (journal + batched writer), API keys, usage.
 //! - `telemetry`: logging set-up and every metric name.
 //! - `config`: typed, layered, validated configuration.
@@ -26,6 +27,7 @@ pub mod limits;
 pub mod mock;
 pub mod providers;
 pub mod resilience;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -69,7 +69,7 @@ impl DatabaseConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditContent {
-    /// Passed through the PII redactor (until it exists: a placeholder with the length).
+    /// Passed through the PII redactor: `[EMAIL]`, `[CARD]`, … in place of the values.
     Redacted,
     /// SHA-256 of the text: proves what was sent without keeping it.
     Hash,

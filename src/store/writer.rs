@@ -29,6 +29,7 @@ pub struct AuditLog {
     store: Arc<Store>,
     policy: AuditFailurePolicy,
     content: AuditContent,
+    detector: crate::security::Detector,
     pricing: BTreeMap<String, Price>,
     batch_size: usize,
     flush_interval: Duration,
@@ -69,6 +70,7 @@ impl AuditLog {
             store,
             policy: config.on_failure,
             content: config.content,
+            detector: crate::security::Detector::new(),
             pricing: pricing.clone(),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
@@ -356,8 +358,13 @@ impl AuditLog {
         match self.content {
             AuditContent::None => None,
             AuditContent::Hash => Some(format!("sha256:{}", super::keys::hash_key(&text))),
-            // Until the PII redactor exists, nothing of the text is kept.
-            AuditContent::Redacted => Some(format!("[redacted: {} characters]", text.chars().count())),
+            AuditContent::Redacted => {
+                let (clean, kinds) = crate::security::pii::redact(&self.detector, &text);
+                for kind in kinds {
+                    metrics::pii_detected(kind.as_str(), "audit");
+                }
+                Some(clean.into_owned())
+            }
         }
     }
 

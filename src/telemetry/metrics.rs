@@ -30,6 +30,7 @@ pub const AUDIT_RECORDS: &str = "squad_audit_records_total";
 pub const AUDIT_FAILURES: &str = "squad_audit_failures_total";
 pub const AUDIT_JOURNAL_BYTES: &str = "squad_audit_journal_bytes";
 pub const AUTH_DECISIONS: &str = "squad_auth_decisions_total";
+pub const PII_DETECTIONS: &str = "squad_pii_detections_total";
 
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -182,4 +183,9 @@ pub fn audit_journal_bytes(bytes: u64) {
 /// An API-key decision: `ok`, `missing`, `invalid`, `expired`, `revoked`, `forbidden`, `unavailable`.
 pub fn auth_decision(outcome: &'static str) {
     counter!(AUTH_DECISIONS, "outcome" => outcome).increment(1);
+}
+
+/// PII found, by type (never the value) and where (`audit`).
+pub fn pii_detected(kind: &'static str, place: &'static str) {
+    counter!(PII_DETECTIONS, "kind" => kind, "where" => place).increment(1);
 }

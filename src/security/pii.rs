@@ -1,0 +1,564 @@
+//! PII detection and redaction, in one linear pass with no backtracking.
+//!
+//! A byte-class table sends each position to at most one detector: `@` →
+//! e-mail, a digit (or `+digit`) → a numeric run classified as IPv4, SSN,
+//! CPF, CNPJ, card or phone (check digits, Luhn and formats decide), two
+//! capitals and two digits → IBAN (mod 97), a hex/colon run → IPv6. Secrets
+//! (provider key formats, bearer tokens, JWTs, AWS key ids, Squad keys) are
+//! found by an Aho-Corasick search for their prefixes. Each detector only
+//! looks at a bounded window, so the whole scan is linear in the text.
+//! Clean text costs one table lookup per byte.
+
+use std::borrow::Cow;
+
+use aho_corasick::AhoCorasick;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PiiKind {
+    Email,
+    Phone,
+    Cpf,
+    Cnpj,
+    Card,
+    Iban,
+    Ipv4,
+    Ipv6,
+    Ssn,
+    Secret,
+}
+
+impl PiiKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "EMAIL",
+            Self::Phone => "PHONE",
+            Self::Cpf => "CPF",
+            Self::Cnpj => "CNPJ",
+            Self::Card => "CARD",
+            Self::Iban => "IBAN",
+            Self::Ipv4 => "IPV4",
+            Self::Ipv6 => "IPV6",
+            Self::Ssn => "SSN",
+            Self::Secret => "SECRET",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub kind: PiiKind,
+}
+
+/// Longest numeric run looked at (a card with separators is 23 characters).
+const MAX_NUMERIC_RUN: usize = 40;
+
+const SECRET_PREFIXES: &[&str] =
+    &["sk-", "gsk_", "AIza", "AKIA", "ASIA", "eyJ", "Bearer ", "bearer ", "sqd_", "xoxb-", "ghp_"];
+
+pub struct Detector {
+    secrets: AhoCorasick,
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+impl Detector {
+    pub fn new() -> Self {
+        #[expect(clippy::expect_used, reason = "fixed, valid literal patterns")]
+        let secrets = AhoCorasick::new(SECRET_PREFIXES).expect("secret prefixes");
+        Self { secrets }
+    }
+
+    /// Every PII match in `text`, sorted, non-overlapping.
+    pub fn find(&self, text: &str) -> Vec<Found> {
+        let bytes = text.as_bytes();
+        let mut found = Vec::new();
+        self.find_secrets(text, &mut found);
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            let next = match b {
+                b'@' => email(bytes, i).map(|(s, e)| Found { start: s, end: e, kind: PiiKind::Email }),
+                b'0'..=b'9' | b'+' | b'(' => numeric(bytes, i),
+                b'A'..=b'Z' => iban(bytes, i),
+                b':' => ipv6(text, i),
+                _ => None,
+            };
+            match next {
+                Some(f) if f.end > i => {
+                    i = f.end;
+                    found.push(f);
+                }
+                _ => i += skip(bytes, i),
+            }
+        }
+        resolve(found)
+    }
+
+    fn find_secrets(&self, text: &str, out: &mut Vec<Found>) {
+        let bytes = text.as_bytes();
+        for m in self.secrets.find_iter(text) {
+            let (start, prefix_end) = (m.start(), m.end());
+            if start > 0 && is_token_byte(bytes[start - 1]) {
+                continue; // inside another word
+            }
+            let prefix = &text[start..prefix_end];
+            let (body_start, min_body) = match prefix {
+                "Bearer " | "bearer " => (prefix_end, 16),
+                "AKIA" | "ASIA" => (prefix_end, 16),
+                "eyJ" => (prefix_end, 20),
+                _ => (prefix_end, 16),
+            };
+            let mut end = body_start;
+            while end < bytes.len() && (is_token_byte(bytes[end]) || (prefix == "eyJ" && bytes[end] == b'.')) {
+                end += 1;
+            }
+            if prefix == "eyJ" && text[start..end].matches('.').count() != 2 {
+                continue;
+            }
+            if prefix.starts_with("AKIA") || prefix.starts_with("ASIA") {
+                let body = &bytes[body_start..end];
+                if body.len() != 16 || !body.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+                    continue;
+                }
+            }
+            if end - body_start >= min_body {
+                // A bearer token keeps its scheme word: `Bearer [SECRET]`.
+                let from = if prefix.ends_with(' ') { body_start } else { start };
+                out.push(Found { start: from, end, kind: PiiKind::Secret });
+            }
+        }
+    }
+}
+
+/// How far to move when nothing matched at `i`: past the rest of a word, so
+/// a detector never restarts inside one (keeps the scan linear).
+fn skip(bytes: &[u8], i: usize) -> usize {
+    let b = bytes[i];
+    if b.is_ascii_alphanumeric() {
+        let mut j = i + 1;
+        while j < bytes.len() && bytes[j].is_ascii_alphanumeric() && j - i < 64 {
+            j += 1;
+        }
+        j - i
+    } else {
+        1
+    }
+}
+
+/// Overlapping matches: the earliest wins; of two starting together, the longer.
+fn resolve(mut found: Vec<Found>) -> Vec<Found> {
+    found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    let mut out: Vec<Found> = Vec::with_capacity(found.len());
+    for f in found {
+        if out.last().is_none_or(|last| f.start >= last.end) {
+            out.push(f);
+        }
+    }
+    out
+}
+
+fn email(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let local = |b: u8| b.is_ascii_alphanumeric() || b".%+-_".contains(&b);
+    let mut s = at;
+    while s > 0 && local(bytes[s - 1]) && at - s < 64 {
+        s -= 1;
+    }
+    while s < at && bytes[s] == b'.' {
+        s += 1;
+    }
+    if s == at {
+        return None;
+    }
+    let mut e = at + 1;
+    let mut last_dot = None;
+    while e < bytes.len() && (bytes[e].is_ascii_alphanumeric() || bytes[e] == b'-' || bytes[e] == b'.') && e - at < 255
+    {
+        if bytes[e] == b'.' {
+            last_dot = Some(e);
+        }
+        e += 1;
+    }
+    while e > at + 1 && bytes[e - 1] == b'.' {
+        e -= 1;
+    }
+    let dot = last_dot.filter(|d| *d < e && *d > at + 1)?;
+    let tld = &bytes[dot + 1..e];
+    (tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic)).then_some((s, e))
+}
+
+/// A numeric run starting at `i`: digits and single separators (space . - /
+/// parentheses), at most `MAX_NUMERIC_RUN` long; classified whole, then, if
+/// that fails, by space-separated parts.
+fn numeric(bytes: &[u8], i: usize) -> Option<Found> {
+    if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+        return None; // part of a word like `v2` or `abc123`
+    }
+    let mut e = i;
+    while e < bytes.len() && e - i < MAX_NUMERIC_RUN {
+        let b = bytes[e];
+        let sep = matches!(b, b' ' | b'.' | b'-' | b'/' | b'(' | b')' | b'+');
+        let continues = e + 1 < bytes.len() && matches!(bytes[e + 1], b'0'..=b'9' | b'(' | b' ');
+        let double_space = b == b' ' && e > i && bytes[e - 1] == b' ';
+        if b.is_ascii_digit() || (sep && continues && !double_space) {
+            e += 1;
+        } else {
+            break;
+        }
+    }
+    while e > i && !bytes[e - 1].is_ascii_digit() {
+        e -= 1;
+    }
+    if e == i || (e < bytes.len() && (bytes[e].is_ascii_alphabetic() || bytes[e] == b'_')) {
+        return None;
+    }
+    if let Some(kind) = classify(&bytes[i..e]) {
+        return Some(Found { start: i, end: e, kind });
+    }
+    // Try the longest prefix made of whole space-separated parts.
+    let mut cut = e;
+    while let Some(sp) = bytes[i..cut].iter().rposition(|b| *b == b' ') {
+        cut = i + sp;
+        let end = (i..cut).rev().find(|k| bytes[*k].is_ascii_digit()).map(|k| k + 1)?;
+        if let Some(kind) = classify(&bytes[i..end]) {
+            return Some(Found { start: i, end, kind });
+        }
+    }
+    None
+}
+
+fn digits_of(run: &[u8]) -> Vec<u8> {
+    run.iter().filter(|b| b.is_ascii_digit()).map(|b| b - b'0').collect()
+}
+
+fn classify(run: &[u8]) -> Option<PiiKind> {
+    let d = digits_of(run);
+    let text = std::str::from_utf8(run).ok()?;
+    let seps: Vec<u8> = run.iter().copied().filter(|b| !b.is_ascii_digit()).collect();
+    let only = |allowed: &[u8]| seps.iter().all(|s| allowed.contains(s));
+    if only(b".") && seps.len() == 3 && is_ipv4(text) {
+        return Some(PiiKind::Ipv4);
+    }
+    if is_ssn(text) {
+        return Some(PiiKind::Ssn);
+    }
+    if d.len() == 11 && (seps.is_empty() || is_shaped(text, "ddd.ddd.ddd-dd")) && cpf_valid(&d) {
+        return Some(PiiKind::Cpf);
+    }
+    if d.len() == 14 && (seps.is_empty() || is_shaped(text, "dd.ddd.ddd/dddd-dd")) && cnpj_valid(&d) {
+        return Some(PiiKind::Cnpj);
+    }
+    if (13..=19).contains(&d.len()) && only(b" -") && luhn(&d) {
+        return Some(PiiKind::Card);
+    }
+    if is_phone(text, &d) {
+        return Some(PiiKind::Phone);
+    }
+    None
+}
+
+/// `shape` uses `d` for a digit; every other character must match exactly.
+fn is_shaped(text: &str, shape: &str) -> bool {
+    text.len() == shape.len()
+        && text.bytes().zip(shape.bytes()).all(|(t, s)| if s == b'd' { t.is_ascii_digit() } else { t == s })
+}
+
+fn is_ipv4(text: &str) -> bool {
+    text.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn is_ssn(text: &str) -> bool {
+    if !is_shaped(text, "ddd-dd-dddd") {
+        return false;
+    }
+    let (area, group, serial) = (&text[0..3], &text[4..6], &text[7..11]);
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+/// E.164 (`+` and 8–15 digits) or a Brazilian number: `(11) 98765-4321`,
+/// `11 98765-4321`, `11 3456-7890`, with or without `+55`.
+fn is_phone(text: &str, d: &[u8]) -> bool {
+    if let Some(rest) = text.strip_prefix('+') {
+        let ok_seps = rest.bytes().all(|b| b.is_ascii_digit() || b" -().".contains(&b));
+        return ok_seps && (8..=15).contains(&d.len());
+    }
+    let shapes = ["(dd) ddddd-dddd", "(dd) dddd-dddd", "dd ddddd-dddd", "dd dddd-dddd", "(dd)ddddd-dddd", "ddddd-dddd"];
+    shapes.iter().any(|s| is_shaped(text, s))
+}
+
+pub fn luhn(d: &[u8]) -> bool {
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &x)| {
+            let x = u32::from(x);
+            if i % 2 == 1 {
+                let y = x * 2;
+                if y > 9 { y - 9 } else { y }
+            } else {
+                x
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+pub fn cpf_valid(d: &[u8]) -> bool {
+    if d.len() != 11 || d.iter().all(|x| *x == d[0]) {
+        return false;
+    }
+    let check = |n: usize| {
+        let sum: u32 = (0..n).map(|i| u32::from(d[i]) * (n as u32 + 1 - i as u32)).sum();
+        let r = (sum * 10) % 11;
+        if r == 10 { 0 } else { r as u8 }
+    };
+    check(9) == d[9] && check(10) == d[10]
+}
+
+pub fn cnpj_valid(d: &[u8]) -> bool {
+    if d.len() != 14 || d.iter().all(|x| *x == d[0]) {
+        return false;
+    }
+    let check = |n: usize| {
+        let weights: &[u32] =
+            if n == 12 { &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2] } else { &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2] };
+        let sum: u32 = (0..n).map(|i| u32::from(d[i]) * weights[i]).sum();
+        let r = sum % 11;
+        if r < 2 { 0 } else { (11 - r) as u8 }
+    };
+    check(12) == d[12] && check(13) == d[13]
+}
+
+/// IBAN: country letters, two check digits, 11–30 alphanumerics, optionally
+/// in groups of four separated by single spaces; valid mod 97.
+fn iban(bytes: &[u8], i: usize) -> Option<Found> {
+    if i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
+        return None;
+    }
+    let head = bytes.get(i..i + 4)?;
+    if !(head[0].is_ascii_uppercase()
+        && head[1].is_ascii_uppercase()
+        && head[2].is_ascii_digit()
+        && head[3].is_ascii_digit())
+    {
+        return None;
+    }
+    let mut e = i + 4;
+    let mut chars: Vec<u8> = head.to_vec();
+    while e < bytes.len() && chars.len() < 34 {
+        let b = bytes[e];
+        if b.is_ascii_uppercase() || b.is_ascii_digit() {
+            chars.push(b);
+            e += 1;
+        } else if b == b' '
+            && e + 1 < bytes.len()
+            && (bytes[e + 1].is_ascii_uppercase() || bytes[e + 1].is_ascii_digit())
+        {
+            e += 1;
+        } else {
+            break;
+        }
+    }
+    while e > i && bytes[e - 1] == b' ' {
+        e -= 1;
+    }
+    if e < bytes.len() && bytes[e].is_ascii_alphanumeric() {
+        return None;
+    }
+    ((15..=34).contains(&chars.len()) && mod97(&chars) == 1).then_some(Found { start: i, end: e, kind: PiiKind::Iban })
+}
+
+fn mod97(chars: &[u8]) -> u32 {
+    let rearranged = chars[4..].iter().chain(&chars[..4]);
+    let mut r: u32 = 0;
+    for &c in rearranged {
+        let v = if c.is_ascii_digit() { u32::from(c - b'0') } else { u32::from(c - b'A') + 10 };
+        r = if v >= 10 { (r * 100 + v) % 97 } else { (r * 10 + v) % 97 };
+    }
+    r
+}
+
+/// IPv6 around the colon at `i`: the hex/colon/dot run containing it.
+fn ipv6(text: &str, i: usize) -> Option<Found> {
+    let bytes = text.as_bytes();
+    let ok = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+    let mut s = i;
+    while s > 0 && ok(bytes[s - 1]) && i - s < 45 {
+        s -= 1;
+    }
+    let mut e = i;
+    while e < bytes.len() && ok(bytes[e]) && e - s < 45 {
+        e += 1;
+    }
+    while e > i && bytes[e - 1] == b'.' {
+        e -= 1;
+    }
+    if (s > 0 && is_token_byte(bytes[s - 1])) || (e < bytes.len() && is_token_byte(bytes[e])) {
+        return None;
+    }
+    let candidate = &text[s..e];
+    (candidate.matches(':').count() >= 2 && candidate.parse::<std::net::Ipv6Addr>().is_ok()).then_some(Found {
+        start: s,
+        end: e,
+        kind: PiiKind::Ipv6,
+    })
+}
+
+/// `text` with each match replaced by its typed token (`[EMAIL]`, …).
+pub fn redact<'a>(detector: &Detector, text: &'a str) -> (Cow<'a, str>, Vec<PiiKind>) {
+    let found = detector.find(text);
+    if found.is_empty() {
+        return (Cow::Borrowed(text), Vec::new());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in &found {
+        out.push_str(&text[at..f.start]);
+        out.push('[');
+        out.push_str(f.kind.as_str());
+        out.push(']');
+        at = f.end;
+    }
+    out.push_str(&text[at..]);
+    (Cow::Owned(out), found.iter().map(|f| f.kind).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn r(text: &str) -> String {
+        redact(&Detector::new(), text).0.into_owned()
+    }
+
+    #[test]
+    fn each_kind_is_found_and_replaced() {
+        let cases = [
+            ("mail me at john.doe+x@example.co.uk today", "mail me at [EMAIL] today"),
+            ("card 4111 1111 1111 1111 ok", "card [CARD] ok"),
+            ("card 4111-1111-1111-1111", "card [CARD]"),
+            ("card 4111111111111111.", "card [CARD]."),
+            ("cpf 529.982.247-25 e 52998224725", "cpf [CPF] e [CPF]"),
+            ("cnpj 11.222.333/0001-81", "cnpj [CNPJ]"),
+            ("iban DE89 3704 0044 0532 0130 00 end", "iban [IBAN] end"),
+            ("iban GB82WEST12345698765432", "iban [IBAN]"),
+            ("from 192.168.10.1 and 2001:db8::8a2e:370:7334", "from [IPV4] and [IPV6]"),
+            ("ssn 123-45-6789", "ssn [SSN]"),
+            ("call +55 11 98765-4321 or (11) 98765-4321", "call [PHONE] or [PHONE]"),
+            ("call +1 415 555 2671", "call [PHONE]"),
+            ("key gsk_abcdefghijklmnopqrstuvwx1234", "key [SECRET]"),
+            ("key sk-or-v1-abcdefghijklmnopqrstuvwxyz012345", "key [SECRET]"),
+            ("key AIzaSyA1234567890abcdefghijklmnopqrstu", "key [SECRET]"),
+            ("aws AKIAIOSFODNN7EXAMPLE", "aws [SECRET]"),
+            ("Authorization: Bearer abcdefghijklmnop1234", "Authorization: Bearer [SECRET]"),
+            (
+                "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                "jwt [SECRET]",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(r(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn invalid_numbers_and_plain_text_are_left_alone() {
+        for text in [
+            "card 4111 1111 1111 1112 fails Luhn",
+            "cpf 529.982.247-26 has a bad check digit, 111.111.111-11 is all ones",
+            "cnpj 11.222.333/0001-82 is invalid",
+            "iban GB82WEST12345698765433 fails mod 97",
+            "in 2024 we shipped 3 releases and 12:30 is lunch; v2.0.1 is out; 999.1.1.1",
+            "ssn 666-45-6789 and 123-00-6789 are not issued",
+            "Note: see https://example.com/a?b=c for details",
+            "the sk- prefix alone, gsk_short, Bearer short",
+        ] {
+            assert_eq!(r(text), text);
+        }
+    }
+
+    #[test]
+    fn check_digit_helpers() {
+        assert!(cpf_valid(&digits_of(b"52998224725")));
+        assert!(!cpf_valid(&digits_of(b"52998224724")));
+        assert!(cnpj_valid(&digits_of(b"11222333000181")));
+        assert!(luhn(&digits_of(b"4111111111111111")));
+        assert!(!luhn(&digits_of(b"4111111111111112")));
+    }
+
+    fn luhn_complete(prefix: &[u8]) -> Vec<u8> {
+        let mut d = prefix.to_vec();
+        d.push(0);
+        for c in 0..10 {
+            *d.last_mut().unwrap() = c;
+            if luhn(&d) {
+                break;
+            }
+        }
+        d
+    }
+
+    fn cpf_complete(base: &[u8]) -> Vec<u8> {
+        let mut d = base.to_vec();
+        for n in [9usize, 10] {
+            let sum: u32 = (0..n).map(|i| u32::from(d[i]) * (n as u32 + 1 - i as u32)).sum();
+            let r = (sum * 10) % 11;
+            d.push(if r == 10 { 0 } else { r as u8 });
+        }
+        d
+    }
+
+    fn show(d: &[u8]) -> String {
+        d.iter().map(|x| char::from(b'0' + x)).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn redaction_is_idempotent(text in "[ -~]{0,200}") {
+            let once = r(&text);
+            prop_assert_eq!(r(&once), once.clone());
+        }
+
+        #[test]
+        fn no_luhn_valid_card_survives(prefix in proptest::collection::vec(0u8..10, 12..18),
+                                        pre in "[a-z ]{0,20}", post in "[a-z ]{0,20}") {
+            let card = show(&luhn_complete(&prefix));
+            let text = format!("{pre} {card} {post}");
+            let out = r(&text);
+            prop_assert!(!out.contains(&card), "{} -> {}", text, out);
+        }
+
+        #[test]
+        fn no_valid_cpf_survives(base in proptest::collection::vec(0u8..10, 9), formatted in any::<bool>()) {
+            let d = cpf_complete(&base);
+            prop_assume!(cpf_valid(&d));
+            let s = show(&d);
+            let cpf = if formatted { format!("{}.{}.{}-{}", &s[0..3], &s[3..6], &s[6..9], &s[9..]) } else { s };
+            let out = r(&format!("o cpf {cpf} confere"));
+            prop_assert!(!out.contains(&cpf), "{}", out);
+        }
+
+        #[test]
+        fn no_email_survives(user in "[a-z][a-z0-9._]{0,10}[a-z0-9]", host in "[a-z]{1,10}", tld in "[a-z]{2,5}") {
+            let email = format!("{user}@{host}.{tld}");
+            let out = r(&format!("write to {email}, please"));
+            prop_assert!(!out.contains(&email), "{}", out);
+        }
+
+        #[test]
+        fn text_without_pii_is_unchanged(text in "[a-zA-Z ,.!?]{0,300}") {
+            prop_assert_eq!(r(&text), text);
+        }
+    }
+}
