@@ -110,6 +110,7 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         store: persistence.store,
         keys: persistence.keys,
         audit: persistence.audit,
+        cors: Arc::new(crate::api::security::Cors::new(&config.cors)),
         gateway: Arc::new(gateway),
         lifecycle: Arc::new(Lifecycle::default()),
         metrics: telemetry::metrics::install(),

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod middleware;
 pub mod providers;
+pub mod security;
 pub mod state;
 pub mod usage;
 pub mod wire;
@@ -22,9 +23,11 @@ pub use state::AppState;
 /// 1. `request_context`: request id, span, metrics, access log, error bodies.
 ///    It wraps everything, including the 404/405 fallbacks, so every response
 ///    carries `x-request-id` and every error our JSON body.
-/// 2. On the routes that call providers: `audit` (one record per request,
+/// 2. `security`: hardening headers on every response; CORS (preflights are
+///    answered here, before auth).
+/// 3. On the routes that call providers: `audit` (one record per request,
 ///    refusals included), then `authenticate`, then per-client admission.
-/// 3. On the other API routes: `authenticate` (and `admin_only` for `/v1/usage`).
+/// 4. On the other API routes: `authenticate` (and `admin_only` for `/v1/usage`).
 ///    `/health*` and `/metrics` are open.
 ///
 /// Body limits are enforced by `ApiJson` (413 with our body), not a layer.
@@ -60,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.cors.clone(), security::security))
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
 }

@@ -24,4 +24,5 @@ pub struct AppState {
     pub keys: Option<Arc<KeyCache>>,
     /// The audit log; `None` when `audit.enabled` is false.
     pub audit: Option<Arc<AuditLog>>,
+    pub cors: Arc<super::security::Cors>,
 }

@@ -32,6 +32,27 @@ pub struct Config {
     /// Prices in USD per million tokens by `provider/model` (or `provider/*`),
     /// for cost estimates in audit rows and `/v1/usage`.
     pub pricing: BTreeMap<String, Price>,
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin access for browsers. Only listed origins get CORS headers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `*` for any origin
+    /// (not allowed together with `allow_credentials`).
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies, HTTP auth).
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self { allowed_origins: Vec::new(), allow_credentials: false, max_age: Duration::from_secs(600) }
+    }
 }
 
 /// The store for audit rows, API keys and usage.
@@ -541,6 +562,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             auth: AuthConfig::default(),
             pricing: builtin_prices(),
+            cors: CorsConfig::default(),
         }
     }
 }

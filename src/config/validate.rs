@@ -234,6 +234,25 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if config.auth.refresh_interval.is_zero() || config.auth.refresh_interval > MAX_DURATION {
         issue("auth.refresh_interval".into(), "must be greater than zero and at most 24h");
     }
+    let cors = &config.cors;
+    if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
+        issue("cors.allowed_origins".into(), "`*` cannot be combined with allow_credentials: list the origins");
+    }
+    for (i, origin) in cors.allowed_origins.iter().enumerate() {
+        let valid = origin == "*"
+            || origin.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+            });
+        if !valid {
+            issue(
+                format!("cors.allowed_origins[{i}]"),
+                "must be an origin like https://app.example.com (no path) or *",
+            );
+        }
+    }
     for (model, price) in &config.pricing {
         if !model.contains('/') {
             issue(format!("pricing.{model}"), "keys are provider/model or provider/*");
