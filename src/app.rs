@@ -111,6 +111,7 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         keys: persistence.keys,
         audit: persistence.audit,
         cors: Arc::new(crate::api::security::Cors::new(&config.cors)),
+        pii: Arc::new(crate::security::PiiPolicy::new(&config.pii)),
         gateway: Arc::new(gateway),
         lifecycle: Arc::new(Lifecycle::default()),
         metrics: telemetry::metrics::install(),

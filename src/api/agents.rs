@@ -198,6 +198,10 @@ async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -
         p.authorize(Some(&agent))?;
     }
     let ask = body.into_ask(agent)?;
+    let blocked = state.pii.blocked([ask.prompt.as_str()]);
+    if !blocked.is_empty() {
+        return Err(ApiError::PiiBlocked { kinds: blocked.iter().map(|k| k.as_str()).collect() });
+    }
     let request_id = caller.request_id;
     let ctx = state.gateway.context(&request_id, false).with_client(caller.client.map(|c| (c.0, c.1)));
     let answer = state.gateway.ask(ask, &ctx).await?;

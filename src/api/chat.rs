@@ -45,6 +45,10 @@ pub async fn chat_completions(
     if let Some(Extension(p)) = &principal {
         p.authorize(agent_id.as_deref())?;
     }
+    let blocked = state.pii.blocked(request.messages.iter().map(|m| m.content.as_str()));
+    if !blocked.is_empty() {
+        return Err(ApiError::PiiBlocked { kinds: blocked.iter().map(|k| k.as_str()).collect() });
+    }
     let audit = audit.map(|Extension(d)| d);
     if let Some(agent) = &target.agent {
         state.gateway.apply_persona(agent, &mut request);

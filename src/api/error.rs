@@ -62,6 +62,8 @@ pub enum ApiError {
     /// A valid key used beyond its scope.
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    #[error("the request contains personal data of these types, which this gateway does not forward: {}", kinds.join(", "))]
+    PiiBlocked { kinds: Vec<&'static str> },
     #[error("API keys cannot be checked: the key store has not answered yet")]
     AuthUnavailable,
     #[error("the audit log cannot be written; requests are refused (audit.on_failure: reject)")]
@@ -177,6 +179,7 @@ impl ApiError {
             Self::ConcurrencyLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "concurrency"),
             Self::Unauthorized { code, .. } => (S::UNAUTHORIZED, "authentication_error", code),
             Self::Forbidden { code, .. } => (S::FORBIDDEN, "permission_error", code),
+            Self::PiiBlocked { .. } => (S::BAD_REQUEST, "invalid_request_error", "pii_blocked"),
             Self::AuthUnavailable => (S::SERVICE_UNAVAILABLE, "unavailable_error", "auth_unavailable"),
             Self::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "unavailable_error", "audit_unavailable"),
             Self::DatabaseUnavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable_error", "database_unavailable"),

@@ -25,4 +25,5 @@ pub struct AppState {
     /// The audit log; `None` when `audit.enabled` is false.
     pub audit: Option<Arc<AuditLog>>,
     pub cors: Arc<super::security::Cors>,
+    pub pii: Arc<crate::security::PiiPolicy>,
 }

@@ -33,6 +33,17 @@ pub struct Config {
     /// for cost estimates in audit rows and `/v1/usage`.
     pub pricing: BTreeMap<String, Price>,
     pub cors: CorsConfig,
+    pub pii: PiiConfig,
+}
+
+/// PII handling beyond logs and audit rows (which are always redacted).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PiiConfig {
+    /// Requests whose messages carry any of these types are refused with 400
+    /// naming the types (never the values): `EMAIL`, `PHONE`, `CPF`, `CNPJ`,
+    /// `CARD`, `IBAN`, `IPV4`, `IPV6`, `SSN`, `SECRET`.
+    pub block: Vec<String>,
 }
 
 /// Cross-origin access for browsers. Only listed origins get CORS headers.
@@ -563,6 +574,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             pricing: builtin_prices(),
             cors: CorsConfig::default(),
+            pii: PiiConfig::default(),
         }
     }
 }

@@ -253,6 +253,14 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    for (i, kind) in config.pii.block.iter().enumerate() {
+        if crate::security::PiiKind::parse(kind).is_none() {
+            issue(
+                format!("pii.block[{i}]"),
+                "unknown type (EMAIL, PHONE, CPF, CNPJ, CARD, IBAN, IPV4, IPV6, SSN, SECRET)",
+            );
+        }
+    }
     for (model, price) in &config.pricing {
         if !model.contains('/') {
             issue(format!("pricing.{model}"), "keys are provider/model or provider/*");

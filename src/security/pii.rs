@@ -28,6 +28,24 @@ pub enum PiiKind {
 }
 
 impl PiiKind {
+    pub const ALL: [PiiKind; 10] = [
+        Self::Email,
+        Self::Phone,
+        Self::Cpf,
+        Self::Cnpj,
+        Self::Card,
+        Self::Iban,
+        Self::Ipv4,
+        Self::Ipv6,
+        Self::Ssn,
+        Self::Secret,
+    ];
+
+    /// `EMAIL`, `card`, … → the kind.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(s))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Email => "EMAIL",
