@@ -106,7 +106,7 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         ),
     });
     let persistence = persistence(config)?;
-    Ok(AppState {
+    Ok(AppState::new(crate::api::state::Parts {
         store: persistence.store,
         keys: persistence.keys,
         audit: persistence.audit,
@@ -119,7 +119,7 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         started_unix: crate::domain::unix_now(),
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
-    })
+    }))
 }
 
 struct Persistence {

@@ -8,8 +8,26 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::service::{Gateway, Lifecycle};
 use crate::store::{AuditLog, KeyCache, Store};
 
+/// Cloned by every middleware layer of every request: one `Arc`, so a clone
+/// is one atomic increment rather than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+impl AppState {
+    pub fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+pub struct Parts {
     pub gateway: Arc<Gateway>,
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: PrometheusHandle,
