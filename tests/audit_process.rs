@@ -30,10 +30,17 @@ fn temp_dir() -> PathBuf {
 
 /// `squad serve` in `dir` (auth off), once it logs that it listens.
 fn serve(dir: &Path, upstream: &str) -> (Child, String) {
+    let (child, url, logs) = serve_with(dir, upstream, "auth: { mode: disabled }");
+    std::thread::spawn(move || while logs.recv().is_ok() {});
+    (child, url)
+}
+
+/// `squad serve` in `dir` with `extra` YAML; the receiver yields its log lines.
+fn serve_with(dir: &Path, upstream: &str, extra: &str) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     std::fs::write(
         dir.join("squad.yaml"),
         format!(
-            "server: {{ bind: 127.0.0.1, port: 0, shutdown_grace: 10s }}\nauth: {{ mode: disabled }}\n\
+            "server: {{ bind: 127.0.0.1, port: 0, shutdown_grace: 10s }}\n{extra}\n\
              limits: {{ enabled: false }}\nproviders:\n  groq: {{ base_url: \"{upstream}/openai/v1\" }}\n"
         ),
     )
@@ -58,8 +65,7 @@ fn serve(dir: &Path, upstream: &str) -> (Child, String) {
             && let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["message"] == "squad listening"
         {
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (child, format!("http://{}", v["address"].as_str().unwrap()));
+            return (child, format!("http://{}", v["address"].as_str().unwrap()), rx);
         }
     }
     let _ = child.kill();
@@ -193,4 +199,33 @@ fn keys_audit_and_backup_commands() {
     let out = squad(&dir).args(["migrate"]).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("sqlite"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_reach_the_logs() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let dir = temp_dir();
+    let out = squad(&dir).args(["keys", "create", "--name", "logged"]).output().unwrap();
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (mut child, url, logs) = serve_with(&dir, &fake.url(), "auth: { mode: required }\nlog: { level: debug }");
+    let client = reqwest::Client::new();
+    let chat = json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]});
+    let ok = client.post(format!("{url}/v1/chat/completions")).bearer_auth(&secret).json(&chat).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let wrong = format!("{}{}", &secret[..17], "f".repeat(64));
+    let bad = client.post(format!("{url}/v1/chat/completions")).bearer_auth(&wrong).json(&chat).send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    let by_header = client.get(format!("{url}/v1/agents")).header("x-api-key", &secret).send().await.unwrap();
+    assert_eq!(by_header.status(), 200);
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).success());
+    let lines: Vec<String> = logs.iter().collect(); // ends at EOF: the process has exited
+    assert!(lines.iter().any(|l| l.contains("\"status\":200")), "the access log ran at debug level");
+    for line in &lines {
+        assert!(!line.contains(&secret[17..]) && !line.contains(&wrong[17..]), "a key reached the logs: {line}");
+    }
+    let rows = export(&dir);
+    assert_eq!(rows.len(), 2, "both chat requests audited");
+    assert!(!serde_json::to_string(&rows).unwrap().contains(&secret[17..]));
 }
