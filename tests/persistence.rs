@@ -191,6 +191,18 @@ async fn audited(db_url: &str, dir: &std::path::Path, tweak: impl FnOnce(&mut Co
     gateway_with(config, secrets).await
 }
 
+/// One plain chat with this request id; its status.
+async fn chat_as(gw: &Gateway, id: String) -> reqwest::StatusCode {
+    gw.client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("x-request-id", id)
+        .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// N concurrent requests of every kind → exactly N rows with the right fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_leaves_exactly_one_audit_row() {
@@ -336,19 +348,7 @@ async fn sqlite_outage_requests_succeed_and_rows_arrive_after() {
     let dir = temp_dir();
     let url = sqlite_url(&dir);
     let gw = audited(&url, &dir, |c| c.database.connect_timeout = Duration::from_millis(200)).await;
-    let send = |id: String| {
-        let (client, base) = (gw.client.clone(), gw.url.clone());
-        async move {
-            client
-                .post(format!("{base}/v1/chat/completions"))
-                .header("x-request-id", id)
-                .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let send = |id: String| chat_as(&gw, id);
     for i in 0..10 {
         assert_eq!(send(format!("before-{i}")).await, 200);
     }
@@ -449,21 +449,7 @@ async fn postgres_outage_requests_succeed_and_rows_arrive_after() {
         c.database.connect_timeout = Duration::from_millis(300);
     })
     .await;
-    let client = gw.client.clone();
-    let base = gw.url.clone();
-    let send = |id: String| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            client
-                .post(format!("{base}/v1/chat/completions"))
-                .header("x-request-id", id)
-                .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let send = |id: String| chat_as(&gw, id);
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(format!("pg-before-{i}"));
