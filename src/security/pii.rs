@@ -575,6 +575,13 @@ mod tests {
         }
 
         #[test]
+        fn any_unicode_text_is_handled(text in "\\PC{0,200}", digits in "[0-9 .()+-]{0,40}") {
+            let mixed = format!("{text}{digits}{text}");
+            let once = r(&mixed);
+            prop_assert_eq!(r(&once), once.clone());
+        }
+
+        #[test]
         fn text_without_pii_is_unchanged(text in "[a-zA-Z ,.!?]{0,300}") {
             prop_assert_eq!(r(&text), text);
         }
