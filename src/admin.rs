@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use squad::store::keys::{self, KeySpec};
-use squad::store::{Store, format_time, now_ms, parse_time};
+use squad::store::{Store, format_time, now_ms, parse_time, retention_cutoff};
 
 use super::{AuditCommand, ExportFormat, KeysCommand, load_config};
-
-const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// Loads the config and opens and migrates its store.
 async fn open(path: Option<PathBuf>) -> Result<(squad::config::Config, Store), ExitCode> {
@@ -132,7 +130,7 @@ async fn prune(store: &Store, before: Option<String>, retention_days: u32) -> Re
     let cutoff = match before {
         Some(b) => parse_time(&b)?,
         None if retention_days == 0 => return Err("audit.retention_days is 0 (keep forever); pass --before".into()),
-        None => now_ms() - i64::from(retention_days) * DAY_MS,
+        None => retention_cutoff(retention_days),
     };
     let n = store.prune_audit(cutoff).await.map_err(|e| e.to_string())?;
     println!("deleted {n} audit rows older than {}", format_time(cutoff));

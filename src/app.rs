@@ -207,8 +207,9 @@ async fn reload_keys(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let migrated = store.is_migrated() || store.migrate().await.is_ok();
-        if migrated && let Err(e) = keys.refresh().await {
+        if store.migrate().await.is_ok()
+            && let Err(e) = keys.refresh().await
+        {
             tracing::warn!(error = %e, "API key reload failed; the last loaded keys stay in use");
         }
     }
@@ -219,8 +220,7 @@ async fn retention(store: Arc<Store>, days: u32, stop: tokio_util::sync::Cancell
     const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
     loop {
         if store.is_migrated() {
-            let cutoff = crate::store::now_ms() - i64::from(days) * 24 * 3600 * 1000;
-            match store.prune_audit(cutoff).await {
+            match store.prune_audit(crate::store::retention_cutoff(days)).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, days, "audit retention: old rows deleted"),
                 Err(e) => tracing::warn!(error = %e, "audit retention failed; retried in an hour"),

@@ -191,8 +191,8 @@ async fn audited(db_url: &str, dir: &std::path::Path, tweak: impl FnOnce(&mut Co
     gateway_with(config, secrets).await
 }
 
-/// One plain chat with this request id; its status.
-async fn chat_as(gw: &Gateway, id: String) -> reqwest::StatusCode {
+/// One plain chat with this request id.
+async fn chat_as(gw: &Gateway, id: &str) -> reqwest::Response {
     gw.client
         .post(format!("{}/v1/chat/completions", gw.url))
         .header("x-request-id", id)
@@ -200,7 +200,6 @@ async fn chat_as(gw: &Gateway, id: String) -> reqwest::StatusCode {
         .send()
         .await
         .unwrap()
-        .status()
 }
 
 /// N concurrent requests of every kind → exactly N rows with the right fields.
@@ -292,14 +291,7 @@ async fn content_modes() {
         let dir = temp_dir();
         let url = sqlite_url(&dir);
         let gw = audited(&url, &dir, |c| c.audit.content = mode).await;
-        let resp = gw
-            .client
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .header("x-request-id", "content-1")
-            .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
+        let resp = chat_as(&gw, "content-1").await;
         assert_eq!(resp.status(), 200);
         gw.shutdown().await;
         let row = open(&url).audit_by_request("content-1").await.unwrap().remove(0);
@@ -348,7 +340,7 @@ async fn sqlite_outage_requests_succeed_and_rows_arrive_after() {
     let dir = temp_dir();
     let url = sqlite_url(&dir);
     let gw = audited(&url, &dir, |c| c.database.connect_timeout = Duration::from_millis(200)).await;
-    let send = |id: String| chat_as(&gw, id);
+    let send = async |id: String| chat_as(&gw, &id).await.status();
     for i in 0..10 {
         assert_eq!(send(format!("before-{i}")).await, 200);
     }
@@ -449,7 +441,7 @@ async fn postgres_outage_requests_succeed_and_rows_arrive_after() {
         c.database.connect_timeout = Duration::from_millis(300);
     })
     .await;
-    let send = |id: String| chat_as(&gw, id);
+    let send = async |id: String| chat_as(&gw, &id).await.status();
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(format!("pg-before-{i}"));
@@ -494,14 +486,7 @@ async fn an_unwritable_journal_follows_the_failure_policy() {
             c.audit.journal_dir = dir.join("blocker").join("journal");
         })
         .await;
-        let resp = gw
-            .client
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .header("x-request-id", "unjournaled-1")
-            .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
+        let resp = chat_as(&gw, "unjournaled-1").await;
         match policy {
             AuditFailurePolicy::Reject => {
                 assert_eq!(resp.status(), 503);

@@ -10,15 +10,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::audit::{Served, note_served};
-use super::auth::Principal;
 use super::chat::PROVIDER_HEADER;
 use super::error::{ApiError, AttemptView};
-use super::extract::ApiJson;
-use super::middleware::{ClientKey, RequestId, ServedBy};
+use super::extract::{ApiJson, Caller};
+use super::middleware::ServedBy;
+use super::security::refuse_blocked_pii;
 use super::state::AppState;
 use crate::agents::{Agent, ChainLink};
 use crate::service::{Answer, Ask};
-use crate::store::Draft;
 
 pub const MAX_PROMPT_CHARS: usize = 10_000;
 
@@ -156,32 +155,10 @@ fn answer_response(a: Answer, request_id: String) -> Response {
     response
 }
 
-/// What every agent route extracts besides its body.
-pub struct Caller {
-    request_id: String,
-    client: Option<ClientKey>,
-    principal: Option<Principal>,
-    audit: Option<Draft>,
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ext = &parts.extensions;
-        Ok(Self {
-            request_id: ext.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
-            client: ext.get::<ClientKey>().cloned(),
-            principal: ext.get::<Principal>().cloned(),
-            audit: ext.get::<Draft>().cloned(),
-        })
-    }
-}
-
 async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -> Result<Response, ApiError> {
     state.gateway.agent(&agent)?;
-    let draft = caller.audit;
-    if let Some(d) = &draft {
+    let draft = &caller.audit;
+    if let Some(d) = draft {
         let metadata = body.metadata.as_ref().map(Value::to_string);
         let (user, conversation) = (body.user_id.clone(), body.conversation_id.clone());
         d.update(|r| {
@@ -194,18 +171,13 @@ async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -
             d.prompt(p.clone());
         }
     }
-    if let Some(p) = &caller.principal {
-        p.authorize(Some(&agent))?;
-    }
+    caller.authorize(Some(&agent))?;
     let ask = body.into_ask(agent)?;
-    let blocked = state.pii.blocked([ask.prompt.as_str()]);
-    if !blocked.is_empty() {
-        return Err(ApiError::PiiBlocked { kinds: blocked.iter().map(|k| k.as_str()).collect() });
-    }
+    refuse_blocked_pii(state, [ask.prompt.as_str()])?;
+    let ctx = caller.context(state, false);
     let request_id = caller.request_id;
-    let ctx = state.gateway.context(&request_id, false).with_client(caller.client.map(|c| (c.0, c.1)));
     let answer = state.gateway.ask(ask, &ctx).await?;
-    if let Some(d) = &draft {
+    if let Some(d) = draft {
         let served = Served {
             provider: &answer.provider,
             model: &answer.model,

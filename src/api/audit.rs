@@ -99,9 +99,8 @@ pub fn note_served(draft: &Draft, s: Served<'_>) {
         r.provider = Some(s.provider.to_owned());
         r.model = Some(s.model.to_owned());
         r.attempts = attempts;
-        if let Some(u) = s.usage {
-            r.tokens_in = u.prompt_tokens as i64;
-            r.tokens_out = u.completion_tokens as i64;
-        }
     });
+    if let Some(u) = s.usage {
+        draft.usage(u);
+    }
 }

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -11,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 
 use super::audit::{Served, note_served};
-use super::auth::Principal;
 use super::error::ApiError;
-use super::extract::ApiJson;
-use super::middleware::{ClientKey, RequestId, ServedBy};
+use super::extract::{ApiJson, Caller};
+use super::middleware::ServedBy;
+use super::security::refuse_blocked_pii;
 use super::state::AppState;
 use super::wire::{self, ChatCompletionRequest};
 use crate::domain::{ChatChunk, Usage};
@@ -26,10 +25,7 @@ pub static PROVIDER_HEADER: header::HeaderName = header::HeaderName::from_static
 
 pub async fn chat_completions(
     State(state): State<AppState>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    client: Option<Extension<ClientKey>>,
-    principal: Option<Extension<Principal>>,
-    audit: Option<Extension<Draft>>,
+    caller: Caller,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = body.model.clone();
@@ -38,22 +34,17 @@ pub async fn chat_completions(
     let mut request = body.into_domain()?;
     let target = state.gateway.resolve(&model)?;
     let agent_id = target.agent.as_ref().map(|a| a.id.clone());
-    if let Some(Extension(draft)) = &audit {
+    if let Some(draft) = &caller.audit {
         draft.prompt(super::audit::prompt_text(&request.messages));
         draft.update(|r| r.agent = agent_id.clone());
     }
-    if let Some(Extension(p)) = &principal {
-        p.authorize(agent_id.as_deref())?;
-    }
-    let blocked = state.pii.blocked(request.messages.iter().map(|m| m.content.as_str()));
-    if !blocked.is_empty() {
-        return Err(ApiError::PiiBlocked { kinds: blocked.iter().map(|k| k.as_str()).collect() });
-    }
-    let audit = audit.map(|Extension(d)| d);
+    caller.authorize(agent_id.as_deref())?;
+    refuse_blocked_pii(&state, request.messages.iter().map(|m| m.content.as_str()))?;
     if let Some(agent) = &target.agent {
         state.gateway.apply_persona(agent, &mut request);
     }
-    let ctx = state.gateway.context(&request_id, stream).with_client(client.map(|Extension(c)| (c.0, c.1)));
+    let ctx = caller.context(&state, stream);
+    let Caller { request_id, audit, .. } = caller;
     tracing::debug!(messages = request.messages.len(), "chat request validated");
 
     if stream {
@@ -139,16 +130,12 @@ impl Encoder {
     /// policy is `reject` (the stream then ends in an error, not `[DONE]`).
     fn finish_audit(&mut self, error: Option<&str>) -> bool {
         let Some(draft) = self.audit.take() else { return true };
-        let usage = self.usage;
-        draft.update(|r| {
-            if let Some(u) = usage {
-                r.tokens_in = u.prompt_tokens as i64;
-                r.tokens_out = u.completion_tokens as i64;
-            }
-            if let Some(e) = error {
-                r.error_kind = Some(e.to_owned());
-            }
-        });
+        if let Some(u) = self.usage {
+            draft.usage(u);
+        }
+        if let Some(e) = error {
+            draft.update(|r| r.error_kind = Some(e.to_owned()));
+        }
         draft.finish().is_ok()
     }
 

@@ -6,8 +6,48 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
 
+use super::auth::Principal;
 use super::error::ApiError;
+use super::middleware::{ClientKey, RequestId};
 use super::state::AppState;
+use crate::providers::CallContext;
+use crate::store::Draft;
+
+/// What the middleware learned about the caller, for the provider routes:
+/// request id, client (for per-client budgets), key, and the audit draft.
+pub struct Caller {
+    pub request_id: String,
+    pub client: Option<ClientKey>,
+    pub principal: Option<Principal>,
+    pub audit: Option<Draft>,
+}
+
+impl Caller {
+    /// The call context for this request: its deadline and its client's budget.
+    pub fn context(&self, state: &AppState, stream: bool) -> CallContext {
+        let client = self.client.as_ref().map(|c| (c.0.clone(), c.1));
+        state.gateway.context(&self.request_id, stream).with_client(client)
+    }
+
+    /// 403 unless the caller's key may use `agent` (`None`: a provider model).
+    pub fn authorize(&self, agent: Option<&str>) -> Result<(), ApiError> {
+        self.principal.as_ref().map_or(Ok(()), |p| p.authorize(agent))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ext = &parts.extensions;
+        Ok(Self {
+            request_id: ext.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+            client: ext.get::<ClientKey>().cloned(),
+            principal: ext.get::<Principal>().cloned(),
+            audit: ext.get::<Draft>().cloned(),
+        })
+    }
+}
 
 pub struct ApiJson<T>(pub T);
 

@@ -16,7 +16,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use super::state::AppState;
 use crate::config::CorsConfig;
+
+/// 400 `pii_blocked` when `texts` carry a type listed in `pii.block`.
+pub fn refuse_blocked_pii<'a>(state: &AppState, texts: impl IntoIterator<Item = &'a str>) -> Result<(), ApiError> {
+    let blocked = state.pii.blocked(texts);
+    if blocked.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::PiiBlocked { kinds: blocked.iter().map(|k| k.as_str()).collect() })
+    }
+}
 
 const CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";

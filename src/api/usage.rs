@@ -9,9 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::store::{GroupBy, format_time, now_ms, parse_time};
-
-const DAY_MS: i64 = 24 * 3600 * 1000;
+use crate::store::{DAY_MS, GroupBy, format_time, now_ms, parse_time};
 
 pub async fn usage(
     State(state): State<AppState>,

@@ -1,13 +1,13 @@
 //! PII detection and redaction, in one linear pass with no backtracking.
 //!
-//! A byte-class table sends each position to at most one detector: `@` →
+//! A `match` on each byte sends a position to at most one detector: `@` →
 //! e-mail, a digit (or `+digit`) → a numeric run classified as IPv4, SSN,
 //! CPF, CNPJ, card or phone (check digits, Luhn and formats decide), two
 //! capitals and two digits → IBAN (mod 97), a hex/colon run → IPv6. Secrets
 //! (provider key formats, bearer tokens, JWTs, AWS key ids, Squad keys) are
 //! found by an Aho-Corasick search for their prefixes. Each detector only
 //! looks at a bounded window, so the whole scan is linear in the text.
-//! Clean text costs one table lookup per byte.
+//! Clean text costs one byte test per position, and words are skipped whole.
 
 use std::borrow::Cow;
 
@@ -130,20 +130,19 @@ impl Detector {
                 continue; // inside another word
             }
             let prefix = &text[start..prefix_end];
-            let (body_start, min_body) = match prefix {
-                "Bearer " | "bearer " => (prefix_end, 16),
-                "AKIA" | "ASIA" => (prefix_end, 16),
-                "eyJ" => (prefix_end, 20),
-                _ => (prefix_end, 16),
-            };
-            let mut end = body_start;
-            while end < bytes.len() && (is_token_byte(bytes[end]) || (prefix == "eyJ" && bytes[end] == b'.')) {
+            let (jwt, body_start) = (prefix == "eyJ", prefix_end);
+            let min_body = if jwt { 20 } else { 16 };
+            // A JWT spans three dot-separated parts; the scan stops at a third
+            // dot, so overlapping `eyJ` matches cannot make it quadratic.
+            let (mut end, mut dots) = (body_start, 0);
+            while end < bytes.len() && (is_token_byte(bytes[end]) || (jwt && bytes[end] == b'.' && dots < 2)) {
+                dots += usize::from(bytes[end] == b'.');
                 end += 1;
             }
-            if prefix == "eyJ" && text[start..end].matches('.').count() != 2 {
+            if jwt && dots != 2 {
                 continue;
             }
-            if prefix.starts_with("AKIA") || prefix.starts_with("ASIA") {
+            if matches!(prefix, "AKIA" | "ASIA") {
                 let body = &bytes[body_start..end];
                 if body.len() != 16 || !body.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
                     continue;

@@ -139,8 +139,11 @@ impl Store {
         &self.shown_url
     }
 
-    /// Applies the embedded migrations (idempotent).
+    /// Applies the embedded migrations (idempotent; free once done).
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        if self.is_migrated() {
+            return Ok(());
+        }
         let _one = self.migrating.lock().await;
         if self.is_migrated() {
             return Ok(());
@@ -181,6 +184,13 @@ impl Store {
     pub async fn close(&self) {
         on_db!(self, pool, DB => pool.close().await);
     }
+}
+
+pub const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// The retention cut-off: rows older than `days` before now.
+pub fn retention_cutoff(days: u32) -> i64 {
+    now_ms() - i64::from(days) * DAY_MS
 }
 
 /// Milliseconds since the Unix epoch.

@@ -90,10 +90,6 @@ impl AuditLog {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// Under `reject`, whether requests should be refused before they start
     /// (the journal failed within the last second).
     pub fn refusing(&self) -> bool {
@@ -101,7 +97,7 @@ impl AuditLog {
     }
 
     pub fn status(&self) -> AuditStatus {
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.db_state();
         AuditStatus {
             database_reachable: db.down_until.is_none() && self.store.is_migrated(),
             journal_bytes: self.journal.bytes(),
@@ -261,10 +257,6 @@ impl AuditLog {
         db.last_error = None;
     }
 
-    async fn ensure_migrated(&self) -> Result<(), super::StoreError> {
-        if self.store.is_migrated() { Ok(()) } else { self.store.migrate().await }
-    }
-
     async fn write(&self, batch: &mut Vec<Queued>) {
         let items = std::mem::take(batch);
         if self.db_down() {
@@ -272,7 +264,7 @@ impl AuditLog {
             return;
         }
         let (seqs, records): (Vec<Option<u64>>, Vec<AuditRecord>) = items.into_iter().unzip();
-        let result = match self.ensure_migrated().await {
+        let result = match self.store.migrate().await {
             Ok(()) => self.store.insert_audit(&records).await,
             Err(e) => Err(e),
         };
@@ -306,7 +298,7 @@ impl AuditLog {
         if dirty.is_empty() && unjournaled.is_empty() {
             return;
         }
-        if let Err(e) = self.ensure_migrated().await {
+        if let Err(e) = self.store.migrate().await {
             self.mark_down(&e);
             self.db_state().unjournaled.extend(unjournaled);
             return;
@@ -437,8 +429,12 @@ impl Draft {
         self.lock().upstream += d;
     }
 
-    pub fn status(&self) -> i64 {
-        self.lock().record.status
+    /// Tokens in and out, from the provider's usage.
+    pub fn usage(&self, usage: crate::domain::Usage) {
+        self.update(|r| {
+            r.tokens_in = usage.prompt_tokens as i64;
+            r.tokens_out = usage.completion_tokens as i64;
+        });
     }
 
     /// Submits the record (once; later calls do nothing).
