@@ -45,10 +45,12 @@ impl Secrets {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{provider}: {source}")]
-pub struct AppError {
-    provider: String,
-    source: BuildError,
+pub enum AppError {
+    #[error("{provider}: {source}")]
+    Provider { provider: String, source: BuildError },
+    /// Another part (`database`, `limits`, `pii`, …) that cannot be built.
+    #[error("{part}: {message}")]
+    Setup { part: &'static str, message: String },
 }
 
 /// Resolves every configured provider into a registry entry.
@@ -65,7 +67,7 @@ pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError
                 ProviderKind::OpenaiCompatible => OpenAiCompat::new(id, p, key).map(|a| Arc::new(a) as DynProvider),
                 ProviderKind::Gemini => Gemini::new(id, p, key).map(|a| Arc::new(a) as DynProvider),
             };
-            ProviderState::Ready(built.map_err(|source| AppError { provider: id.clone(), source })?)
+            ProviderState::Ready(built.map_err(|source| AppError::Provider { provider: id.clone(), source })?)
         };
         entries.push(ProviderEntry {
             id: id.clone(),
@@ -92,7 +94,11 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
             tracing::warn!(agent = %agent.id, provider = %link.provider, "agent chain names an unknown provider; it will be skipped");
         }
     }
+    let pii = Arc::new(
+        crate::security::PiiPolicy::new(&config.pii).map_err(|e| AppError::Setup { part: "pii", message: e })?,
+    );
     let gateway = Gateway::new(GatewayParts {
+        pii: pii.clone(),
         registry,
         roster,
         prompt: PromptSettings { language: config.agents.language.clone(), user_name: config.agents.user_name.clone() },
@@ -101,17 +107,16 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         stream_timeout: config.server.stream_timeout,
         conversations: conversation_store(config)?,
         limits: Arc::new(
-            Limits::from_config(config)
-                .map_err(|e| AppError { provider: "limits".into(), source: BuildError::Url(e.to_string()) })?,
+            Limits::from_config(config).map_err(|e| AppError::Setup { part: "limits", message: e.to_string() })?,
         ),
     });
-    let persistence = persistence(config)?;
+    let persistence = persistence(config, &pii.detector)?;
     Ok(AppState::new(crate::api::state::Parts {
         store: persistence.store,
         keys: persistence.keys,
         audit: persistence.audit,
         cors: Arc::new(crate::api::security::Cors::new(&config.cors)),
-        pii: Arc::new(crate::security::PiiPolicy::new(&config.pii)),
+        pii,
         gateway: Arc::new(gateway),
         lifecycle: Arc::new(Lifecycle::default()),
         metrics: telemetry::metrics::install(),
@@ -129,18 +134,20 @@ struct Persistence {
 }
 
 /// The database is opened (lazily) when auditing or API keys need it.
-fn persistence(config: &Config) -> Result<Persistence, AppError> {
+fn persistence(config: &Config, detector: &Arc<crate::security::Detector>) -> Result<Persistence, AppError> {
     let auth = config.auth.mode == AuthMode::Required;
     if !config.audit.enabled && !auth {
         return Ok(Persistence { store: None, keys: None, audit: None });
     }
     let store = Arc::new(
-        Store::open(&config.database)
-            .map_err(|e| AppError { provider: "database".into(), source: BuildError::Url(e.to_string()) })?,
+        Store::open(&config.database).map_err(|e| AppError::Setup { part: "database", message: e.to_string() })?,
     );
     Ok(Persistence {
         keys: auth.then(|| Arc::new(KeyCache::new(store.clone()))),
-        audit: config.audit.enabled.then(|| AuditLog::new(&config.audit, &config.pricing, store.clone())),
+        audit: config
+            .audit
+            .enabled
+            .then(|| AuditLog::new(&config.audit, &config.pricing, store.clone(), detector.clone())),
         store: Some(store),
     })
 }
@@ -239,7 +246,7 @@ fn conversation_store(config: &Config) -> Result<Arc<dyn ConversationStore>, App
     Ok(match &c.redis_url {
         Some(url) => Arc::new(
             RedisStore::new(url, bounds, c.ttl)
-                .map_err(|e| AppError { provider: "conversations".into(), source: BuildError::Url(e.to_string()) })?,
+                .map_err(|e| AppError::Setup { part: "conversations", message: e.to_string() })?,
         ),
         None => Arc::new(MemoryStore::new(bounds, c.ttl, c.max_memory_bytes)),
     })

@@ -302,6 +302,31 @@ async fn content_modes() {
     }
 }
 
+/// User-defined patterns are redacted in audit rows like built-in types.
+#[tokio::test]
+async fn user_patterns_are_redacted_in_audit_rows() {
+    let dir = temp_dir();
+    let url = sqlite_url(&dir);
+    let gw = audited(&url, &dir, |c| {
+        c.pii.patterns =
+            vec![squad::config::PiiPattern { name: "EMPLOYEE_ID".into(), regex: r"\bEMP-[0-9]{6}\b".into() }];
+    })
+    .await;
+    let resp = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("x-request-id", "pattern-1")
+        .json(&json!({"model": "groq/openai/gpt-oss-20b", "messages": [{"role": "user", "content": "who is EMP-123456?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    gw.shutdown().await;
+    let row = open(&url).audit_by_request("pattern-1").await.unwrap().remove(0);
+    assert_eq!(row.prompt.as_deref(), Some("user: who is [EMPLOYEE_ID]?"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A client that goes away mid-stream leaves a row marked cancelled.
 #[tokio::test]
 async fn a_cancelled_stream_is_recorded_as_cancelled() {

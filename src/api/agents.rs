@@ -173,7 +173,7 @@ async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -
     }
     caller.authorize(Some(&agent))?;
     let ask = body.into_ask(agent)?;
-    refuse_blocked_pii(state, [ask.prompt.as_str()])?;
+    refuse_blocked_pii(state, Some(&ask.agent), [ask.prompt.as_str()])?;
     let ctx = caller.context(state, false);
     let request_id = caller.request_id;
     let answer = state.gateway.ask(ask, &ctx).await?;

@@ -39,7 +39,7 @@ pub async fn chat_completions(
         draft.update(|r| r.agent = agent_id.clone());
     }
     caller.authorize(agent_id.as_deref())?;
-    refuse_blocked_pii(&state, request.messages.iter().map(|m| m.content.as_str()))?;
+    refuse_blocked_pii(&state, agent_id.as_deref(), request.messages.iter().map(|m| m.content.as_str()))?;
     if let Some(agent) = &target.agent {
         state.gateway.apply_persona(agent, &mut request);
     }

@@ -20,8 +20,12 @@ use super::state::AppState;
 use crate::config::CorsConfig;
 
 /// 400 `pii_blocked` when `texts` carry a type listed in `pii.block`.
-pub fn refuse_blocked_pii<'a>(state: &AppState, texts: impl IntoIterator<Item = &'a str>) -> Result<(), ApiError> {
-    let blocked = state.pii.blocked(texts);
+pub fn refuse_blocked_pii<'a>(
+    state: &AppState,
+    agent: Option<&str>,
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    let blocked = state.pii.blocked(agent, texts);
     if blocked.is_empty() {
         Ok(())
     } else {

@@ -42,8 +42,34 @@ pub struct Config {
 pub struct PiiConfig {
     /// Requests whose messages carry any of these types are refused with 400
     /// naming the types (never the values): `EMAIL`, `PHONE`, `CPF`, `CNPJ`,
-    /// `CARD`, `IBAN`, `IPV4`, `IPV6`, `SSN`, `SECRET`.
+    /// `CARD`, `IBAN`, `IPV4`, `IPV6`, `SSN`, `SECRET`, or a pattern name.
     pub block: Vec<String>,
+    /// Outbound masking: PII in prompts is replaced with numbered placeholders
+    /// (`[EMAIL_1]`) before a request leaves for a provider, and the values
+    /// are put back in the answer (streams included).
+    pub mask: bool,
+    /// The types masked; empty means every type (built-in and patterns).
+    pub mask_types: Vec<String>,
+    /// User-defined detectors: a name (`EMPLOYEE_ID`, the token `[EMPLOYEE_ID]`)
+    /// and a regular expression (linear-time `regex` syntax).
+    pub patterns: Vec<PiiPattern>,
+    /// Per-agent overrides of `block`, `mask` and `mask_types`, by agent id.
+    pub agents: BTreeMap<String, PiiAgentConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PiiPattern {
+    pub name: String,
+    pub regex: String,
+}
+
+/// An agent's PII rules; an unset field inherits the global one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PiiAgentConfig {
+    pub block: Option<Vec<String>>,
+    pub mask: Option<bool>,
+    pub mask_types: Option<Vec<String>>,
 }
 
 /// Cross-origin access for browsers. Only listed origins get CORS headers.

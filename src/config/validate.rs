@@ -253,14 +253,7 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
-    for (i, kind) in config.pii.block.iter().enumerate() {
-        if crate::security::PiiKind::parse(kind).is_none() {
-            issue(
-                format!("pii.block[{i}]"),
-                "unknown type (EMAIL, PHONE, CPF, CNPJ, CARD, IBAN, IPV4, IPV6, SSN, SECRET)",
-            );
-        }
-    }
+    validate_pii(&config.pii, &mut issue);
     for (model, price) in &config.pricing {
         if !model.contains('/') {
             issue(format!("pricing.{model}"), "keys are provider/model or provider/*");
@@ -274,4 +267,48 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
 
 fn tracing_filter_is_invalid(level: &str) -> bool {
     tracing_subscriber::EnvFilter::try_new(level).is_err()
+}
+
+fn validate_pii(pii: &crate::config::PiiConfig, issue: &mut impl FnMut(String, &str)) {
+    use crate::security::pii::{PiiKind, compile_pattern, valid_pattern_name};
+    let mut names = Vec::new();
+    for (i, p) in pii.patterns.iter().enumerate() {
+        if !valid_pattern_name(&p.name) {
+            issue(
+                format!("pii.patterns[{i}].name"),
+                "must be A-Z, 0-9 and _, start with a letter, be at most 32 characters and not a built-in type",
+            );
+        } else if names.contains(&p.name.as_str()) {
+            issue(format!("pii.patterns[{i}].name"), "duplicate pattern name");
+        }
+        names.push(p.name.as_str());
+        if let Err(e) = compile_pattern(&p.regex) {
+            issue(format!("pii.patterns[{i}].regex"), &e);
+        }
+    }
+    let mut check = |path: &str, kinds: &[String]| {
+        for (i, kind) in kinds.iter().enumerate() {
+            if PiiKind::parse(kind).is_none() && !names.contains(&kind.as_str()) {
+                issue(
+                    format!("{path}[{i}]"),
+                    "unknown type (EMAIL, PHONE, CPF, CNPJ, CARD, IBAN, IPV4, IPV6, SSN, SECRET or a pattern name)",
+                );
+            }
+        }
+    };
+    check("pii.block", &pii.block);
+    check("pii.mask_types", &pii.mask_types);
+    for (id, a) in &pii.agents {
+        if let Some(b) = &a.block {
+            check(&format!("pii.agents.{id}.block"), b);
+        }
+        if let Some(t) = &a.mask_types {
+            check(&format!("pii.agents.{id}.mask_types"), t);
+        }
+    }
+    for id in pii.agents.keys() {
+        if !crate::agents::is_valid_id(id) {
+            issue(format!("pii.agents.{id}"), "not a valid agent id (a-z, 0-9, -)");
+        }
+    }
 }

@@ -8,8 +8,16 @@
 //! found by an Aho-Corasick search for their prefixes. Each detector only
 //! looks at a bounded window, so the whole scan is linear in the text.
 //! Clean text costs one byte test per position, and words are skipped whole.
+//! User-defined patterns (config `pii.patterns`) run on the `regex` crate,
+//! whose finite automata are linear-time too.
+//!
+//! Besides redaction (`[EMAIL]`), `mask` replaces values with numbered
+//! placeholders (`[EMAIL_1]`) and returns the `Mask` that restores them, in
+//! one piece or (`Restorer`) across the chunks of a stream.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use aho_corasick::AhoCorasick;
 
@@ -25,6 +33,8 @@ pub enum PiiKind {
     Ipv6,
     Ssn,
     Secret,
+    /// A user-defined pattern, by its configured name (`EMPLOYEE_ID`).
+    Custom(&'static str),
 }
 
 impl PiiKind {
@@ -58,8 +68,47 @@ impl PiiKind {
             Self::Ipv6 => "IPV6",
             Self::Ssn => "SSN",
             Self::Secret => "SECRET",
+            Self::Custom(name) => name,
         }
     }
+}
+
+/// A pattern name as a `'static` label. Each distinct name is leaked once:
+/// names come from the configuration, so the set is small and fixed.
+fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// A valid name for a user-defined pattern: `A-Z`, `0-9`, `_`, starting with
+/// a letter, at most 32 characters, and not a built-in type.
+pub fn valid_pattern_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=32).contains(&b.len())
+        && b[0].is_ascii_uppercase()
+        && b.iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+        && PiiKind::parse(name).is_none()
+}
+
+/// Compiles a user-defined pattern: bounded in size, and it must not match
+/// the empty string (it would match everywhere).
+pub fn compile_pattern(regex: &str) -> Result<regex::Regex, String> {
+    let re = regex::RegexBuilder::new(regex)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if re.is_match("") {
+        return Err("the pattern matches the empty string".into());
+    }
+    Ok(re)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +126,7 @@ const SECRET_PREFIXES: &[&str] =
 
 pub struct Detector {
     secrets: AhoCorasick,
+    patterns: Vec<(PiiKind, regex::Regex)>,
 }
 
 impl Default for Detector {
@@ -93,7 +143,25 @@ impl Detector {
     pub fn new() -> Self {
         #[expect(clippy::expect_used, reason = "fixed, valid literal patterns")]
         let secrets = AhoCorasick::new(SECRET_PREFIXES).expect("secret prefixes");
-        Self { secrets }
+        Self { secrets, patterns: Vec::new() }
+    }
+
+    /// The built-in detectors plus user-defined `(name, regex)` patterns.
+    pub fn with_patterns<'a>(patterns: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
+        let mut detector = Self::new();
+        for (name, regex) in patterns {
+            if !valid_pattern_name(name) {
+                return Err(format!("`{name}` is not a valid pattern name"));
+            }
+            let re = compile_pattern(regex).map_err(|e| format!("pattern {name}: {e}"))?;
+            detector.patterns.push((PiiKind::Custom(intern(name)), re));
+        }
+        Ok(detector)
+    }
+
+    /// A type by name: built-in (`EMAIL`, case-insensitive) or user-defined.
+    pub fn kind(&self, name: &str) -> Option<PiiKind> {
+        PiiKind::parse(name).or_else(|| self.patterns.iter().map(|(k, _)| *k).find(|k| k.as_str() == name))
     }
 
     /// Every PII match in `text`, sorted, non-overlapping.
@@ -101,6 +169,13 @@ impl Detector {
         let bytes = text.as_bytes();
         let mut found = Vec::new();
         self.find_secrets(text, &mut found);
+        for (kind, re) in &self.patterns {
+            found.extend(re.find_iter(text).filter(|m| !m.is_empty()).map(|m| Found {
+                start: m.start(),
+                end: m.end(),
+                kind: *kind,
+            }));
+        }
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -450,6 +525,165 @@ pub fn redact<'a>(detector: &Detector, text: &'a str) -> (Cow<'a, str>, Vec<PiiK
     (Cow::Owned(out), found.iter().map(|f| f.kind).collect())
 }
 
+/// Placeholders issued for one request, and the values they stand for.
+#[derive(Debug, Default)]
+pub struct Mask {
+    values: HashMap<String, String>,
+    /// Length of the longest placeholder: how much a stream holds back.
+    longest: usize,
+    kinds: Vec<PiiKind>,
+}
+
+/// Bytes allowed between `[` and `]` of a placeholder.
+fn placeholder_byte(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+}
+
+/// Every `[NAME_1]`-shaped token in `text` (one linear pass).
+fn placeholder_like(text: &str, into: &mut HashSet<String>) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(off) = memchr_bracket(&bytes[i..]) {
+        let open = i + off;
+        let mut j = open + 1;
+        while j < bytes.len() && placeholder_byte(bytes[j]) {
+            j += 1;
+        }
+        if j < bytes.len() && bytes[j] == b']' && j > open + 1 {
+            into.insert(text[open..=j].to_owned());
+        }
+        i = j.max(open + 1);
+    }
+}
+
+fn memchr_bracket(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'[')
+}
+
+/// Replaces each value of a type `masked` accepts, in every text, with a
+/// numbered placeholder: the same value gets the same placeholder in every
+/// text, and a number whose placeholder already appears in the texts is
+/// skipped, so restoring never turns a client's own `[EMAIL_1]` into a value.
+pub fn mask(detector: &Detector, masked: impl Fn(PiiKind) -> bool, texts: &mut [&mut String]) -> Mask {
+    let found: Vec<Vec<Found>> =
+        texts.iter().map(|t| detector.find(t).into_iter().filter(|f| masked(f.kind)).collect()).collect();
+    let mut out = Mask::default();
+    if found.iter().all(Vec::is_empty) {
+        return out;
+    }
+    let mut taken = HashSet::new();
+    for t in texts.iter() {
+        placeholder_like(t, &mut taken);
+    }
+    let mut by_value: HashMap<(PiiKind, String), String> = HashMap::new();
+    let mut next: HashMap<PiiKind, usize> = HashMap::new();
+    for (text, found) in texts.iter_mut().zip(&found) {
+        if found.is_empty() {
+            continue;
+        }
+        let mut rewritten = String::with_capacity(text.len());
+        let mut at = 0;
+        for f in found {
+            rewritten.push_str(&text[at..f.start]);
+            let value = &text[f.start..f.end];
+            let placeholder = by_value.entry((f.kind, value.to_owned())).or_insert_with(|| {
+                let n = next.entry(f.kind).or_insert(0);
+                let placeholder = loop {
+                    *n += 1;
+                    let candidate = format!("[{}_{}]", f.kind.as_str(), n);
+                    if !taken.contains(&candidate) {
+                        break candidate;
+                    }
+                };
+                out.longest = out.longest.max(placeholder.len());
+                out.values.insert(placeholder.clone(), value.to_owned());
+                out.kinds.push(f.kind);
+                placeholder
+            });
+            rewritten.push_str(placeholder);
+            at = f.end;
+        }
+        rewritten.push_str(&text[at..]);
+        **text = rewritten;
+    }
+    out
+}
+
+impl Mask {
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The type of each distinct value masked (for metrics; never the values).
+    pub fn kinds(&self) -> &[PiiKind] {
+        &self.kinds
+    }
+
+    /// `text` with every placeholder this mask issued put back.
+    pub fn restore<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.values.is_empty() || !text.contains('[') {
+            return Cow::Borrowed(text);
+        }
+        let bytes = text.as_bytes();
+        let mut out = String::with_capacity(text.len());
+        let (mut copied, mut i) = (0, 0);
+        while let Some(off) = memchr_bracket(&bytes[i..]) {
+            let open = i + off;
+            let mut j = open + 1;
+            while j < bytes.len() && placeholder_byte(bytes[j]) && j - open < self.longest {
+                j += 1;
+            }
+            if j < bytes.len()
+                && bytes[j] == b']'
+                && let Some(value) = self.values.get(&text[open..=j])
+            {
+                out.push_str(&text[copied..open]);
+                out.push_str(value);
+                copied = j + 1;
+            }
+            i = j.max(open + 1);
+        }
+        out.push_str(&text[copied..]);
+        Cow::Owned(out)
+    }
+}
+
+/// Restores placeholders across the chunks of a stream: a chunk ending in
+/// what may be the start of a placeholder (`[EMA`) keeps that tail back until
+/// the next chunk decides it (at most one placeholder's length is held).
+pub struct Restorer {
+    mask: Arc<Mask>,
+    pending: String,
+}
+
+impl Restorer {
+    pub fn new(mask: Arc<Mask>) -> Self {
+        Self { mask, pending: String::new() }
+    }
+
+    /// The restored text that can be released after `chunk`.
+    pub fn push(&mut self, chunk: &str) -> String {
+        if self.pending.is_empty() && !chunk.contains('[') {
+            return chunk.to_owned();
+        }
+        self.pending.push_str(chunk);
+        let hold = self.pending.rfind('[').filter(|&open| {
+            let tail = &self.pending.as_bytes()[open + 1..];
+            tail.len() + 1 < self.mask.longest && tail.iter().all(|&b| placeholder_byte(b))
+        });
+        let cut = hold.unwrap_or(self.pending.len());
+        let released = self.mask.restore(&self.pending[..cut]).into_owned();
+        self.pending.drain(..cut);
+        released
+    }
+
+    /// What is still held back (the stream ended): restored if complete.
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        self.mask.restore(&rest).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,5 +818,71 @@ mod tests {
         fn text_without_pii_is_unchanged(text in "[a-zA-Z ,.!?]{0,300}") {
             prop_assert_eq!(r(&text), text);
         }
+
+        /// Masking then restoring is the identity, in one piece and with the
+        /// masked text streamed in two chunks split at every position (and
+        /// one character at a time); the masked text holds no value.
+        #[test]
+        fn mask_then_restore_is_the_identity(segments in proptest::collection::vec(segment(), 0..12)) {
+            let original: String = segments.concat();
+            let detector = Detector::new();
+            let mut texts = [original.clone()];
+            let mask = {
+                let mut refs: Vec<&mut String> = texts.iter_mut().collect();
+                Arc::new(mask(&detector, |_| true, &mut refs))
+            };
+            let masked = &texts[0];
+            for sample in PII_SAMPLES {
+                prop_assert!(!masked.contains(sample), "{} leaked in {}", sample, masked);
+            }
+            prop_assert_eq!(mask.restore(masked), original.as_str());
+            let cuts = (0..=masked.len()).filter(|&i| masked.is_char_boundary(i));
+            for i in cuts {
+                let mut restorer = Restorer::new(mask.clone());
+                let out = restorer.push(&masked[..i]) + &restorer.push(&masked[i..]) + &restorer.finish();
+                prop_assert_eq!(&out, &original, "split at {}", i);
+            }
+            let mut restorer = Restorer::new(mask.clone());
+            let mut out: String = masked.chars().map(|c| restorer.push(c.encode_utf8(&mut [0; 4]))).collect();
+            out.push_str(&restorer.finish());
+            prop_assert_eq!(out, original);
+        }
+    }
+
+    const PII_SAMPLES: [&str; 5] =
+        ["ana@example.com", "bob.smith@mail.example.org", "4111 1111 1111 1111", "529.982.247-25", "192.168.0.7"];
+
+    /// Pieces of a prompt: PII values, plain words, and text shaped like our
+    /// own placeholders (complete, truncated, or unknown numbers).
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Spaced, so a neighbouring digit or letter cannot change what the value is.
+            proptest::sample::select(PII_SAMPLES.to_vec()).prop_map(|v| format!(" {v} ")),
+            "[a-z ,.]{1,12}",
+            proptest::sample::select(vec!["[EMAIL_1]", "[EMAIL_2]", "[CARD_1", "[", "]", "[EMAIL]", "_1]", "é ü"])
+                .prop_map(str::to_owned),
+        ]
+    }
+
+    #[test]
+    fn the_same_value_gets_the_same_placeholder_across_texts() {
+        let detector = Detector::new();
+        let mut a = "to ana@example.com and bob@example.com".to_owned();
+        let mut b = "cc ana@example.com, card 4111111111111111".to_owned();
+        let mask = mask(&detector, |k| k != PiiKind::Card, &mut [&mut a, &mut b]);
+        assert_eq!(a, "to [EMAIL_1] and [EMAIL_2]");
+        assert_eq!(b, "cc [EMAIL_1], card 4111111111111111", "cards are not in the masked types");
+        assert_eq!(mask.kinds(), [PiiKind::Email, PiiKind::Email]);
+        assert_eq!(mask.restore("[EMAIL_2] [EMAIL_3] [EMAIL_1]"), "bob@example.com [EMAIL_3] ana@example.com");
+    }
+
+    #[test]
+    fn user_patterns_are_detected_and_named() {
+        let detector = Detector::with_patterns([("EMPLOYEE_ID", r"EMP-\d{6}")]).unwrap();
+        assert_eq!(redact(&detector, "id EMP-123456 ok").0, "id [EMPLOYEE_ID] ok");
+        assert_eq!(detector.kind("EMPLOYEE_ID").map(PiiKind::as_str), Some("EMPLOYEE_ID"));
+        assert_eq!(detector.kind("email"), Some(PiiKind::Email));
+        assert!(Detector::with_patterns([("EMAIL", "x")]).is_err(), "built-in names are taken");
+        assert!(Detector::with_patterns([("X", "a*")]).is_err(), "a pattern matching nothing is refused");
     }
 }

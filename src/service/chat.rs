@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::fallback::{Attempt, Failure, Runner, Success};
+use super::masking;
 use super::registry::{Registry, RouteError};
 use crate::agents::{Agent, ChainLink, PromptSettings, Roster, system_prompt};
 use crate::conversations::{ConversationStore, StoreError};
@@ -20,6 +21,7 @@ use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Message, Role, Usage};
 use crate::limits::{self, GatePass, Limits, Refusal, Reservation};
 use crate::providers::{CallContext, ChunkStream, ProviderError};
 use crate::resilience::{ProviderHealth, RetryPolicy};
+use crate::security::PiiPolicy;
 use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,12 @@ pub enum ServiceError {
 pub struct Target {
     pub chain: Vec<ChainLink>,
     pub agent: Option<Arc<Agent>>,
+}
+
+impl Target {
+    pub fn agent_id(&self) -> Option<&str> {
+        self.agent.as_deref().map(|a| a.id.as_str())
+    }
 }
 
 pub struct Completed {
@@ -76,6 +84,7 @@ pub struct Gateway {
     stream_timeout: Duration,
     conversations: Arc<dyn ConversationStore>,
     limits: Arc<Limits>,
+    pii: Arc<PiiPolicy>,
 }
 
 pub struct GatewayParts {
@@ -87,6 +96,8 @@ pub struct GatewayParts {
     pub stream_timeout: Duration,
     pub conversations: Arc<dyn ConversationStore>,
     pub limits: Arc<Limits>,
+    /// Outbound masking (`pii.mask`) applies inside `chat` and `chat_stream`.
+    pub pii: Arc<PiiPolicy>,
 }
 
 impl Gateway {
@@ -100,6 +111,7 @@ impl Gateway {
             stream_timeout: p.stream_timeout,
             conversations: p.conversations,
             limits: p.limits,
+            pii: p.pii,
         }
     }
 
@@ -180,8 +192,14 @@ impl Gateway {
         Ok(Admitted { waited: pass.waited, _pass: pass, tokens, reservations: client_tokens.into_iter().collect() })
     }
 
-    pub async fn chat(&self, target: &Target, req: ChatRequest, ctx: &CallContext) -> Result<Completed, ServiceError> {
+    pub async fn chat(
+        &self,
+        target: &Target,
+        mut req: ChatRequest,
+        ctx: &CallContext,
+    ) -> Result<Completed, ServiceError> {
         let started = Instant::now();
+        let mask = masking::mask_request(&self.pii, target.agent_id(), &mut req);
         let mut admitted = self.admit(&req, ctx).await?;
         let runner = self.runner(ctx, admitted.tokens);
         let outcome = runner
@@ -199,6 +217,9 @@ impl Gateway {
         if let Some(u) = done.value.usage {
             metrics::tokens(&done.provider, u.prompt_tokens, u.completion_tokens);
         }
+        if let Some(mask) = mask {
+            done.value.content = mask.restore(&done.value.content).into_owned();
+        }
         Ok(Completed {
             fallback_used: done.fallback_used(&target.chain),
             rate_limit_wait: done.rate_limit_wait + admitted.waited,
@@ -212,10 +233,11 @@ impl Gateway {
     pub async fn chat_stream(
         &self,
         target: &Target,
-        req: ChatRequest,
+        mut req: ChatRequest,
         ctx: &CallContext,
     ) -> Result<StartedStream, ServiceError> {
         let started_at = Instant::now();
+        let mask = masking::mask_request(&self.pii, target.agent_id(), &mut req);
         let mut admitted = self.admit(&req, ctx).await?;
         let runner = self.runner(ctx, admitted.tokens);
         let outcome = runner
@@ -243,7 +265,7 @@ impl Gateway {
         admitted.reservations.extend(done.reservation.take());
         let fallback_used = done.fallback_used(&target.chain);
         let rate_limit_wait = done.rate_limit_wait + admitted.waited;
-        let (first, stream, started) = done.value;
+        let (mut first, stream, started) = done.value;
         let health = self.registry.get(&done.provider).map(|e| e.health.clone());
         let mut recorder = Recorder {
             provider: done.provider.clone(),
@@ -257,11 +279,15 @@ impl Gateway {
         if first.is_none() {
             recorder.finish(None);
         }
+        let mut rest: ChunkStream = Box::pin(Recorded { inner: stream, recorder });
+        if let Some(mask) = mask {
+            rest = masking::unmask_stream(mask, &mut first, rest);
+        }
         Ok(StartedStream {
             provider: done.provider,
             model: done.model,
             first,
-            rest: Box::pin(Recorded { inner: stream, recorder }),
+            rest,
             attempts: done.attempts,
             fallback_used,
             rate_limit_wait,

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod chat;
 pub mod fallback;
 pub mod lifecycle;
+pub mod masking;
 pub mod registry;
 
 pub use agents::{Answer, Ask};

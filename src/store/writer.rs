@@ -29,7 +29,7 @@ pub struct AuditLog {
     store: Arc<Store>,
     policy: AuditFailurePolicy,
     content: AuditContent,
-    detector: crate::security::Detector,
+    detector: Arc<crate::security::Detector>,
     pricing: BTreeMap<String, Price>,
     batch_size: usize,
     flush_interval: Duration,
@@ -59,7 +59,12 @@ pub struct AuditStatus {
 }
 
 impl AuditLog {
-    pub fn new(config: &AuditConfig, pricing: &BTreeMap<String, Price>, store: Arc<Store>) -> Arc<Self> {
+    pub fn new(
+        config: &AuditConfig,
+        pricing: &BTreeMap<String, Price>,
+        store: Arc<Store>,
+        detector: Arc<crate::security::Detector>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let journal = Journal::open(&config.journal_dir, config.segment_bytes);
         metrics::audit_journal_bytes(journal.bytes());
@@ -70,7 +75,7 @@ impl AuditLog {
             store,
             policy: config.on_failure,
             content: config.content,
-            detector: crate::security::Detector::new(),
+            detector,
             pricing: pricing.clone(),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
