@@ -801,6 +801,21 @@ mod tests {
         }
 
         #[test]
+        fn no_valid_cnpj_survives(base in proptest::collection::vec(0u8..10, 12), formatted in any::<bool>()) {
+            // The check digits by search; the checker itself is pinned by the fixed cases above.
+            let d = (0..100u8).map(|c| [&base[..], &[c / 10, c % 10]].concat()).find(|d| cnpj_valid(d));
+            prop_assume!(d.is_some());
+            let s = show(&d.unwrap_or_default());
+            let cnpj = if formatted {
+                format!("{}.{}.{}/{}-{}", &s[0..2], &s[2..5], &s[5..8], &s[8..12], &s[12..])
+            } else {
+                s
+            };
+            let out = r(&format!("a empresa {cnpj} pagou"));
+            prop_assert!(!out.contains(&cnpj), "{}", out);
+        }
+
+        #[test]
         fn no_email_survives(user in "[a-z][a-z0-9._]{0,10}[a-z0-9]", host in "[a-z]{1,10}", tld in "[a-z]{2,5}") {
             let email = format!("{user}@{host}.{tld}");
             let out = r(&format!("write to {email}, please"));
