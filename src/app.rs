@@ -124,6 +124,7 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         started_unix: crate::domain::unix_now(),
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
+        max_json_depth: config.server.max_json_depth,
     }))
 }
 

@@ -13,7 +13,9 @@
 //! - `domain`: plain data: requests, messages, responses, chunks, usage.
 //! - `mock`: the simulated upstream (`squad mock-upstream`, `--demo`).
 //! - `app`: the composition root, the only place naming concrete adapters.
-//! - `server`: `run(listener, …, shutdown)` with readiness drain and grace period.
+//! - `server`: `run(listener, …, shutdown)` with readiness drain and grace period;
+//!   HTTP/1.1 limits (head size, head read time) and optional TLS.
+//! - `tls`: the rustls server config from `server.tls` (PEM files).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -32,3 +34,4 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

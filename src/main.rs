@@ -267,6 +267,13 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
     if config.auth.mode == squad::config::AuthMode::Disabled {
         tracing::warn!("auth.mode is disabled: anyone who can reach this port can use it and spend provider credits");
     }
+    let http = match server::Http::from_config(&config.server) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("server.tls.{}: {e}", e.field);
+            return ExitCode::from(2);
+        }
+    };
     let background = app::start(&state, &config).await;
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener = match tokio::net::TcpListener::bind(&addr).await {
@@ -286,17 +293,21 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
         config_file = source.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         providers = ?configured,
         demo,
+        tls = http.tls.is_some(),
         "squad listening"
     );
     if configured.is_empty() {
         tracing::warn!("no provider is configured: set GROQ_API_KEY, GEMINI_API_KEY, … or run with --demo");
     }
-    if demo && let Some(local) = local {
+    if demo
+        && http.tls.is_none()
+        && let Some(local) = local
+    {
         tokio::spawn(demo_banner(local));
     }
     let lifecycle = state.lifecycle.clone();
     let drain = Drain { delay: config.server.drain_delay, grace: config.server.shutdown_grace };
-    let result = server::run(listener, app::router(state), lifecycle, drain, server::signal()).await;
+    let result = server::run(listener, app::router(state), lifecycle, drain, http, server::signal()).await;
     // Everything queued for the audit log is written (or journaled) before exit.
     background.shutdown().await;
     match result {

@@ -1,21 +1,72 @@
 //! `run`: serve a router on a listener until `shutdown` resolves, then drain:
 //! readiness goes 503 (for `drain_delay`), the listener closes, in-flight
 //! requests and streams get `grace` to finish.
+//!
+//! Connections are served with hyper's HTTP/1.1 server directly rather than
+//! `axum::serve`, which exposes none of these limits:
+//! - the request head (request line and headers) is at most
+//!   `max_header_bytes`: hyper answers 431 and closes the connection;
+//! - the head must arrive within `header_read_timeout`, counted whenever the
+//!   connection waits for a request (a new or idle keep-alive connection
+//!   included), and a TLS handshake must finish within it too: slowloris
+//!   clients are disconnected;
+//! - with `tls`, the port speaks HTTPS only and every response carries
+//!   `Strict-Transport-Security`.
+//!
+//! HTTP/1.1 only: hyper's HTTP/2 server has no head read timeout, so one
+//! slow HTTP/2 client could hold a connection indefinitely.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
+use crate::config::ServerConfig;
 use crate::service::Lifecycle;
+use crate::tls::TlsError;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Drain {
     pub delay: Duration,
     pub grace: Duration,
+}
+
+/// Per-connection protocol limits and TLS, from `server.*`.
+#[derive(Clone)]
+pub struct Http {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// A year, subdomains included: the value recommended once HTTPS is settled.
+const HSTS: &str = "max-age=31536000; includeSubDomains";
+
+impl Http {
+    /// Reads and checks the TLS files when `server.tls` is set.
+    pub fn from_config(server: &ServerConfig) -> Result<Self, TlsError> {
+        Ok(Self {
+            max_header_bytes: server.max_header_bytes,
+            header_read_timeout: server.header_read_timeout,
+            tls: crate::tls::server_config(&server.tls)?.map(TlsAcceptor::from),
+        })
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// Returns `Ok(true)` when every in-flight request finished within the grace
@@ -25,39 +76,128 @@ pub async fn run(
     app: axum::Router,
     lifecycle: Arc<Lifecycle>,
     drain: Drain,
+    http: Http,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(async {
-        let _ = stop_rx.await;
-    });
-    let mut server = tokio::spawn(server.into_future());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server = tokio::spawn(accept_loop(listener, app, Arc::new(http), stop_rx));
     lifecycle.mark_ready();
 
     tokio::select! {
-        result = &mut server => return result.map_err(std::io::Error::other)?.map(|()| true),
+        result = &mut server => return result.map_err(std::io::Error::other).map(|()| true),
         () = shutdown => {}
     }
     lifecycle.start_draining();
     tracing::info!(drain_delay_ms = drain.delay.as_millis() as u64, "shutdown requested; readiness is now 503");
     tokio::time::sleep(drain.delay).await;
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     tracing::info!(grace_ms = drain.grace.as_millis() as u64, "listener closed; waiting for in-flight requests");
     match tokio::time::timeout(drain.grace, &mut server).await {
         Ok(result) => {
-            result.map_err(std::io::Error::other)??;
+            result.map_err(std::io::Error::other)?;
             tracing::info!("all in-flight requests finished");
             Ok(true)
         }
         Err(_) => {
+            // Dropping the accept loop drops its `JoinSet`, which aborts every connection.
             server.abort();
             tracing::warn!("grace period over; remaining requests were cut off");
             Ok(false)
         }
+    }
+}
+
+/// Accepts until `stop`, then closes the listener and waits for the
+/// connections, each of which finishes its current request and closes.
+async fn accept_loop(listener: TcpListener, app: axum::Router, http: Arc<Http>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    connections.spawn(connection(tcp, remote, app.clone(), http.clone(), stop.clone()));
+                }
+                Err(e) => accept_failed(&e).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Resolves once `run` asks to stop (or is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// As `axum::serve` does: a client that went away is no reason to pause; any
+/// other error (out of file descriptors) is, briefly, so the loop does not spin.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        tracing::error!(error = %e, "accept failed; pausing for a second");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    app: axum::Router,
+    http: Arc<Http>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let hsts = http.tls.is_some();
+    let service = app
+        .map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req
+        })
+        .map_response(move |mut resp: Response<axum::body::Body>| {
+            if hsts {
+                resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+            }
+            resp
+        });
+    let service = TowerToHyperService::new(service);
+    match &http.tls {
+        None => serve(TokioIo::new(tcp), service, &http, stop).await,
+        Some(acceptor) => match tokio::time::timeout(http.header_read_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => serve(TokioIo::new(tls), service, &http, stop).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        },
+    }
+}
+
+async fn serve<I, S>(io: I, service: S, http: &Http, mut stop: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<axum::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_read_timeout)
+        .max_header_size(http.max_header_bytes);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopped(&mut stop) => {
+            // Finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Slow or malformed clients end here; their requests never reached a handler.
+        tracing::debug!(error = %e, "connection closed with an error");
     }
 }
 

@@ -5,90 +5,14 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::dialects::{Dialect, OpenAi};
+use support::process::{export, serve, serve_with, squad, temp_dir, wait_exit};
 use support::{Fake, Reply};
-
-fn squad(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squad"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(dir);
-    cmd
-}
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("squad-audit-proc-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `squad serve` in `dir` (auth off), once it logs that it listens.
-fn serve(dir: &Path, upstream: &str) -> (Child, String) {
-    let (child, url, logs) = serve_with(dir, upstream, "auth: { mode: disabled }");
-    std::thread::spawn(move || while logs.recv().is_ok() {});
-    (child, url)
-}
-
-/// `squad serve` in `dir` with `extra` YAML; the receiver yields its log lines.
-fn serve_with(dir: &Path, upstream: &str, extra: &str) -> (Child, String, std::sync::mpsc::Receiver<String>) {
-    std::fs::write(
-        dir.join("squad.yaml"),
-        format!(
-            "server: {{ bind: 127.0.0.1, port: 0, shutdown_grace: 10s }}\n{extra}\n\
-             limits: {{ enabled: false }}\nproviders:\n  groq: {{ base_url: \"{upstream}/openai/v1\" }}\n"
-        ),
-    )
-    .unwrap();
-    let mut child = squad(dir)
-        .args(["serve"])
-        .env("GROQ_API_KEY", "gsk_audit_process_test_key_0123")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && let Ok(v) = serde_json::from_str::<Value>(&line)
-            && v["message"] == "squad listening"
-        {
-            return (child, format!("http://{}", v["address"].as_str().unwrap()), rx);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("squad serve did not start");
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "squad did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn export(dir: &Path) -> Vec<Value> {
-    let out = squad(dir).args(["audit", "export", "--format", "jsonl"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_answered_request() {

@@ -26,7 +26,8 @@ async fn demo_gateway() -> (String, std::sync::Arc<mock::MockStats>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let drain = Drain { delay: std::time::Duration::ZERO, grace: std::time::Duration::from_secs(1) };
-    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, std::future::pending()));
+    let http = server::Http::from_config(&config.server).unwrap();
+    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, http, std::future::pending()));
     (url, stats)
 }
 

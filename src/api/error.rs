@@ -34,9 +34,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("the model `{0}` does not exist")]
+    #[error("the model {} does not exist", quoted(.0, 128))]
     UnknownModel(String),
-    #[error("unknown agent `{id}`; valid agents: {}", valid.join(", "))]
+    #[error("unknown agent {}; valid agents: {}", quoted(id, 64), valid.join(", "))]
     UnknownAgent { id: String, valid: Vec<String> },
     #[error("{0}")]
     ProviderUnavailable(String),
@@ -75,6 +75,15 @@ pub enum ApiError {
 }
 
 /// Whole seconds, rounded up; at least 1 so clients do not spin.
+/// Client input quoted back in an error message, but only when it is short,
+/// printable ASCII without `/` sequences that climb (`..`): control
+/// characters, path tricks and pasted text are never reflected.
+fn quoted(input: &str, max_len: usize) -> String {
+    let plain =
+        (1..=max_len).contains(&input.len()) && input.bytes().all(|b| b.is_ascii_graphic()) && !input.contains("..");
+    if plain { format!("`{input}`") } else { "(not shown: not a valid name)".to_owned() }
+}
+
 fn secs(d: &Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }

@@ -79,15 +79,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             }
             Err(_) => return Err(ApiError::MalformedJson("the request body could not be read".into())),
         };
-        parse(&bytes).map(ApiJson)
+        parse(&bytes, state.max_json_depth).map(ApiJson)
     }
 }
 
-/// UTF-8 check, then JSON with the path of the first type error.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// UTF-8 check, nesting depth check, then JSON with the path of the first type error.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8], max_depth: usize) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("body is not valid UTF-8".into()))?;
     if text.trim().is_empty() {
         return Err(ApiError::MalformedJson("body is empty".into()));
+    }
+    if nesting_exceeds(bytes, max_depth) {
+        return Err(ApiError::MalformedJson(format!("JSON nests deeper than {max_depth} levels")));
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -107,4 +110,60 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     Ok(value)
+}
+
+/// Whether arrays and objects in `json` nest deeper than `max`: one pass, no
+/// recursion, so any depth is safe to check. Brackets inside strings do not
+/// count. serde_json has its own fixed limit (128); this one is ours,
+/// configurable, checked before anything is built, and names the limit.
+/// Malformed input may be counted loosely: the parser refuses it next anyway.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(!nesting_exceeds(br#"{"a":[1,{"b":[]}]}"#, 4));
+        assert!(nesting_exceeds(br#"{"a":[1,{"b":[]}]}"#, 3));
+        assert!(!nesting_exceeds(br#"{"a":"[[[[{{{{\"[[[["}"#, 1), "brackets in strings, escaped quote");
+        assert!(!nesting_exceeds(b"[][][][]", 1), "siblings do not add up");
+    }
+
+    #[test]
+    fn a_hundred_thousand_levels_are_refused_without_recursion() {
+        let deep = "[".repeat(100_000);
+        let err = parse::<serde_json::Value>(deep.as_bytes(), 64).unwrap_err();
+        assert!(matches!(&err, ApiError::MalformedJson(m) if m.contains("64 levels")), "{err:?}");
+        let at_limit = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(parse::<serde_json::Value>(at_limit.as_bytes(), 64).is_ok());
+        let over = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(parse::<serde_json::Value>(over.as_bytes(), 64).is_err());
+    }
 }

@@ -36,6 +36,8 @@ pub struct Parts {
     pub started_unix: u64,
     pub max_body_bytes: usize,
     pub body_read_timeout: std::time::Duration,
+    /// Deepest JSON nesting accepted in a request body.
+    pub max_json_depth: usize,
     /// The database, when one is configured (audit, keys, usage).
     pub store: Option<Arc<Store>>,
     /// API keys; `None` when `auth.mode` is `disabled`.

@@ -452,6 +452,19 @@ pub struct ServerConfig {
     /// Longest a client may take to send its request body (slow clients get 408).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Largest accepted request head (request line and headers), in bytes;
+    /// beyond it the request is refused with 431.
+    pub max_header_bytes: usize,
+    /// Longest a client may take to send its request head, counted from the
+    /// moment the connection is ready for a request (idle keep-alive
+    /// connections included) and covering the TLS handshake; slower clients
+    /// are disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Deepest nesting of arrays and objects accepted in a JSON body.
+    pub max_json_depth: usize,
+    /// TLS termination; absent: plain HTTP.
+    pub tls: TlsConfig,
     /// After SIGTERM: how long readiness reports 503 while still serving, so a
     /// load balancer can stop routing here before the listener closes.
     #[serde(with = "humantime_serde")]
@@ -470,9 +483,29 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(120),
             stream_timeout: Duration::from_secs(600),
             body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_json_depth: 64,
+            tls: TlsConfig::default(),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
         }
+    }
+}
+
+/// HTTPS on the server's port: both files, or neither for plain HTTP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the leaf certificate.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
     }
 }
 

@@ -57,10 +57,22 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         ("request_timeout", server.request_timeout),
         ("stream_timeout", server.stream_timeout),
         ("body_read_timeout", server.body_read_timeout),
+        ("header_read_timeout", server.header_read_timeout),
     ] {
         if d.is_zero() || d > MAX_DURATION {
             issue(format!("server.{name}"), "must be greater than zero and at most 24h");
         }
+    }
+    // hyper's read buffer holds at most ~400 KiB; a head must fit in it.
+    if !(1024..=256 * 1024).contains(&server.max_header_bytes) {
+        issue("server.max_header_bytes".into(), "must be between 1024 and 262144");
+    }
+    // serde_json stops at 128 levels on its own; above that our limit would never apply.
+    if !(1..=128).contains(&server.max_json_depth) {
+        issue("server.max_json_depth".into(), "must be between 1 and 128");
+    }
+    if let Err(e) = crate::tls::server_config(&server.tls) {
+        issue(format!("server.tls.{}", e.field), &e.message);
     }
     for (name, d) in [("drain_delay", server.drain_delay), ("shutdown_grace", server.shutdown_grace)] {
         if d > MAX_DURATION {

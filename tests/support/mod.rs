@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the support module")]
 
 pub mod dialects;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -292,10 +293,11 @@ pub async fn gateway_with(config: Config, secrets: Secrets) -> Gateway {
     let background = app::start(&state, &config).await;
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let http = server::Http::from_config(&config.server).unwrap();
+    let url = format!("{}://{}", http.scheme(), listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let drain = Drain { delay: Duration::ZERO, grace: Duration::from_secs(1) };
-    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, async {
+    tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, http, async {
         let _ = stopped.await;
     }));
     Gateway { url, client: reqwest::Client::new(), stop: Some(stop), background: Some(background) }
