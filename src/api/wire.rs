@@ -4,11 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Extra, Message, Role, Usage};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<InMessage>,
@@ -35,20 +36,20 @@ pub struct ChatCompletionRequest {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct InMessage {
     pub role: String,
     #[serde(default)]
@@ -57,14 +58,14 @@ pub struct InMessage {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -188,7 +189,7 @@ impl InMessage {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletion<'a> {
     pub id: &'a str,
     pub object: &'static str,
@@ -197,33 +198,41 @@ pub struct ChatCompletion<'a> {
     pub choices: [Choice<'a>; 1],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<OutUsage<'a>>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Choice<'a> {
     pub index: u32,
     pub message: OutMessage<'a>,
     pub finish_reason: Option<&'a str>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OutMessage<'a> {
     pub role: &'static str,
     pub content: &'a str,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OutUsage<'a> {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
@@ -251,7 +260,7 @@ pub fn completion<'a>(r: &'a ChatResponse, id: &'a str, model: &'a str) -> ChatC
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CompletionChunk<'a> {
     pub id: &'a str,
     pub object: &'static str,
@@ -259,26 +268,32 @@ pub struct CompletionChunk<'a> {
     pub model: &'a str,
     pub choices: Vec<ChunkChoice<'a>>,
     pub usage: Option<OutUsage<'a>>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
     pub finish_reason: Option<&'a str>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
@@ -318,7 +333,7 @@ pub fn usage_chunk<'a>(usage: Usage, id: &'a str, model: &'a str, created: u64) 
 }
 
 /// `/v1/models` entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelEntry {
     pub id: String,
     pub object: &'static str,
@@ -326,7 +341,7 @@ pub struct ModelEntry {
     pub owned_by: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelEntry>,
