@@ -44,13 +44,19 @@ async fn every_route_in_the_route_table_is_documented_and_nothing_else() {
         let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
         assert_eq!(secured, r.access != squad::api::Access::Open, "{} {}: security", r.verb.as_str(), r.path);
         if secured {
-            let schemes: Vec<&str> =
-                op["security"].as_array().unwrap().iter().flat_map(|s| s.as_object().unwrap().keys()).map(String::as_str).collect();
+            let schemes: Vec<&str> = op["security"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s.as_object().unwrap().keys())
+                .map(String::as_str)
+                .collect();
             assert_eq!(schemes, ["bearer", "api_key"], "{} {}", r.verb.as_str(), r.path);
         }
         // Path parameters are declared.
         for segment in r.path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')) {
-            let declared = op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == segment && p["in"] == "path");
+            let declared =
+                op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == segment && p["in"] == "path");
             assert!(declared, "{} {}: path parameter {segment} undocumented", r.verb.as_str(), r.path);
         }
     }

@@ -28,6 +28,7 @@ pub const MAX_PROMPT_CHARS: usize = 10_000;
 pub struct AgentBody {
     /// Required (or `task`); at most 10 000 characters.
     #[serde(default)]
+    #[schema(example = "Sketch a rate limiter", max_length = 10000)]
     pub prompt: Option<String>,
     /// Accepted alias of `prompt`.
     #[serde(default)]
@@ -50,8 +51,9 @@ pub struct AgentBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
-    /// Only on `POST /v1/chat`.
+    /// Only on `POST /v1/chat`, where it is required.
     #[serde(default)]
+    #[schema(example = "architect")]
     pub agent: Option<String>,
 }
 
@@ -205,7 +207,7 @@ async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -
 }
 
 #[utoipa::path(post, path = "/v1/agents/{agent}", tag = "agents", security(("bearer" = []), ("api_key" = [])),
-    params(("agent" = String, Path, description = "Agent id, e.g. `architect`")),
+    params(("agent" = String, Path, description = "Agent id", example = "architect")),
     request_body = AgentBody,
     responses(
         (status = 200, description = "The agent's answer", body = AnswerBody,
@@ -290,7 +292,7 @@ pub async fn list(State(state): State<AppState>) -> Json<AgentList> {
 }
 
 #[utoipa::path(get, path = "/v1/agents/{agent}", tag = "agents", security(("bearer" = []), ("api_key" = [])),
-    params(("agent" = String, Path, description = "Agent id, e.g. `architect`")),
+    params(("agent" = String, Path, description = "Agent id", example = "architect")),
     responses(
         (status = 200, description = "The agent", body = AgentDetail),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),

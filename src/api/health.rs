@@ -81,12 +81,17 @@ pub struct DatabaseHealth {
     store: Option<StoreHealth>,
 }
 
+/// Flattened into `DatabaseHealth` when a database is configured. Its fields
+/// are not `required` in the schema because the disabled form has none of them.
 #[derive(Debug, Serialize, ToSchema)]
 struct StoreHealth {
     /// `sqlite` or `postgres`.
+    #[schema(required = false)]
     dialect: &'static str,
     /// The URL without its password.
+    #[schema(required = false)]
     url: String,
+    #[schema(required = false)]
     migrated: bool,
     latency_ms: Option<f64>,
     error: Option<String>,
@@ -108,7 +113,9 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
     let entries: Vec<_> = state.gateway.registry().entries().cloned().collect();
     let items = entries
         .iter()
-        .map(|p| (p.id.clone(), ProviderBrief { status: p.status(), kind: p.kind, default_model: p.default_model.clone() }))
+        .map(|p| {
+            (p.id.clone(), ProviderBrief { status: p.status(), kind: p.kind, default_model: p.default_model.clone() })
+        })
         .collect();
     let configured = entries.iter().filter(|p| matches!(p.state, ProviderState::Ready(_))).count();
     let status = if state.lifecycle.is_draining() {

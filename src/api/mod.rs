@@ -110,7 +110,10 @@ pub fn router(state: AppState) -> Router {
     use axum::middleware::{from_fn, from_fn_with_state};
     let table = routes();
     let group = |access: Access| {
-        table.iter().filter(|r| r.access == access).fold(Router::new(), |router, r| router.route(r.path, r.handler.clone()))
+        table
+            .iter()
+            .filter(|r| r.access == access)
+            .fold(Router::new(), |router, r| router.route(r.path, r.handler.clone()))
     };
     let authenticate = || from_fn_with_state(state.clone(), auth::authenticate);
     // Layers added later wrap the earlier ones: audit is outermost.

@@ -11,22 +11,33 @@ use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Extra, Message, Role, 
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    /// `provider/model`, a provider id, an alias or an agent id (see `GET /v1/models`).
+    #[schema(min_length = 1, example = "groq")]
     pub model: String,
+    #[schema(min_items = 1, max_items = 1024)]
     pub messages: Vec<InMessage>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub max_tokens: Option<i64>,
+    /// Takes precedence over `max_tokens`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub max_completion_tokens: Option<i64>,
+    /// Only 1 is supported.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<i64>,
+    /// At most 4 sequences.
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -51,7 +62,9 @@ pub enum Stop {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InMessage {
+    #[schema(value_type = String, pattern = "^(system|developer|user|assistant|tool)$", example = "user")]
     pub role: String,
+    /// Required except on an assistant turn that carries `tool_calls`.
     #[serde(default)]
     pub content: Option<Content>,
     #[serde(flatten)]
@@ -67,8 +80,11 @@ pub enum Content {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
+    /// Only `text` parts are supported.
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     pub kind: String,
+    /// Required.
     #[serde(default)]
     pub text: Option<String>,
 }
