@@ -47,12 +47,14 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "$base/health/ready" >/dev/null
 
-"$venv/bin/schemathesis" run "$base/openapi.json" \
+# From squad's directory, so schemathesis's own cache stays out of the tree.
+cd "$run_dir"
+"$root/$venv/bin/schemathesis" run "$base/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "${MAX_EXAMPLES:-40}" \
     --max-time "${MAX_TIME:-240}" \
     --request-timeout 20 \
     --workers 2 \
     --generation-database none \
-    --report junit --report-dir "$run_dir/report" \
+    --report junit --report-dir report \
     "$@"
