@@ -31,7 +31,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("storyteller", include_str!("builtin/storyteller.md")),
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChainLink {
     pub provider: String,

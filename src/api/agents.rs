@@ -8,12 +8,14 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::audit::{Served, note_served};
 use super::chat::PROVIDER_HEADER;
-use super::error::{ApiError, AttemptView};
+use super::error::{ApiError, AttemptView, ErrorBody};
 use super::extract::{ApiJson, Caller};
 use super::middleware::ServedBy;
+use super::openapi::ProviderRouteErrors;
 use super::security::refuse_blocked_pii;
 use super::state::AppState;
 use crate::agents::{Agent, ChainLink};
@@ -22,25 +24,36 @@ use crate::service::{Answer, Ask};
 pub const MAX_PROMPT_CHARS: usize = 10_000;
 
 /// Unknown fields are ignored (clients send extra context freely).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct AgentBody {
+    /// Required (or `task`); at most 10 000 characters.
     #[serde(default)]
+    #[schema(example = "Sketch a rate limiter", max_length = 10000)]
     pub prompt: Option<String>,
     /// Accepted alias of `prompt`.
     #[serde(default)]
     pub task: Option<String>,
+    /// Continues a conversation; 1-128 characters of `A-Z a-z 0-9 - _ .`.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     pub conversation_id: Option<String>,
+    /// 1-128 characters of `A-Z a-z 0-9 - _ .`.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,128}$")]
     pub user_id: Option<String>,
+    /// Kept in the audit record; must be an object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
-    /// Only on `POST /v1/chat`.
+    /// Only on `POST /v1/chat`, where it is required.
     #[serde(default)]
+    #[schema(example = "architect")]
     pub agent: Option<String>,
 }
 
@@ -104,7 +117,7 @@ impl AgentBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AnswerMetadata {
     request_id: String,
     latency_ms: u64,
@@ -116,8 +129,9 @@ struct AnswerMetadata {
     rate_limit_wait_ms: u64,
 }
 
-#[derive(Serialize)]
-struct AnswerBody {
+/// An agent's answer.
+#[derive(Serialize, ToSchema)]
+pub struct AnswerBody {
     response: String,
     provider: String,
     model: String,
@@ -192,6 +206,14 @@ async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -
     Ok(answer_response(answer, request_id))
 }
 
+#[utoipa::path(post, path = "/v1/agents/{agent}", tag = "agents", security(("bearer" = []), ("api_key" = [])),
+    params(("agent" = String, Path, description = "Agent id", example = "architect")),
+    request_body = AgentBody,
+    responses(
+        (status = 200, description = "The agent's answer", body = AnswerBody,
+         headers(("x-squad-provider" = String, description = "The provider that answered"))),
+        ProviderRouteErrors,
+    ))]
 pub async fn ask_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,6 +225,13 @@ pub async fn ask_agent(
     run(&state, caller, agent, decode(value)?).await
 }
 
+#[utoipa::path(post, path = "/v1/chat", tag = "agents", security(("bearer" = []), ("api_key" = [])),
+    request_body(content = AgentBody, description = "`agent` is required here"),
+    responses(
+        (status = 200, description = "The agent's answer", body = AnswerBody,
+         headers(("x-squad-provider" = String, description = "The provider that answered"))),
+        ProviderRouteErrors,
+    ))]
 pub async fn chat(
     State(state): State<AppState>,
     caller: Caller,
@@ -213,14 +242,30 @@ pub async fn chat(
     run(&state, caller, agent, body).await
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AgentSummary {
     id: String,
     name: String,
     title: String,
     icon: String,
     description: String,
+    /// The fallback chain, first choice first.
     providers: Vec<ChainLink>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AgentList {
+    count: usize,
+    agents: Vec<AgentSummary>,
+}
+
+/// One agent with its defaults.
+#[derive(Serialize, ToSchema)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    summary: AgentSummary,
+    default_temperature: f64,
+    default_max_tokens: u32,
 }
 
 impl From<&Agent> for AgentSummary {
@@ -236,15 +281,29 @@ impl From<&Agent> for AgentSummary {
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = []), ("api_key" = [])), responses(
+    (status = 200, description = "The roster", body = AgentList),
+    (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+    (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+))]
+pub async fn list(State(state): State<AppState>) -> Json<AgentList> {
     let agents: Vec<AgentSummary> = state.gateway.roster().all().map(|a| AgentSummary::from(a.as_ref())).collect();
-    Json(serde_json::json!({"count": agents.len(), "agents": agents})).into_response()
+    Json(AgentList { count: agents.len(), agents })
 }
 
-pub async fn show(State(state): State<AppState>, Path(agent): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/agents/{agent}", tag = "agents", security(("bearer" = []), ("api_key" = [])),
+    params(("agent" = String, Path, description = "Agent id", example = "architect")),
+    responses(
+        (status = 200, description = "The agent", body = AgentDetail),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "Unknown agent (`agent_not_found`, with `valid_agents`)", body = ErrorBody),
+        (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+    ))]
+pub async fn show(State(state): State<AppState>, Path(agent): Path<String>) -> Result<Json<AgentDetail>, ApiError> {
     let agent = state.gateway.agent(&agent)?;
-    let mut body = serde_json::to_value(AgentSummary::from(agent.as_ref())).map_err(|_| ApiError::Internal)?;
-    body["default_temperature"] = agent.temperature.into();
-    body["default_max_tokens"] = agent.max_tokens.into();
-    Ok(Json(body).into_response())
+    Ok(Json(AgentDetail {
+        summary: AgentSummary::from(agent.as_ref()),
+        default_temperature: agent.temperature,
+        default_max_tokens: agent.max_tokens,
+    }))
 }

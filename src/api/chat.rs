@@ -13,6 +13,7 @@ use super::audit::{Served, note_served};
 use super::error::ApiError;
 use super::extract::{ApiJson, Caller};
 use super::middleware::ServedBy;
+use super::openapi::ProviderRouteErrors;
 use super::security::refuse_blocked_pii;
 use super::state::AppState;
 use super::wire::{self, ChatCompletionRequest};
@@ -23,6 +24,22 @@ use crate::store::Draft;
 
 pub static PROVIDER_HEADER: header::HeaderName = header::HeaderName::from_static("x-squad-provider");
 
+/// OpenAI-compatible chat completion. `model` is `provider/model`, a provider
+/// id, an alias or an agent id (see `GET /v1/models`).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway", security(("bearer" = []), ("api_key" = [])),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "With `stream: false` (default) a `ChatCompletion`. With `stream: true` \
+            server-sent events: each `data:` line is a `CompletionChunk` (with `stream_options.include_usage`, \
+            a last chunk with `usage` and no choices), then `data: [DONE]`. A failure after the stream started \
+            is one `data:` line holding an `ErrorBody`, and no `[DONE]`.",
+         content(
+            (wire::ChatCompletion = "application/json"),
+            (String = "text/event-stream"),
+         ),
+         headers(("x-squad-provider" = String, description = "The provider that answered"))),
+        ProviderRouteErrors,
+    ))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,

@@ -101,10 +101,11 @@ fn summary(attempts: &[Attempt]) -> String {
 }
 
 /// One attempt as clients see it in error bodies and `provider_chain`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub provider: String,
     pub model: String,
+    /// `ok`, `skipped_…`, or the error kind (`timeout`, `upstream_5xx`, …).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -128,11 +129,15 @@ impl From<&Attempt> for AttemptView {
 }
 
 /// The error object, serialised once the request id is known.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorObject {
+    /// `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `rate_limit_error`, `upstream_error`,
+    /// `unavailable_error` or `internal_error`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub message: String,
+    /// Machine-readable reason (`malformed_json`, `agent_not_found`, …).
     pub code: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
@@ -143,7 +148,8 @@ pub struct ErrorObject {
     pub request_id: String,
 }
 
-#[derive(Serialize)]
+/// Every error response: `{"error": {...}}`.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     pub error: &'a ErrorObject,
 }

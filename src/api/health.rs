@@ -1,21 +1,121 @@
 //! Operational endpoints: health (deep), liveness, readiness, metrics, models.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
 use super::wire::{ModelEntry, ModelList};
+use crate::config::ProviderKind;
 use crate::service::ProviderState;
+use crate::store::writer::AuditStatus;
 
-pub async fn health(State(state): State<AppState>) -> Response {
+/// `GET /health`: the gateway and each dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// `ok`, `degraded` (no provider configured) or `draining`.
+    status: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    components: Components,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Components {
+    server: ServerHealth,
+    providers: ProvidersHealth,
+    limits: LimitsHealth,
+    conversations: ConversationsHealth,
+    database: DatabaseHealth,
+    auth: AuthHealth,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ServerHealth {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ProvidersHealth {
+    configured: usize,
+    total: usize,
+    /// By provider id.
+    items: BTreeMap<String, ProviderBrief>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ProviderBrief {
+    /// `configured`, `unconfigured` or `disabled`.
+    status: &'static str,
+    kind: ProviderKind,
+    default_model: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct LimitsHealth {
+    /// `memory` or `redis`.
+    backend: &'static str,
+    /// `ok`, or `degraded` while the shared store is unreachable.
+    status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ConversationsHealth {
+    backend: &'static str,
+}
+
+/// `{"status": "disabled"}` when no database is configured; otherwise the
+/// store's details as well.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DatabaseHealth {
+    /// `up`, `down` or `disabled`.
+    status: &'static str,
+    #[serde(flatten)]
+    store: Option<StoreHealth>,
+}
+
+/// Flattened into `DatabaseHealth` when a database is configured. Its fields
+/// are not `required` in the schema because the disabled form has none of them.
+#[derive(Debug, Serialize, ToSchema)]
+struct StoreHealth {
+    /// `sqlite` or `postgres`.
+    #[schema(required = false)]
+    dialect: &'static str,
+    /// The URL without its password.
+    #[schema(required = false)]
+    url: String,
+    #[schema(required = false)]
+    migrated: bool,
+    latency_ms: Option<f64>,
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<AuditStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct AuthHealth {
+    /// `required` or `disabled`.
+    mode: &'static str,
+    /// Whether the key store has been read; null when auth is disabled.
+    keys_loaded: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Deep health report", body = HealthReport)))]
+pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
     let entries: Vec<_> = state.gateway.registry().entries().cloned().collect();
-    let providers: Map<String, Value> = entries
+    let items = entries
         .iter()
-        .map(|p| (p.id.clone(), json!({"status": p.status(), "kind": p.kind, "default_model": p.default_model})))
+        .map(|p| {
+            (p.id.clone(), ProviderBrief { status: p.status(), kind: p.kind, default_model: p.default_model.clone() })
+        })
         .collect();
     let configured = entries.iter().filter(|p| matches!(p.state, ProviderState::Ready(_))).count();
     let status = if state.lifecycle.is_draining() {
@@ -25,68 +125,96 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         "ok"
     };
-    let body = json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "components": {
-            "server": {"status": if state.lifecycle.is_ready() { "ready" } else { "not_ready" }},
-            "providers": {"configured": configured, "total": entries.len(), "items": providers},
-            "limits": {
-                "backend": state.gateway.limits().backend(),
-                "status": if state.gateway.limits().degraded() { "degraded" } else { "ok" },
+    let limits = state.gateway.limits();
+    Json(HealthReport {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        components: Components {
+            server: ServerHealth { status: if state.lifecycle.is_ready() { "ready" } else { "not_ready" } },
+            providers: ProvidersHealth { configured, total: entries.len(), items },
+            limits: LimitsHealth {
+                backend: limits.backend(),
+                status: if limits.degraded() { "degraded" } else { "ok" },
             },
-            "conversations": {"backend": state.gateway.conversations().backend()},
-            "database": database(&state).await,
-            "auth": {"mode": if state.keys.is_some() { "required" } else { "disabled" },
-                     "keys_loaded": state.keys.as_ref().map(|k| k.is_loaded())},
+            conversations: ConversationsHealth { backend: state.gateway.conversations().backend() },
+            database: database(&state).await,
+            auth: AuthHealth {
+                mode: if state.keys.is_some() { "required" } else { "disabled" },
+                keys_loaded: state.keys.as_ref().map(|k| k.is_loaded()),
+            },
         },
-    });
-    Json(body).into_response()
+    })
 }
 
 /// The database as `/health` and `/health/ready` show it. A database that is
 /// down is reported, not fatal: chat goes on and audit records wait in the journal.
-async fn database(state: &AppState) -> Value {
-    let Some(store) = &state.store else { return json!({"status": "disabled"}) };
+async fn database(state: &AppState) -> DatabaseHealth {
+    let Some(store) = &state.store else { return DatabaseHealth { status: "disabled", store: None } };
     let ping = tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await;
-    let (status, latency, error) = match ping {
+    let (status, latency_ms, error) = match ping {
         Ok(Ok(d)) => ("up", Some(d.as_secs_f64() * 1000.0), None),
         Ok(Err(e)) => ("down", None, Some(e.to_string())),
         Err(_) => ("down", None, Some("no answer within 1s".to_owned())),
     };
-    let mut v = json!({
-        "status": status,
-        "dialect": store.dialect(),
-        "url": store.shown_url(),
-        "migrated": store.is_migrated(),
-        "latency_ms": latency,
-        "error": error,
-    });
-    if let Some(audit) = &state.audit {
-        v["audit"] = serde_json::to_value(audit.status()).unwrap_or_default();
-    }
-    v
+    let store = StoreHealth {
+        dialect: store.dialect(),
+        url: store.shown_url().to_owned(),
+        migrated: store.is_migrated(),
+        latency_ms,
+        error,
+        audit: state.audit.as_ref().map(|a| a.status()),
+    };
+    DatabaseHealth { status, store: Some(store) }
 }
 
-pub async fn live() -> Response {
-    Json(json!({"status": "alive"})).into_response()
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `alive`.
+    status: &'static str,
 }
 
-pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process is running", body = Liveness)))]
+pub async fn live() -> Json<Liveness> {
+    Json(Liveness { status: "alive" })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Always `ready` (not ready is a 503 error body).
+    status: &'static str,
+    /// The database's status: `up`, `down` or `disabled`.
+    database: &'static str,
+}
+
+#[utoipa::path(get, path = "/health/ready", tag = "operations", responses(
+    (status = 200, description = "Accepting traffic", body = Readiness),
+    (status = 503, description = "Starting or draining (`not_ready`)", body = ErrorBody),
+))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     if state.lifecycle.is_ready() {
-        Ok(Json(json!({"status": "ready", "database": database(&state).await["status"]})).into_response())
+        Ok(Json(Readiness { status: "ready", database: database(&state).await.status }))
     } else {
         Err(ApiError::NotReady)
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format", body = String,
+     content_type = "text/plain; version=0.0.4; charset=utf-8"),
+))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render();
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// Configured providers' advertised models as `provider/model`, then aliases.
+#[utoipa::path(get, path = "/v1/models", tag = "gateway", security(("bearer" = []), ("api_key" = [])), responses(
+    (status = 200, description = "Models and agents usable as `model`", body = ModelList),
+    (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+    (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let registry = state.gateway.registry();
     let created = state.started_unix;

@@ -6,12 +6,13 @@ use std::time::UNIX_EPOCH;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
 use crate::service::{ProviderEntry, ProviderState};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProviderStatus {
     name: String,
     kind: crate::config::ProviderKind,
@@ -39,7 +40,7 @@ pub struct ProviderStatus {
     limits: LimitsView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct LimitsView {
     rpm: Option<u64>,
     burst: Option<u64>,
@@ -81,10 +82,37 @@ fn status_of(entry: &ProviderEntry, limits: &crate::limits::Limits) -> ProviderS
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Strings rather than enums so a bad value gets a message naming the choices.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only providers in this state.
+    #[param(schema_with = status_filter)]
     status: Option<String>,
+    /// `name` (default), `status`, `failure_rate` or `latency` (slowest p95 first).
+    #[param(schema_with = sort_order)]
     sort: Option<String>,
+}
+
+fn string_enum(values: &[&str]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+fn status_filter() -> utoipa::openapi::Object {
+    string_enum(&["healthy", "degraded", "unavailable"])
+}
+
+fn sort_order() -> utoipa::openapi::Object {
+    string_enum(&["name", "status", "failure_rate", "latency"])
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderList {
+    count: usize,
+    providers: Vec<ProviderStatus>,
 }
 
 fn rank(status: &str) -> u8 {
@@ -95,10 +123,15 @@ fn rank(status: &str) -> u8 {
     }
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/providers", tag = "gateway", security(("bearer" = []), ("api_key" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Every provider with its recent health", body = ProviderList),
+        (status = 400, description = "Bad `status` or `sort`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+    ))]
+pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<ProviderList>, ApiError> {
     let limits = state.gateway.limits();
     let mut items: Vec<ProviderStatus> = state.gateway.registry().entries().map(|e| status_of(e, limits)).collect();
     if let Some(wanted) = &q.status {
@@ -116,9 +149,17 @@ pub async fn list(
         }
         Some(_) => return Err(ApiError::invalid("`sort` must be name, status, failure_rate or latency", "sort")),
     }
-    Ok(Json(serde_json::json!({"count": items.len(), "providers": items})))
+    Ok(Json(ProviderList { count: items.len(), providers: items }))
 }
 
+#[utoipa::path(get, path = "/providers/{name}", tag = "gateway", security(("bearer" = []), ("api_key" = [])),
+    params(("name" = String, Path, description = "Provider id, e.g. `groq`")),
+    responses(
+        (status = 200, description = "One provider", body = ProviderStatus),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "Unknown provider", body = ErrorBody),
+        (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+    ))]
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderStatus>, ApiError> {
     let entry =
         state.gateway.registry().get(&name).ok_or_else(|| ApiError::NotFound(format!("unknown provider `{name}`")))?;

@@ -4,28 +4,40 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::domain::{ChatChunk, ChatRequest, ChatResponse, Extra, Message, Role, Usage};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    /// `provider/model`, a provider id, an alias or an agent id (see `GET /v1/models`).
+    #[schema(min_length = 1, example = "groq")]
     pub model: String,
+    #[schema(min_items = 1, max_items = 1024)]
     pub messages: Vec<InMessage>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub max_tokens: Option<i64>,
+    /// Takes precedence over `max_tokens`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub max_completion_tokens: Option<i64>,
+    /// Only 1 is supported.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<i64>,
+    /// At most 4 sequences.
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -35,39 +47,44 @@ pub struct ChatCompletionRequest {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct InMessage {
+    #[schema(value_type = String, pattern = "^(system|developer|user|assistant|tool)$", example = "user")]
     pub role: String,
+    /// Required except on an assistant turn that carries `tool_calls`.
     #[serde(default)]
     pub content: Option<Content>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
+    /// Only `text` parts are supported.
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     pub kind: String,
+    /// Required.
     #[serde(default)]
     pub text: Option<String>,
 }
@@ -188,7 +205,7 @@ impl InMessage {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletion<'a> {
     pub id: &'a str,
     pub object: &'static str,
@@ -197,33 +214,41 @@ pub struct ChatCompletion<'a> {
     pub choices: [Choice<'a>; 1],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<OutUsage<'a>>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Choice<'a> {
     pub index: u32,
     pub message: OutMessage<'a>,
     pub finish_reason: Option<&'a str>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OutMessage<'a> {
     pub role: &'static str,
     pub content: &'a str,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OutUsage<'a> {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
@@ -251,7 +276,7 @@ pub fn completion<'a>(r: &'a ChatResponse, id: &'a str, model: &'a str) -> ChatC
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CompletionChunk<'a> {
     pub id: &'a str,
     pub object: &'static str,
@@ -259,26 +284,32 @@ pub struct CompletionChunk<'a> {
     pub model: &'a str,
     pub choices: Vec<ChunkChoice<'a>>,
     pub usage: Option<OutUsage<'a>>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
     pub finish_reason: Option<&'a str>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    /// Vendor fields passed through unchanged.
     #[serde(flatten)]
+    #[schema(value_type = Map<String, Value>)]
     pub extra: &'a Extra,
 }
 
@@ -318,7 +349,7 @@ pub fn usage_chunk<'a>(usage: Usage, id: &'a str, model: &'a str, created: u64) 
 }
 
 /// `/v1/models` entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelEntry {
     pub id: String,
     pub object: &'static str,
@@ -326,7 +357,7 @@ pub struct ModelEntry {
     pub owned_by: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelEntry>,

@@ -58,7 +58,7 @@ impl AuditRecord {
 }
 
 /// How `/v1/usage` groups rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     Provider,
@@ -78,7 +78,7 @@ impl GroupBy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UsageRow {
     pub group: String,
     pub requests: i64,

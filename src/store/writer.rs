@@ -49,7 +49,7 @@ struct DbState {
 }
 
 /// What `/health` shows of the audit log.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditStatus {
     pub database_reachable: bool,
     pub journal_bytes: u64,
