@@ -62,7 +62,8 @@ fn unprocessable(message: impl Into<String>, param: &str) -> ApiError {
 }
 
 /// Type errors become 422 with the field's path (the JSON itself was fine).
-fn decode(value: Value) -> Result<AgentBody, ApiError> {
+/// Public (like `into_ask`) for the `request` fuzz target.
+pub fn decode(value: Value) -> Result<AgentBody, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         unprocessable(format!("invalid field `{path}`: {}", e.inner()), &path)
@@ -70,7 +71,7 @@ fn decode(value: Value) -> Result<AgentBody, ApiError> {
 }
 
 impl AgentBody {
-    fn into_ask(self, agent: String) -> Result<Ask, ApiError> {
+    pub fn into_ask(self, agent: String) -> Result<Ask, ApiError> {
         let prompt = self.prompt.or(self.task).ok_or_else(|| unprocessable("`prompt` is required", "prompt"))?;
         let chars = prompt.chars().count();
         if chars == 0 || prompt.trim().is_empty() {
