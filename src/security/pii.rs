@@ -166,35 +166,30 @@ impl Detector {
 
     /// Every PII match in `text`, sorted, non-overlapping.
     pub fn find(&self, text: &str) -> Vec<Found> {
-        let bytes = text.as_bytes();
-        let mut found = Vec::new();
-        self.find_secrets(text, &mut found);
-        for (kind, re) in &self.patterns {
-            found.extend(re.find_iter(text).filter(|m| !m.is_empty()).map(|m| Found {
-                start: m.start(),
-                end: m.end(),
-                kind: *kind,
-            }));
+        let mut secrets = Vec::new();
+        self.find_secrets(text, &mut secrets);
+        let secrets = resolve(secrets);
+        // The other detectors run in the gaps between secrets: a secret's
+        // edges are boundaries to them, as its `[SECRET]` token will be.
+        let mut found = Vec::with_capacity(secrets.len());
+        let mut at = 0;
+        for secret in secrets {
+            scan(&text[at..secret.start], at, &mut found);
+            at = secret.end;
+            found.push(secret);
         }
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            let next = match b {
-                b'@' => email(bytes, i).map(|(s, e)| Found { start: s, end: e, kind: PiiKind::Email }),
-                b'0'..=b'9' | b'+' | b'(' => numeric(bytes, i),
-                b'A'..=b'Z' => iban(bytes, i),
-                b':' => ipv6(text, i),
-                _ => None,
-            };
-            match next {
-                Some(f) if f.end > i => {
-                    i = f.end;
-                    found.push(f);
-                }
-                _ => i += skip(bytes, i),
+        scan(&text[at..], at, &mut found);
+        if !self.patterns.is_empty() {
+            for (kind, re) in &self.patterns {
+                found.extend(re.find_iter(text).filter(|m| !m.is_empty()).map(|m| Found {
+                    start: m.start(),
+                    end: m.end(),
+                    kind: *kind,
+                }));
             }
+            found = resolve(found);
         }
-        resolve(found)
+        found
     }
 
     fn find_secrets(&self, text: &str, out: &mut Vec<Found>) {
@@ -228,6 +223,35 @@ impl Detector {
                 let from = if prefix.ends_with(' ') { body_start } else { start };
                 out.push(Found { start: from, end, kind: PiiKind::Secret });
             }
+        }
+    }
+}
+
+/// The built-in detectors over `gap` (at `base` in the whole text), left to
+/// right. After a match, the rest is scanned as a text of its own: the end of
+/// a match is a boundary, as its token's `]` will be, so redacting twice
+/// finds nothing new.
+fn scan(gap: &str, base: usize, out: &mut Vec<Found>) {
+    let mut floor = 0;
+    let mut i = 0;
+    while i < gap.len() {
+        let text = &gap[floor..];
+        let bytes = text.as_bytes();
+        let j = i - floor;
+        let next = match bytes[j] {
+            b'@' => email(bytes, j).map(|(s, e)| Found { start: s, end: e, kind: PiiKind::Email }),
+            b'0'..=b'9' | b'+' | b'(' => numeric(bytes, j),
+            b'A'..=b'Z' => iban(bytes, j),
+            b':' => ipv6(text, j),
+            _ => None,
+        };
+        match next {
+            Some(f) if f.end > j => {
+                out.push(Found { start: base + floor + f.start, end: base + floor + f.end, kind: f.kind });
+                i = floor + f.end;
+                floor = i;
+            }
+            _ => i += skip(bytes, j),
         }
     }
 }
@@ -495,15 +519,24 @@ fn ipv6(text: &str, i: usize) -> Option<Found> {
     while e > i && bytes[e - 1] == b'.' {
         e -= 1;
     }
-    if (s > 0 && is_token_byte(bytes[s - 1])) || (e < bytes.len() && is_token_byte(bytes[e])) {
+    if s > 0 && is_token_byte(bytes[s - 1]) {
         return None;
     }
-    let candidate = &text[s..e];
-    (candidate.matches(':').count() >= 2 && candidate.parse::<std::net::Ipv6Addr>().is_ok()).then_some(Found {
-        start: s,
-        end: e,
-        kind: PiiKind::Ipv6,
-    })
+    // The longest prefix ending at a group boundary that is an address: what
+    // follows the last colon may be another match (`fe80::1.4111…` → a card).
+    let plausible =
+        |c: &str| c.matches(':').count() >= 2 && !c.ends_with(':') && c.bytes().any(|b| b.is_ascii_hexdigit());
+    loop {
+        let candidate = &text[s..e];
+        let bounded = e == bytes.len() || !is_token_byte(bytes[e]);
+        if bounded && plausible(candidate) && candidate.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Some(Found { start: s, end: e, kind: PiiKind::Ipv6 });
+        }
+        match candidate[..candidate.len() - 1].rfind([':', '.']) {
+            Some(cut) if s + cut > i => e = s + cut,
+            _ => return None,
+        }
+    }
 }
 
 /// `text` with each match replaced by its typed token (`[EMAIL]`, …).
@@ -736,6 +769,24 @@ mod tests {
             "the sk- prefix alone, gsk_short, Bearer short",
         ] {
             assert_eq!(r(text), text);
+        }
+    }
+
+    /// Found by the `pii` fuzz target: a match's neighbours are judged as
+    /// they will be once it is a token, so a second redaction finds nothing.
+    #[test]
+    fn neighbours_of_a_match_are_judged_as_after_redaction() {
+        for (input, want) in [
+            ("e@o.si+@o.dr", "[EMAIL][EMAIL]"),
+            ("t@o.co+55115511", "[EMAIL][PHONE]"),
+            ("::0000000000000", "::[CARD]"),
+            ("fe80::1.0000000000000", "[IPV6].[CARD]"),
+            ("1::4111111111111111", "1::[CARD]"),
+            ("a :: b and std::vector", "a :: b and std::vector"),
+        ] {
+            let once = r(input);
+            assert_eq!(once, want, "{input}");
+            assert_eq!(r(&once), once, "{input}");
         }
     }
 
