@@ -1,14 +1,15 @@
 //! The PII engine on arbitrary text: `Detector::find` and `redact` never panic,
 //! matches are sorted, non-overlapping, non-empty, inside the text and on char
 //! boundaries, `redact` replaces exactly those matches, and a redacted text has
-//! nothing left to find (so redacting it again changes nothing).
+//! nothing left to find (so redacting it again changes nothing). Masking then
+//! restoring gives the text back, in one piece and streamed in two chunks.
 
 #![no_main]
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
-use squad::security::pii::{Detector, redact};
+use squad::security::pii::{Detector, Restorer, mask, redact};
 
 static DETECTOR: LazyLock<Detector> = LazyLock::new(Detector::new);
 
@@ -51,4 +52,16 @@ fuzz_target!(|data: &[u8]| {
     let (twice, kinds) = redact(&DETECTOR, &once);
     assert_eq!(twice, once, "redaction is not idempotent on {text:?}");
     assert!(kinds.is_empty());
+
+    let mut masked = text.to_owned();
+    let m = Arc::new(mask(&DETECTOR, |_| true, &mut [&mut masked]));
+    assert_eq!(m.restore(&masked), text, "mask then restore is not the identity");
+    // The first byte of the input picks where the stream splits.
+    let mut cut = data.first().map_or(0, |b| usize::from(*b) * masked.len() / 255);
+    while !masked.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut restorer = Restorer::new(m);
+    let streamed = restorer.push(&masked[..cut]) + &restorer.push(&masked[cut..]) + &restorer.finish();
+    assert_eq!(streamed, text, "streamed restore split at {cut} differs");
 });

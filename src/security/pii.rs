@@ -174,11 +174,11 @@ impl Detector {
         let mut found = Vec::with_capacity(secrets.len());
         let mut at = 0;
         for secret in secrets {
-            scan(&text[at..secret.start], at, &mut found);
+            scan(&text[at..secret.start], at, &mut found, 0);
             at = secret.end;
             found.push(secret);
         }
-        scan(&text[at..], at, &mut found);
+        scan(&text[at..], at, &mut found, 0);
         if !self.patterns.is_empty() {
             for (kind, re) in &self.patterns {
                 found.extend(re.find_iter(text).filter(|m| !m.is_empty()).map(|m| Found {
@@ -228,10 +228,15 @@ impl Detector {
 }
 
 /// The built-in detectors over `gap` (at `base` in the whole text), left to
-/// right. After a match, the rest is scanned as a text of its own: the end of
-/// a match is a boundary, as its token's `]` will be, so redacting twice
-/// finds nothing new.
-fn scan(gap: &str, base: usize, out: &mut Vec<Found>) {
+/// right, judging every candidate as it will look once its neighbours are
+/// tokens (so redacting twice finds nothing new):
+/// - after a match, the rest is scanned as a text of its own: the match's
+///   end is a boundary, as its token's `]` will be;
+/// - a candidate rejected because it ran into the next match is judged again
+///   ending where that match starts: the stretch before each match (from the
+///   last separator no detector crosses) is scanned again up to it. The
+///   stretches are disjoint, so the scan stays linear.
+fn scan(gap: &str, base: usize, out: &mut Vec<Found>, depth: u8) {
     let mut floor = 0;
     let mut i = 0;
     while i < gap.len() {
@@ -247,13 +252,31 @@ fn scan(gap: &str, base: usize, out: &mut Vec<Found>) {
         };
         match next {
             Some(f) if f.end > j => {
-                out.push(Found { start: base + floor + f.start, end: base + floor + f.end, kind: f.kind });
-                i = floor + f.end;
-                floor = i;
+                let (start, end) = (floor + f.start, floor + f.end);
+                if depth < 4 {
+                    let from = restart_point(gap.as_bytes(), floor, start);
+                    scan(&gap[from..start], base + from, out, depth + 1);
+                }
+                out.push(Found { start: base + start, end: base + end, kind: f.kind });
+                i = end;
+                floor = end;
             }
             _ => i += skip(bytes, j),
         }
     }
+}
+
+/// ASCII bytes no built-in detector takes into a match: scanning may restart
+/// right after one as if the text began there.
+fn separates(b: u8) -> bool {
+    b",;!?\"'\n\r\t<>=[]{}|\\*&#$^`~".contains(&b)
+}
+
+/// Where to rescan the stretch before a match at `start`: after the last
+/// separator (looking at most 512 bytes back), else from `floor`.
+fn restart_point(bytes: &[u8], floor: usize, start: usize) -> usize {
+    let lo = floor.max(start.saturating_sub(512));
+    bytes[lo..start].iter().rposition(|&b| separates(b)).map_or(floor, |p| lo + p + 1)
 }
 
 /// How far to move when nothing matched at `i`: past the rest of a word, so
@@ -783,6 +806,7 @@ mod tests {
             ("fe80::1.0000000000000", "[IPV6].[CARD]"),
             ("1::4111111111111111", "1::[CARD]"),
             ("a :: b and std::vector", "a :: b and std::vector"),
+            ("el +51111 111+51111 1111111 11::", "el [PHONE]+[CARD]::"),
         ] {
             let once = r(input);
             assert_eq!(once, want, "{input}");
