@@ -307,6 +307,11 @@ async fn hostile_requests_are_refused_cleanly_and_leave_no_trace() {
         let mine: Vec<&Value> = rows.iter().filter(|r| r["request_id"] == request_id.as_str()).collect();
         assert_eq!(mine.len(), 1, "one audit row for {request_id}");
         assert_eq!(mine[0]["status"], status, "{request_id}");
+        assert!(
+            mine[0]["error_kind"].as_str().is_some_and(|k| !k.is_empty()),
+            "error kind of {request_id}: {}",
+            mine[0]
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }

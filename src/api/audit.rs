@@ -34,7 +34,14 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
     req.extensions_mut().insert(draft.clone());
     let response = next.run(req).await;
     let status = i64::from(response.status().as_u16());
-    let error = response.extensions().get::<PendingError>().map(|e| e.0.clone());
+    let error = match response.extensions().get::<PendingError>() {
+        Some(e) => Some(e.0.clone()),
+        // axum's own rejections get our body later, in `request_context`.
+        None if response.status().is_client_error() || response.status().is_server_error() => {
+            Some(super::middleware::fallback_error(response.status()).object())
+        }
+        None => None,
+    };
     let served_by = response.extensions().get::<ServedBy>().map(|s| s.0.clone());
     let mut upstream_ms = 0;
     draft.update(|r| {

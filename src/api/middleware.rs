@@ -202,7 +202,9 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-fn fallback_error(status: StatusCode) -> ApiError {
+/// The error an error status without our body is given (axum's own 404/405
+/// and extractor rejections).
+pub fn fallback_error(status: StatusCode) -> ApiError {
     match status {
         StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
