@@ -13,6 +13,9 @@ use squad::api::error::{ApiError, render};
 use squad::api::extract::parse;
 use squad::api::wire::ChatCompletionRequest;
 
+/// `server.max_json_depth`'s default.
+const MAX_DEPTH: usize = 64;
+
 fn check_rejection(e: &ApiError) {
     let (status, _, _) = e.parts();
     assert!(status == 400 || status == 422, "bad input answered {status}: {e:?}");
@@ -25,7 +28,7 @@ fn check_rejection(e: &ApiError) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    match parse::<ChatCompletionRequest>(data) {
+    match parse::<ChatCompletionRequest>(data, MAX_DEPTH) {
         Ok(request) => {
             let _ = (request.wants_stream(), request.wants_usage_chunk());
             match request.into_domain() {
@@ -43,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => check_rejection(&e),
     }
 
-    match parse::<Value>(data) {
+    match parse::<Value>(data, MAX_DEPTH) {
         Ok(value) => match decode(value).and_then(|body| body.into_ask("fuzz-agent".to_owned())) {
             Ok(ask) => {
                 assert!(!ask.prompt.trim().is_empty(), "an empty prompt was accepted");
