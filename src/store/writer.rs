@@ -26,6 +26,9 @@ pub struct AuditLog {
     journal: Journal,
     tx: mpsc::Sender<Queued>,
     rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    /// Rung when a full batch is queued; until then the writer lingers
+    /// without being woken by each record.
+    batch_ready: tokio::sync::Notify,
     store: Arc<Store>,
     policy: AuditFailurePolicy,
     content: AuditContent,
@@ -72,6 +75,7 @@ impl AuditLog {
             journal,
             tx,
             rx: Mutex::new(Some(rx)),
+            batch_ready: tokio::sync::Notify::new(),
             store,
             policy: config.on_failure,
             content: config.content,
@@ -129,7 +133,7 @@ impl AuditLog {
         line.push(b'\n');
         let seq = match self.journal.append(&line) {
             Ok(seq) => {
-                metrics::audit_record("journaled");
+                metrics::audit_journaled();
                 Some(seq)
             }
             Err(e) => {
@@ -147,7 +151,12 @@ impl AuditLog {
             record.error_kind = Some("audit_unavailable".into());
         }
         match self.tx.try_send((seq, record)) {
-            Ok(()) => metrics::audit_record("queued"),
+            Ok(()) => {
+                metrics::audit_queued();
+                if self.tx.max_capacity() - self.tx.capacity() >= self.batch_size {
+                    self.batch_ready.notify_one();
+                }
+            }
             Err(e) => {
                 let (seq, record) = match e {
                     mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
@@ -227,15 +236,34 @@ impl AuditLog {
     }
 
     /// Waits (at most `flush_interval`) for the batch to fill: under load one
-    /// statement carries many rows instead of one statement per wake-up.
+    /// statement carries many rows instead of one statement per wake-up. The
+    /// queue is not watched meanwhile (a watched queue wakes the writer for
+    /// every record); `submit` rings `batch_ready` once a batch is waiting.
     async fn fill(&self, rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) {
         let deadline = tokio::time::Instant::now() + self.flush_interval;
-        while batch.len() < self.batch_size {
+        loop {
+            self.take_queued(rx, batch);
+            if batch.len() >= self.batch_size {
+                return;
+            }
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
-                n = rx.recv_many(batch, self.batch_size - batch.len()) => if n == 0 { return },
-                () = tokio::time::sleep_until(deadline) => return,
+                () = self.batch_ready.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    self.take_queued(rx, batch);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves what is queued now into `batch`, up to a batch, without waiting.
+    fn take_queued(&self, rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) {
+        while batch.len() < self.batch_size {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
             }
         }
     }

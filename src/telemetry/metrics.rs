@@ -163,8 +163,16 @@ fn status_label(status: u16) -> &'static str {
 }
 
 /// An audit record reached a stage: `journaled`, `queued`, `written`, `replayed`.
-pub fn audit_record(stage: &'static str) {
-    counter!(AUDIT_RECORDS, "stage" => stage).increment(1);
+/// Once per request each: the counter is looked up once (after `install`,
+/// which runs before any request is served).
+pub fn audit_journaled() {
+    static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| counter!(AUDIT_RECORDS, "stage" => "journaled")).increment(1);
+}
+
+pub fn audit_queued() {
+    static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| counter!(AUDIT_RECORDS, "stage" => "queued")).increment(1);
 }
 
 pub fn audit_records(stage: &'static str, n: u64) {
