@@ -94,6 +94,9 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
             tracing::warn!(agent = %agent.id, provider = %link.provider, "agent chain names an unknown provider; it will be skipped");
         }
     }
+    for id in config.pii.agents.keys().filter(|id| roster.get(id).is_none()) {
+        tracing::warn!(agent = %id, "pii.agents names an unknown agent; its rules apply to nothing");
+    }
     let pii = Arc::new(
         crate::security::PiiPolicy::new(&config.pii).map_err(|e| AppError::Setup { part: "pii", message: e })?,
     );

@@ -166,29 +166,36 @@ impl Detector {
 
     /// Every PII match in `text`, sorted, non-overlapping.
     pub fn find(&self, text: &str) -> Vec<Found> {
-        let mut secrets = Vec::new();
-        self.find_secrets(text, &mut secrets);
-        let secrets = resolve(secrets);
-        // The other detectors run in the gaps between secrets: a secret's
-        // edges are boundaries to them, as its `[SECRET]` token will be.
-        let mut found = Vec::with_capacity(secrets.len());
+        self.find_where(text, |_| true)
+    }
+
+    /// The matches of the types `keep` accepts. Other types do not compete
+    /// for the text, so a kept value is never hidden by an ignored one that
+    /// overlaps it (a secret-looking local part of an e-mail, say).
+    pub fn find_where(&self, text: &str, keep: impl Fn(PiiKind) -> bool) -> Vec<Found> {
+        // Secrets and user patterns first; the other detectors run in the gaps
+        // between them, whose edges are boundaries, as the tokens' will be.
+        let mut fixed = Vec::new();
+        if keep(PiiKind::Secret) {
+            self.find_secrets(text, &mut fixed);
+        }
+        for (kind, re) in self.patterns.iter().filter(|(k, _)| keep(*k)) {
+            fixed.extend(re.find_iter(text).filter(|m| !m.is_empty()).map(|m| Found {
+                start: m.start(),
+                end: m.end(),
+                kind: *kind,
+            }));
+        }
+        let fixed = resolve(fixed);
+        let mut found = Vec::with_capacity(fixed.len());
         let mut at = 0;
-        for secret in secrets {
-            scan(&text[at..secret.start], at, &mut found, 0);
-            at = secret.end;
-            found.push(secret);
+        for f in fixed {
+            scan(&text[at..f.start], at, &mut found, 0);
+            at = f.end;
+            found.push(f);
         }
         scan(&text[at..], at, &mut found, 0);
-        if !self.patterns.is_empty() {
-            for (kind, re) in &self.patterns {
-                found.extend(re.find_iter(text).filter(|m| !m.is_empty()).map(|m| Found {
-                    start: m.start(),
-                    end: m.end(),
-                    kind: *kind,
-                }));
-            }
-            found = resolve(found);
-        }
+        found.retain(|f| keep(f.kind));
         found
     }
 
@@ -621,8 +628,7 @@ fn memchr_bracket(bytes: &[u8]) -> Option<usize> {
 /// text, and a number whose placeholder already appears in the texts is
 /// skipped, so restoring never turns a client's own `[EMAIL_1]` into a value.
 pub fn mask(detector: &Detector, masked: impl Fn(PiiKind) -> bool, texts: &mut [&mut String]) -> Mask {
-    let found: Vec<Vec<Found>> =
-        texts.iter().map(|t| detector.find(t).into_iter().filter(|f| masked(f.kind)).collect()).collect();
+    let found: Vec<Vec<Found>> = texts.iter().map(|t| detector.find_where(t, &masked)).collect();
     let mut out = Mask::default();
     if found.iter().all(Vec::is_empty) {
         return out;
@@ -799,6 +805,8 @@ mod tests {
     /// they will be once it is a token, so a second redaction finds nothing.
     #[test]
     fn neighbours_of_a_match_are_judged_as_after_redaction() {
+        let detector = Detector::with_patterns([("EMPLOYEE_ID", "EMP-[0-9]{3}")]).unwrap();
+        let r = |t: &str| redact(&detector, t).0.into_owned();
         for (input, want) in [
             ("e@o.si+@o.dr", "[EMAIL][EMAIL]"),
             ("t@o.co+55115511", "[EMAIL][PHONE]"),
@@ -807,6 +815,7 @@ mod tests {
             ("1::4111111111111111", "1::[CARD]"),
             ("a :: b and std::vector", "a :: b and std::vector"),
             ("el +51111 111+51111 1111111 11::", "el [PHONE]+[CARD]::"),
+            ("4111 1111 1111 1111EMP-123 and fe80::1EMP-456", "[CARD][EMPLOYEE_ID] and [IPV6][EMPLOYEE_ID]"),
         ] {
             let once = r(input);
             assert_eq!(once, want, "{input}");
@@ -952,6 +961,17 @@ mod tests {
             proptest::sample::select(vec!["[EMAIL_1]", "[EMAIL_2]", "[CARD_1", "[", "]", "[EMAIL]", "_1]", "é ü"])
                 .prop_map(str::to_owned),
         ]
+    }
+
+    /// Only masked types compete for the text: an e-mail whose local part
+    /// looks like a key is still masked as an e-mail when secrets are not.
+    #[test]
+    fn ignored_types_do_not_hide_masked_ones() {
+        let detector = Detector::new();
+        let mut text = "write to sk-abcdefghijklmnop@example.com".to_owned();
+        let mask = mask(&detector, |k| k == PiiKind::Email, &mut [&mut text]);
+        assert_eq!(text, "write to [EMAIL_1]");
+        assert_eq!(mask.restore(&text), "write to sk-abcdefghijklmnop@example.com");
     }
 
     #[test]

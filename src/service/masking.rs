@@ -39,13 +39,15 @@ pub fn unmask_stream(mask: Arc<Mask>, first: &mut Option<ChatChunk>, rest: Chunk
     if let Some(chunk) = first.as_mut() {
         restore_chunk(&mut restorer, chunk);
     }
-    Box::pin(Unmasked { inner: rest, restorer, ended: false })
+    Box::pin(Unmasked { inner: rest, restorer, ended: false, error: None })
 }
 
 struct Unmasked {
     inner: ChunkStream,
     restorer: Restorer,
     ended: bool,
+    /// An upstream error, delivered after the text held back before it.
+    error: Option<ProviderError>,
 }
 
 impl Stream for Unmasked {
@@ -53,6 +55,9 @@ impl Stream for Unmasked {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         if this.ended {
             return Poll::Ready(None);
         }
@@ -62,8 +67,14 @@ impl Stream for Unmasked {
                 Poll::Ready(Some(Ok(chunk)))
             }
             Some(Err(e)) => {
+                // What the provider did send reaches the client before the error.
                 this.ended = true;
-                Poll::Ready(Some(Err(e)))
+                let rest = this.restorer.finish();
+                if rest.is_empty() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                this.error = Some(e);
+                Poll::Ready(Some(Ok(ChatChunk { content: Some(rest), ..ChatChunk::default() })))
             }
             None => {
                 // A stream that ends without a finish reason still gets its tail.
@@ -72,5 +83,28 @@ impl Stream for Unmasked {
                 Poll::Ready((!rest.is_empty()).then(|| Ok(ChatChunk { content: Some(rest), ..ChatChunk::default() })))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::pii::{Detector, mask};
+
+    fn chunk(text: &str) -> Result<ChatChunk, ProviderError> {
+        Ok(ChatChunk { content: Some(text.to_owned()), ..ChatChunk::default() })
+    }
+
+    #[tokio::test]
+    async fn text_held_back_before_an_error_is_delivered_first() {
+        let mut prompt = "mail ana@example.com".to_owned();
+        let m = Arc::new(mask(&Detector::new(), |_| true, &mut [&mut prompt]));
+        assert_eq!(prompt, "mail [EMAIL_1]");
+        let upstream = vec![chunk("sent to [EMAIL_1], see [EMA"), Err(ProviderError::Upstream { status: 502 })];
+        let mut first = None;
+        let items: Vec<_> = unmask_stream(m, &mut first, Box::pin(futures::stream::iter(upstream))).collect().await;
+        let text: Vec<Option<String>> = items.iter().map(|i| i.as_ref().ok().and_then(|c| c.content.clone())).collect();
+        assert_eq!(text, [Some("sent to ana@example.com, see ".to_owned()), Some("[EMA".to_owned()), None]);
+        assert!(matches!(items[2], Err(ProviderError::Upstream { status: 502 })));
     }
 }

@@ -153,7 +153,10 @@ impl AuditLog {
         match self.tx.try_send((seq, record)) {
             Ok(()) => {
                 metrics::audit_queued();
-                if self.tx.max_capacity() - self.tx.capacity() >= self.batch_size {
+                // Half the queue when that is less than a batch, so a small
+                // queue does not overflow into the journal while the writer lingers.
+                let ring_at = self.batch_size.min(self.tx.max_capacity() / 2).max(1);
+                if self.tx.max_capacity() - self.tx.capacity() >= ring_at {
                     self.batch_ready.notify_one();
                 }
             }
