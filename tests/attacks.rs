@@ -166,6 +166,13 @@ fn cases(url: &str, keys: &Keys) -> Vec<Case> {
         case("newline in agent id", agent("dev%0d%0aX-Injected:%20yes"), 404, "agent_not_found", true),
         case("invalid UTF-8 in agent id", agent("dev%ff%fe"), 400, "invalid_request", true),
         case(
+            "newline in a provider name",
+            full(c.get(format!("{url}/providers/groq%0d%0aX-Injected:%20yes"))),
+            404,
+            "not_found",
+            false,
+        ),
+        case(
             "traversal on the roster",
             full(c.get(format!("{url}/v1/agents/..%2F..%2Fetc%2Fpasswd"))),
             404,

@@ -74,16 +74,16 @@ pub enum ApiError {
     Internal,
 }
 
-/// Whole seconds, rounded up; at least 1 so clients do not spin.
 /// Client input quoted back in an error message, but only when it is short,
 /// printable ASCII without `/` sequences that climb (`..`): control
 /// characters, path tricks and pasted text are never reflected.
-fn quoted(input: &str, max_len: usize) -> String {
+pub fn quoted(input: &str, max_len: usize) -> String {
     let plain =
         (1..=max_len).contains(&input.len()) && input.bytes().all(|b| b.is_ascii_graphic()) && !input.contains("..");
     if plain { format!("`{input}`") } else { "(not shown: not a valid name)".to_owned() }
 }
 
+/// Whole seconds, rounded up; at least 1 so clients do not spin.
 fn secs(d: &Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }

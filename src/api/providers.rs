@@ -161,7 +161,10 @@ pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> 
         (status = 503, description = "The key store has not answered yet", body = ErrorBody),
     ))]
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderStatus>, ApiError> {
-    let entry =
-        state.gateway.registry().get(&name).ok_or_else(|| ApiError::NotFound(format!("unknown provider `{name}`")))?;
+    let entry = state
+        .gateway
+        .registry()
+        .get(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown provider {}", super::error::quoted(&name, 64))))?;
     Ok(Json(status_of(entry, state.gateway.limits())))
 }
