@@ -19,7 +19,7 @@ use squad::store::keys::{self, KeySpec};
 use squad::store::{Store, now_ms};
 use support::dialects::{Dialect, OpenAi};
 use support::process::{export, serve_in, stop, temp_dir};
-use support::{Fake, Reply, assert_error_body};
+use support::{Fake, Reply, assert_error_body, assert_hardened};
 
 /// Sent inside the hostile requests; none may come back or be recorded.
 const EMAIL: &str = "alice.attacker@example.com";
@@ -80,19 +80,6 @@ struct Case {
     hardened: bool,
     /// On a provider route: exactly one audit row, with this status.
     audited: bool,
-}
-
-fn assert_hardened(headers: &reqwest::header::HeaderMap, what: &str) {
-    for (name, want) in [
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
-        ("cache-control", "no-store"),
-    ] {
-        assert_eq!(headers.get(name).and_then(|v| v.to_str().ok()), Some(want), "{what}: {name}");
-    }
-    assert!(headers.contains_key("content-security-policy"), "{what}: CSP");
-    assert!(!headers.contains_key("strict-transport-security"), "{what}: no HSTS without TLS");
 }
 
 fn cases(url: &str, keys: &Keys) -> Vec<Case> {

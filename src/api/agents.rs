@@ -15,7 +15,7 @@ use super::chat::PROVIDER_HEADER;
 use super::error::{ApiError, AttemptView, ErrorBody};
 use super::extract::{ApiJson, Caller};
 use super::middleware::ServedBy;
-use super::openapi::ProviderRouteErrors;
+use super::openapi::{KeyedRouteErrors, ProviderRouteErrors};
 use super::security::refuse_blocked_pii;
 use super::state::AppState;
 use crate::agents::{Agent, ChainLink};
@@ -284,8 +284,7 @@ impl From<&Agent> for AgentSummary {
 
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("bearer" = []), ("api_key" = [])), responses(
     (status = 200, description = "The roster", body = AgentList),
-    (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-    (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+    KeyedRouteErrors,
 ))]
 pub async fn list(State(state): State<AppState>) -> Json<AgentList> {
     let agents: Vec<AgentSummary> = state.gateway.roster().all().map(|a| AgentSummary::from(a.as_ref())).collect();
@@ -296,9 +295,8 @@ pub async fn list(State(state): State<AppState>) -> Json<AgentList> {
     params(("agent" = String, Path, description = "Agent id", example = "architect")),
     responses(
         (status = 200, description = "The agent", body = AgentDetail),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        KeyedRouteErrors,
         (status = 404, description = "Unknown agent (`agent_not_found`, with `valid_agents`)", body = ErrorBody),
-        (status = 503, description = "The key store has not answered yet", body = ErrorBody),
     ))]
 pub async fn show(State(state): State<AppState>, Path(agent): Path<String>) -> Result<Json<AgentDetail>, ApiError> {
     let agent = state.gateway.agent(&agent)?;

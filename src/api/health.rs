@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::openapi::KeyedRouteErrors;
 use super::state::AppState;
 use super::wire::{ModelEntry, ModelList};
 use crate::config::ProviderKind;
@@ -212,8 +213,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// Configured providers' advertised models as `provider/model`, then aliases.
 #[utoipa::path(get, path = "/v1/models", tag = "gateway", security(("bearer" = []), ("api_key" = [])), responses(
     (status = 200, description = "Models and agents usable as `model`", body = ModelList),
-    (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-    (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+    KeyedRouteErrors,
 ))]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let registry = state.gateway.registry();

@@ -89,6 +89,19 @@ impl IntoResponses for ProviderRouteErrors {
     }
 }
 
+/// The errors of a route behind `authenticate`: no usable key, or the key
+/// store not loaded yet.
+pub struct KeyedRouteErrors;
+
+impl IntoResponses for KeyedRouteErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [("401", "Missing or invalid API key"), ("503", "The key store has not answered yet")]
+            .into_iter()
+            .map(|(status, description)| (status.to_owned(), error_response(description)))
+            .collect()
+    }
+}
+
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
     ResponseBuilder::new().description(description).content("application/json", content).build().into()

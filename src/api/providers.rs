@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
+use super::openapi::KeyedRouteErrors;
 use super::state::AppState;
 use crate::service::{ProviderEntry, ProviderState};
 
@@ -128,8 +129,7 @@ fn rank(status: &str) -> u8 {
     responses(
         (status = 200, description = "Every provider with its recent health", body = ProviderList),
         (status = 400, description = "Bad `status` or `sort`", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 503, description = "The key store has not answered yet", body = ErrorBody),
+        KeyedRouteErrors,
     ))]
 pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<ProviderList>, ApiError> {
     let limits = state.gateway.limits();
@@ -156,9 +156,8 @@ pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> 
     params(("name" = String, Path, description = "Provider id, e.g. `groq`")),
     responses(
         (status = 200, description = "One provider", body = ProviderStatus),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        KeyedRouteErrors,
         (status = 404, description = "Unknown provider", body = ErrorBody),
-        (status = 503, description = "The key store has not answered yet", body = ErrorBody),
     ))]
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ProviderStatus>, ApiError> {
     let entry = state

@@ -318,3 +318,18 @@ impl Gateway {
         self.client.post(format!("{}{path}", self.url)).json(&body).send().await.unwrap()
     }
 }
+
+/// The hardening headers every plain-HTTP response carries, errors included.
+pub fn assert_hardened(headers: &reqwest::header::HeaderMap, what: &str) {
+    for (name, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(headers.get(name).and_then(|v| v.to_str().ok()), Some(want), "{what}: {name}");
+    }
+    let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "{what}: CSP {csp:?}");
+    assert!(!headers.contains_key("strict-transport-security"), "{what}: no HSTS without TLS");
+}
