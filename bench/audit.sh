@@ -45,6 +45,7 @@ YAML
   # DATABASE_URL would override the file's database: each variant names its own.
   (cd "$OUT/$1" && GROQ_API_KEY=bench-key exec env -u DATABASE_URL "$OLDPWD/$BIN" serve --config squad.yaml >/dev/null 2>&1) &
   pids+=($!)
+  echo $! > "$OUT/$1/pid"
   wait_port "$2"
 }
 
@@ -73,39 +74,61 @@ load() { # name port extra-args...
   oha --no-tui --output-format json -m POST -T application/json -d "$BODY" "$@" \
       "http://127.0.0.1:$port/v1/chat/completions" > "$OUT/$name.json"
 }
+# CPU time (clock ticks) of a variant's Squad, and for postgres of every
+# PostgreSQL server process too: "squad db".
+cpu_ticks() {
+  local squad db=0
+  squad=$(awk '{print $14 + $15}' "/proc/$(cat "$OUT/$1/pid")/stat")
+  if [ "$1" = postgres ]; then
+    db=$(for p in $(pgrep -x postgres 2>/dev/null); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s += $1} END {print s + 0}')
+  fi
+  echo "$squad $db"
+}
 echo "warming up…" >&2
 for v in "${VARIANTS[@]}"; do load "warm-$v" "$(port_of "$v")" -z 2s -c 16; done
 for round in 1 2; do
   for v in "${VARIANTS[@]}"; do
     echo "round $round: $v at $RATE req/s, then saturation…" >&2
     load "rate-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
+    before=$(cpu_ticks "$v")
     load "sat-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$SAT_CONNS"
+    echo "$before $(cpu_ticks "$v")" > "$OUT/sat-$v-$round.cpu"
   done
 done
 sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
 python3 - "$OUT" "$RATE" "${VARIANTS[@]}" <<'PY'
-import json, sys
+import json, os, sys
 out, rate, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def load(name):
     d = json.load(open(f"{out}/{name}.json"))
     s, p = d["summary"], d["latencyPercentiles"]
     codes = d.get("statusCodeDistribution", {})
     ok = sum(v for k, v in codes.items() if k.startswith("2")); total = sum(codes.values()) or 1
-    return {"rps": s["requestsPerSec"], "p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "ok": ok / total * 100}
+    r = {"rps": s["requestsPerSec"], "p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "ok": ok / total * 100, "n": total}
+    try:
+        b_squad, b_db, a_squad, a_db = map(float, open(f"{out}/{name}.cpu").read().split())
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        r["cpu"] = (a_squad - b_squad) * tick_us / total
+        r["dbcpu"] = (a_db - b_db) * tick_us / total
+    except OSError:
+        pass
+    return r
 def avg(prefix, v, key):
     return sum(load(f"{prefix}-{v}-{r}")[key] for r in (1, 2)) / 2
 print(f"\n== Audit overhead (mean of 2 alternating rounds; {rate} req/s fixed rate, then saturation)")
-print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'sat req/s':>10} {'added p50':>10} {'tput loss':>10}")
+print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'sat req/s':>10} {'added p50':>10} {'tput loss':>10} {'squad µs/req':>13} {'db µs/req':>10}")
 base_p50, base_rps = avg("rate", "off", "p50"), avg("sat", "off", "rps")
 for v in variants:
     p50, p99, ok, rps = avg("rate", v, "p50"), avg("rate", v, "p99"), avg("rate", v, "ok"), avg("sat", v, "rps")
-    print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {rps:>10.0f} {p50 - base_p50:>+10.3f} {100 * (1 - rps / base_rps):>9.1f}%")
+    cpu, db = avg("sat", v, "cpu"), avg("sat", v, "dbcpu")
+    print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {rps:>10.0f} {p50 - base_p50:>+10.3f} {100 * (1 - rps / base_rps):>9.1f}% {cpu:>13.1f} {db:>10.1f}")
 try:
     print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
 except OSError:
     pass
+print("squad µs/req: Squad's CPU time per request at saturation; db µs/req: PostgreSQL's")
 print("targets: added p50 <= 0.1 ms, throughput loss <= 10%")
 PY
 if [ -n "$PG_DB" ]; then

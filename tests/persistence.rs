@@ -159,6 +159,17 @@ async fn store_suite(url: &str) {
         let copy = open(&format!("sqlite://{}", out.display()));
         assert_eq!(copy.audit_count().await.unwrap(), 2500, "the backup is a full, consistent copy");
     }
+
+    // A NUL in client text (PostgreSQL refuses it in text columns) neither
+    // fails the batch nor is lost: it is kept as U+FFFD, in both dialects.
+    let mut nul = record("nul", "groq", (1, 1), None, now);
+    nul.prompt = Some("user: a\0b".into());
+    nul.user_id = Some("u\0".into());
+    let neighbour = record("beside-nul", "groq", (1, 1), None, now);
+    assert_eq!(store.insert_audit(&[nul, neighbour]).await.unwrap(), 2, "the whole batch goes in");
+    let read = store.audit_by_request("req-nul").await.unwrap().remove(0);
+    assert_eq!((read.prompt.as_deref(), read.user_id.as_deref()), (Some("user: a\u{fffd}b"), Some("u\u{fffd}")));
+    assert_eq!(store.audit_by_request("req-beside-nul").await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -85,10 +85,13 @@ pub fn decode_error(context: &str, e: &serde_json::Error) -> ProviderError {
 /// One pooled client per provider. `TCP_NODELAY` because SSE chunks are small and
 /// latency-sensitive; no total timeout here because streams must not have one.
 /// Redirects are not followed: reqwest would carry `x-goog-api-key` and
-/// configured headers to the new host, and turn the POST into a GET.
+/// configured headers to the new host, and turn the POST into a GET. reqwest's
+/// own retries are off (zero, so it does not copy every request in case):
+/// retrying is the fallback runner's, which counts and audits each attempt.
 pub fn build_client(timeouts: &Timeouts) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .tcp_nodelay(true)
         .connect_timeout(timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(90))

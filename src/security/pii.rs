@@ -244,6 +244,12 @@ impl Detector {
 ///   last separator no detector crosses) is scanned again up to it. The
 ///   stretches are disjoint, so the scan stays linear.
 fn scan(gap: &str, base: usize, out: &mut Vec<Found>, depth: u8) {
+    if may_match(gap.as_bytes()) {
+        scan_all(gap, base, out, depth);
+    }
+}
+
+fn scan_all(gap: &str, base: usize, out: &mut Vec<Found>, depth: u8) {
     let mut floor = 0;
     let mut i = 0;
     while i < gap.len() {
@@ -271,6 +277,25 @@ fn scan(gap: &str, base: usize, out: &mut Vec<Found>, depth: u8) {
             _ => i += skip(bytes, j),
         }
     }
+}
+
+/// Whether any built-in detector could match in `text`. Each needs one of: an
+/// `@` (e-mail), a digit (numbers, cards, IBAN), or two colons at most four
+/// hex digits apart (IPv6: its groups sit between colons; `::` counts). Most
+/// prose has none of them and skips the scan.
+fn may_match(text: &[u8]) -> bool {
+    // The last colon with only hex letters since.
+    let mut colon: Option<usize> = None;
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            b'@' | b'0'..=b'9' => return true,
+            b':' if colon.is_some_and(|c| i - c <= 5) => return true,
+            b':' => colon = Some(i),
+            b'a'..=b'f' | b'A'..=b'F' => {}
+            _ => colon = None,
+        }
+    }
+    false
 }
 
 /// ASCII bytes no built-in detector takes into a match: scanning may restart
@@ -858,7 +883,29 @@ mod tests {
         d.iter().map(|x| char::from(b'0' + x)).collect()
     }
 
+    #[test]
+    fn addresses_of_hex_letters_only_are_still_found() {
+        let d = Detector::new();
+        for text in ["at dead:beef::cafe now", "fe::ab", "a:b:c:d:e:f:a:b", "::ff"] {
+            let kinds: Vec<_> = d.find(text).iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, [PiiKind::Ipv6], "{text}");
+        }
+        assert!(d.find("user: hi\nassistant: hello").is_empty());
+        assert!(!may_match(b"You said: Say hello. a:b c:x:d"), "no colon pair only hex letters apart");
+        assert!(may_match(b"x::y") && may_match(b"ab:cdef:") && may_match(b"a@b") && may_match(b"7"));
+    }
+
     proptest! {
+        /// The shortcut skips only texts no detector matches in: over an
+        /// alphabet without `@` and digits (colons and hex letters included),
+        /// whatever the full scan finds, `may_match` allows.
+        #[test]
+        fn the_scan_shortcut_skips_only_texts_without_matches(text in "[a-fA-Zx:. \\-]{0,40}") {
+            let mut found = Vec::new();
+            scan_all(&text, 0, &mut found, 0);
+            prop_assert!(found.is_empty() || may_match(text.as_bytes()), "{text:?}: {found:?}");
+        }
+
         #[test]
         fn redaction_is_idempotent(text in "[ -~]{0,200}") {
             let once = r(&text);

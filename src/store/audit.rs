@@ -44,6 +44,13 @@ const COLUMNS: &str = "id, request_id, ts_ms, key_id, client_addr, method, route
      status, error_kind, attempts, provider, model, tokens_in, tokens_out, cost_usd, latency_ms, upstream_ms, \
      overhead_ms, streamed, cancelled, prompt, response, metadata";
 
+/// Text as the database can keep it: PostgreSQL refuses U+0000 in text (and
+/// one refused row would fail its whole batch, again at every replay), so it
+/// becomes U+FFFD, in both dialects alike.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') { s.replace('\0', "\u{fffd}").into() } else { s.into() }
+}
+
 impl AuditRecord {
     /// The record as JSON with `attempts` and `metadata` as JSON values, for export.
     pub fn to_export(&self) -> serde_json::Value {
@@ -106,21 +113,21 @@ impl Store {
                 let (chunk, tail) = rest.split_at(n);
                 let mut q: QueryBuilder<DB> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
                 q.push_values(chunk, |mut b, r| {
-        b.push_bind(r.id.as_str())
-            .push_bind(r.request_id.as_str())
+        b.push_bind(text(&r.id))
+            .push_bind(text(&r.request_id))
             .push_bind(r.ts_ms)
-            .push_bind(r.key_id.as_deref())
-            .push_bind(r.client_addr.as_deref())
-            .push_bind(r.method.as_str())
-            .push_bind(r.route.as_str())
-            .push_bind(r.agent.as_deref())
-            .push_bind(r.user_id.as_deref())
-            .push_bind(r.conversation_id.as_deref())
+            .push_bind(r.key_id.as_deref().map(text))
+            .push_bind(r.client_addr.as_deref().map(text))
+            .push_bind(text(&r.method))
+            .push_bind(text(&r.route))
+            .push_bind(r.agent.as_deref().map(text))
+            .push_bind(r.user_id.as_deref().map(text))
+            .push_bind(r.conversation_id.as_deref().map(text))
             .push_bind(r.status)
-            .push_bind(r.error_kind.as_deref())
-            .push_bind(r.attempts.as_str())
-            .push_bind(r.provider.as_deref())
-            .push_bind(r.model.as_deref())
+            .push_bind(r.error_kind.as_deref().map(text))
+            .push_bind(text(&r.attempts))
+            .push_bind(r.provider.as_deref().map(text))
+            .push_bind(r.model.as_deref().map(text))
             .push_bind(r.tokens_in)
             .push_bind(r.tokens_out)
             .push_bind(r.cost_usd)
@@ -129,9 +136,9 @@ impl Store {
             .push_bind(r.overhead_ms)
             .push_bind(r.streamed)
             .push_bind(r.cancelled)
-            .push_bind(r.prompt.as_deref())
-            .push_bind(r.response.as_deref())
-            .push_bind(r.metadata.as_deref());
+            .push_bind(r.prompt.as_deref().map(text))
+            .push_bind(r.response.as_deref().map(text))
+            .push_bind(r.metadata.as_deref().map(text));
                 });
                 q.push(" ON CONFLICT (id) DO NOTHING");
                 inserted += q.build().execute(&mut *tx).await?.rows_affected();

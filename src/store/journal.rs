@@ -1,8 +1,14 @@
 //! The audit journal: append-only segment files (`audit-<seq>.jsonl`, one JSON
-//! record per line) that every record reaches, with one `write` call, before
-//! its response completes. The OS keeps a completed `write` across a crash of
-//! the process, so a record survives SIGKILL; the database copy is written
-//! later, in batches.
+//! record per line) that every record reaches before its response completes.
+//! The active segment is allocated on disk up front (`posix_fallocate`) and
+//! mapped shared into memory, so an append is a copy into the page cache, with
+//! no system call: the kernel owns those pages, so they reach the file even
+//! if the process is killed the next instant (SIGKILL), as a completed `write`
+//! would. A full disk shows when a segment is allocated, as an error, never as
+//! a fault on a mapped page. Unused space at the end of a segment holds zero
+//! bytes; a segment is trimmed to its records when sealed, and a reader skips
+//! the zeros of one that was not (the process died). The database copy is
+//! written later, in batches.
 //!
 //! A segment is deleted once it is sealed (full, or at shutdown) and every
 //! record in it is known to be in the database. A segment is *dirty* when
@@ -13,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,6 +29,62 @@ use super::AuditRecord;
 struct Active {
     seq: u64,
     file: File,
+    map: memmap2::MmapMut,
+    /// Bytes of records in `map`; the rest is zeros.
+    len: usize,
+}
+
+impl Active {
+    /// Creates segment `seq` with room for `size` bytes, allocated on disk.
+    fn create(path: &Path, seq: u64, size: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().create_new(true).read(true).write(true).open(path)?;
+        let allocated = allocate(&file, size).and_then(|()| {
+            // SAFETY: the mapping is only ever used through `Active`, which
+            // this journal owns, and the file is its own (created just now,
+            // `create_new`); nothing else truncates it while it is mapped.
+            // The blocks are allocated, so stores into the mapping cannot
+            // fault for lack of disk space.
+            unsafe { memmap2::MmapMut::map_mut(&file) }
+        });
+        match allocated {
+            Ok(map) => Ok(Self { seq, file, map, len: 0 }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    fn append(&mut self, line: &[u8]) -> bool {
+        let end = self.len + line.len();
+        let Some(room) = self.map.get_mut(self.len..end) else { return false };
+        room.copy_from_slice(line);
+        self.len = end;
+        true
+    }
+}
+
+impl Drop for Active {
+    /// Sealed: the file is cut to its records (the mapping, unmapped right
+    /// after, is not touched past them again).
+    fn drop(&mut self) {
+        if let Err(e) = self.file.set_len(self.len as u64) {
+            // Harmless: readers skip the zeros.
+            tracing::warn!(segment = self.seq, error = %e, "cannot trim a sealed audit journal segment");
+        }
+    }
+}
+
+/// Reserves `size` bytes of disk for `file` (which grows to `size`), so that
+/// later stores into a mapping of it cannot hit a full disk.
+fn allocate(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).map_err(|_| io::Error::other("segment too large"))?;
+    // SAFETY: a plain system call on a file descriptor `file` keeps open.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 #[derive(Default)]
@@ -98,14 +160,8 @@ impl Journal {
         match &result {
             Ok(_) => inner.failed_at = None,
             Err(_) => {
-                // The segment written to is abandoned: sealed, and replayed
-                // from the file if any of its records is still pending.
-                if let Some(active) = inner.active.take()
-                    && let Some(s) = inner.segments.get_mut(&active.seq)
-                {
-                    s.sealed = true;
-                    s.dirty |= s.pending > 0;
-                }
+                // A failed append leaves no active segment (the last one was
+                // sealed before a new one was tried).
                 inner.failed_at = Some(Instant::now());
             }
         }
@@ -113,25 +169,36 @@ impl Journal {
     }
 
     fn append_locked(&self, inner: &mut Inner, line: &[u8]) -> io::Result<u64> {
-        if inner.active.is_none() {
-            std::fs::create_dir_all(&self.dir)?;
-            let seq = inner.next_seq;
-            let file = OpenOptions::new().create_new(true).append(true).open(self.dir.join(segment_name(seq)))?;
-            inner.next_seq += 1;
-            inner.segments.insert(seq, Segment::default());
-            inner.active = Some(Active { seq, file });
+        if let Some(active) = inner.active.as_mut()
+            && active.append(line)
+        {
+            let seq = active.seq;
+            let segment = inner.segments.entry(seq).or_default();
+            segment.pending += 1;
+            segment.bytes += line.len() as u64;
+            return Ok(seq);
         }
-        let Some(active) = inner.active.as_mut() else { return Err(io::Error::other("no active segment")) };
-        let seq = active.seq;
-        active.file.write_all(line)?;
-        let segment = inner.segments.entry(seq).or_default();
-        segment.pending += 1;
-        segment.bytes += line.len() as u64;
-        if segment.bytes >= self.segment_bytes {
-            segment.sealed = true;
-            inner.active = None;
-        }
+        // No room (or no segment): the next one, big enough for this line.
+        self.seal_active(inner);
+        std::fs::create_dir_all(&self.dir)?;
+        let seq = inner.next_seq;
+        let size = self.segment_bytes.max(line.len() as u64);
+        let mut active = Active::create(&self.dir.join(segment_name(seq)), seq, size)?;
+        inner.next_seq += 1;
+        active.append(line);
+        inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
+        inner.active = Some(active);
         Ok(seq)
+    }
+
+    /// Seals the active segment, if any: nothing more is appended to it.
+    fn seal_active(&self, inner: &mut Inner) {
+        if let Some(active) = inner.active.take() {
+            if let Some(s) = inner.segments.get_mut(&active.seq) {
+                s.sealed = true;
+            }
+            drop(active);
+        }
     }
 
     /// Did an append fail within the last second (and none succeed since)?
@@ -187,11 +254,7 @@ impl Journal {
         if let Some(active) = &inner.active
             && inner.segments.get(&active.seq).is_some_and(|s| s.dirty)
         {
-            let seq = active.seq;
-            inner.active = None;
-            if let Some(s) = inner.segments.get_mut(&seq) {
-                s.sealed = true;
-            }
+            self.seal_active(&mut inner);
         }
         inner.segments.iter().filter(|(_, s)| s.sealed && s.dirty).map(|(seq, _)| *seq).collect()
     }
@@ -201,7 +264,10 @@ impl Journal {
         let file = File::open(self.dir.join(segment_name(seq)))?;
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
         for line in io::BufReader::new(file).split(b'\n') {
-            let line = line?;
+            let mut line = line?;
+            // Zeros: the unused end of a segment that was never trimmed.
+            let end = line.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            line.truncate(end);
             if line.is_empty() {
                 continue;
             }
@@ -222,11 +288,7 @@ impl Journal {
     /// Seals the active segment (at shutdown) and deletes every clean one.
     pub fn seal(&self) {
         let mut inner = self.lock();
-        if let Some(active) = inner.active.take()
-            && let Some(s) = inner.segments.get_mut(&active.seq)
-        {
-            s.sealed = true;
-        }
+        self.seal_active(&mut inner);
         self.remove_clean(&mut inner);
     }
 
@@ -277,17 +339,48 @@ mod tests {
 
     #[test]
     fn segments_left_by_a_crash_are_adopted_and_a_torn_line_is_counted() {
+        use std::os::unix::fs::FileExt;
         let dir = tempdir();
         let j = Journal::open(&dir, 1 << 20);
-        let seq = j.append(&record("x")).unwrap();
-        drop(j);
-        let mut f = OpenOptions::new().append(true).open(dir.join(segment_name(seq))).unwrap();
-        f.write_all(b"{\"id\":\"torn").unwrap();
+        let line = record("x");
+        let seq = j.append(&line).unwrap();
+        // A crash: the segment is never trimmed, and a record is cut short
+        // after the last complete one, zeros after it.
+        std::mem::forget(j);
+        let path = dir.join(segment_name(seq));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20, "the segment is allocated up front");
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_at(b"{\"id\":\"torn", line.len() as u64).unwrap();
         let j = Journal::open(&dir, 1 << 20);
         assert_eq!(j.dirty_segments(), vec![seq]);
         let read = j.read(seq).unwrap();
         assert_eq!((read.records.len(), read.corrupt), (1, 1));
         assert_ne!(j.append(&record("y")).unwrap(), seq, "a restarted journal never appends to an old segment");
+    }
+
+    #[test]
+    fn sealed_segments_are_cut_to_their_records() {
+        let dir = tempdir();
+        let j = Journal::open(&dir, 1 << 20);
+        let (a, b) = (record("a"), record("b"));
+        let seq = j.append(&a).unwrap();
+        j.append(&b).unwrap();
+        j.seal();
+        let bytes = std::fs::read(dir.join(segment_name(seq))).unwrap();
+        assert_eq!(bytes, [a, b].concat(), "exactly the records, in order, no zeros");
+    }
+
+    #[test]
+    fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
+        let dir = tempdir();
+        let j = Journal::open(&dir, 64);
+        let big = record(&"x".repeat(500));
+        let first = j.append(&record("a")).unwrap();
+        let seq = j.append(&big).unwrap();
+        assert_ne!(first, seq);
+        j.mark_dirty(seq);
+        assert_eq!(j.dirty_segments(), vec![seq]);
+        assert_eq!(j.read(seq).unwrap().records.len(), 1);
     }
 
     #[test]

@@ -122,14 +122,13 @@ impl AuditLog {
     /// Journal, then queue. `Err` only when the journal failed and the policy
     /// is `reject`; every other failure is logged and counted.
     pub fn submit(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
-        let mut line = match serde_json::to_vec(&record) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
-                metrics::audit_failure("encode");
-                return self.allowed(AuditUnavailable);
-            }
-        };
+        // Sized for a typical record, so encoding does not regrow the buffer.
+        let mut line = Vec::with_capacity(1024);
+        if let Err(e) = serde_json::to_writer(&mut line, &record) {
+            tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
+            metrics::audit_failure("encode");
+            return self.allowed(AuditUnavailable);
+        }
         line.push(b'\n');
         let seq = match self.journal.append(&line) {
             Ok(seq) => {

@@ -1,10 +1,12 @@
 //! Every metric Squad exports: names, labels and the helpers that record them.
 //! Labels are bounded: route template, method, status, provider, outcome.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "squad_http_requests_total";
@@ -57,32 +59,82 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-pub fn http_started() {
-    gauge!(HTTP_IN_FLIGHT).increment(1.0);
+/// Handles of the metrics recorded on every request, by label set. The
+/// registry lookup (label strings built, hashed and compared) happens once per
+/// label set instead of once per request; the sets are bounded (route
+/// templates, providers, fixed outcomes), so the cache is too.
+struct Handles<K, V> {
+    by_name: LazyLock<RwLock<HashMap<String, HashMap<K, V>>>>,
 }
 
-pub fn http_finished(route: &str, method: &str, status: u16, elapsed: Duration) {
-    gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+impl<K: Eq + Hash + Copy, V: Clone> Handles<K, V> {
+    const fn new() -> Self {
+        Self { by_name: LazyLock::new(Default::default) }
+    }
+
+    /// The handles for (`name`, `rest`), registered by `make` the first time.
+    fn get(&self, name: &str, rest: K, make: impl FnOnce() -> V) -> V {
+        if let Ok(map) = self.by_name.read()
+            && let Some(v) = map.get(name).and_then(|m| m.get(&rest))
+        {
+            return v.clone();
+        }
+        let v = make();
+        if let Ok(mut map) = self.by_name.write() {
+            map.entry(name.to_owned()).or_default().entry(rest).or_insert_with(|| v.clone());
+        }
+        v
+    }
+}
+
+fn in_flight() -> &'static Gauge {
+    static HANDLE: OnceLock<Gauge> = OnceLock::new();
+    HANDLE.get_or_init(|| gauge!(HTTP_IN_FLIGHT))
+}
+
+pub fn http_started() {
+    in_flight().increment(1.0);
+}
+
+pub fn http_finished(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+    static HANDLES: Handles<(&'static str, &'static str), (Counter, Histogram)> = Handles::new();
+    in_flight().decrement(1.0);
     let status = status_label(status);
-    let labels = [("route", route.to_owned()), ("method", method.to_owned()), ("status", status.to_owned())];
-    counter!(HTTP_REQUESTS, &labels).increment(1);
-    histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+    let (requests, duration) = HANDLES.get(route, (method, status), || {
+        let labels = [("route", route.to_owned()), ("method", method.to_owned()), ("status", status.to_owned())];
+        (counter!(HTTP_REQUESTS, &labels), histogram!(HTTP_DURATION, &labels))
+    });
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
 }
 
 /// `outcome` is `ok`, `cancelled`, or an `ErrorKind` label.
 pub fn upstream_call(provider: &str, outcome: &'static str, elapsed: Duration) {
-    let labels = [("provider", provider.to_owned()), ("outcome", outcome.to_owned())];
-    counter!(UPSTREAM_REQUESTS, &labels).increment(1);
-    histogram!(UPSTREAM_DURATION, &labels).record(elapsed.as_secs_f64());
+    static HANDLES: Handles<&'static str, (Counter, Histogram)> = Handles::new();
+    let (calls, duration) = HANDLES.get(provider, outcome, || {
+        let labels = [("provider", provider.to_owned()), ("outcome", outcome.to_owned())];
+        (counter!(UPSTREAM_REQUESTS, &labels), histogram!(UPSTREAM_DURATION, &labels))
+    });
+    calls.increment(1);
+    duration.record(elapsed.as_secs_f64());
 }
 
 pub fn upstream_first_chunk(provider: &str, elapsed: Duration) {
-    histogram!(UPSTREAM_FIRST_CHUNK, "provider" => provider.to_owned()).record(elapsed.as_secs_f64());
+    static HANDLES: Handles<(), Histogram> = Handles::new();
+    let first = HANDLES.get(provider, (), || histogram!(UPSTREAM_FIRST_CHUNK, "provider" => provider.to_owned()));
+    first.record(elapsed.as_secs_f64());
 }
 
 pub fn tokens(provider: &str, prompt: u64, completion: u64) {
-    counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "input").increment(prompt);
-    counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "output").increment(completion);
+    static HANDLES: Handles<(), (Counter, Counter)> = Handles::new();
+    let (input, output) = HANDLES.get(provider, (), || {
+        (
+            counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "input"),
+            counter!(TOKENS, "provider" => provider.to_owned(), "direction" => "output"),
+        )
+    });
+    input.increment(prompt);
+    output.increment(completion);
 }
 
 /// The chain moved from one provider to the next.
@@ -111,7 +163,8 @@ pub fn breaker_transition(provider: &str, transition: crate::resilience::breaker
 
 /// `scope`: provider, client, concurrency; `outcome`: allowed, limited, queued, queue_full, timed_out.
 pub fn admission(scope: &'static str, outcome: &'static str) {
-    counter!(ADMISSIONS, "scope" => scope, "outcome" => outcome).increment(1);
+    static HANDLES: Handles<&'static str, Counter> = Handles::new();
+    HANDLES.get(scope, outcome, || counter!(ADMISSIONS, "scope" => scope, "outcome" => outcome)).increment(1);
 }
 
 pub fn queue_depth(depth: usize) {
@@ -136,8 +189,15 @@ pub fn breaker_initial(provider: &str) {
 }
 
 pub fn agent_request(agent: &str, outcome: &'static str, elapsed: Duration) {
-    counter!(AGENT_REQUESTS, "agent" => agent.to_owned(), "outcome" => outcome).increment(1);
-    histogram!(AGENT_DURATION, "agent" => agent.to_owned()).record(elapsed.as_secs_f64());
+    static HANDLES: Handles<&'static str, (Counter, Histogram)> = Handles::new();
+    let (requests, duration) = HANDLES.get(agent, outcome, || {
+        (
+            counter!(AGENT_REQUESTS, "agent" => agent.to_owned(), "outcome" => outcome),
+            histogram!(AGENT_DURATION, "agent" => agent.to_owned()),
+        )
+    });
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
 }
 
 fn status_label(status: u16) -> &'static str {
@@ -196,4 +256,35 @@ pub fn auth_decision(outcome: &'static str) {
 /// PII found, by type (never the value) and where (`audit`).
 pub fn pii_detected(kind: &'static str, place: &'static str) {
     counter!(PII_DETECTIONS, "kind" => kind, "where" => place).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_handles_count_into_the_series_of_their_labels() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let render = recorder.handle();
+        let handles: Handles<&'static str, Counter> = Handles::new();
+        let mut registered = 0;
+        metrics::with_local_recorder(&recorder, || {
+            for (provider, outcome) in [("groq", "ok"), ("groq", "ok"), ("groq", "timeout"), ("gemini", "ok")] {
+                let make = || {
+                    registered += 1;
+                    counter!(UPSTREAM_REQUESTS, "provider" => provider, "outcome" => outcome)
+                };
+                handles.get(provider, outcome, make).increment(1);
+            }
+        });
+        assert_eq!(registered, 3, "one registry lookup per label set");
+        let text = render.render();
+        for series in [
+            r#"squad_upstream_requests_total{provider="groq",outcome="ok"} 2"#,
+            r#"squad_upstream_requests_total{provider="groq",outcome="timeout"} 1"#,
+            r#"squad_upstream_requests_total{provider="gemini",outcome="ok"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
 }
