@@ -164,19 +164,31 @@ pub struct Background {
     store: Option<Arc<Store>>,
 }
 
-/// Starts the background work. Tries the migrations first (for at most the
-/// database connect timeout) so keys are loaded before traffic arrives; a
-/// database that is down does not stop start-up.
+/// Starts the background work. Waits for the migrations first (for at most
+/// the database connect timeout) so keys are loaded before traffic arrives; a
+/// database that is down or slow does not stop start-up.
 pub async fn start(state: &AppState, config: &Config) -> Background {
     let stop = tokio_util::sync::CancellationToken::new();
     if let Some(store) = &state.store {
-        match tokio::time::timeout(config.database.connect_timeout, store.migrate()).await {
-            Ok(Ok(())) => tracing::info!(database = %store.shown_url(), dialect = store.dialect(), "database ready"),
-            Ok(Err(e)) => {
+        // The migration runs in its own task and is never cut off: cut off
+        // between PostgreSQL's `pg_advisory_lock` and its unlock, it would
+        // leave the lock with a pooled connection, and every later migration
+        // (the audit writer's first) would wait until the pool reaps that
+        // connection, 10 to 20 minutes later. Later callers wait for this one.
+        let migration = tokio::spawn({
+            let store = store.clone();
+            async move { store.migrate().await }
+        });
+        match tokio::time::timeout(config.database.connect_timeout, migration).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(database = %store.shown_url(), dialect = store.dialect(), "database ready")
+            }
+            Ok(Ok(Err(e))) => {
                 tracing::error!(database = %store.shown_url(), error = %e, "database unavailable at start-up; audit records wait in the journal")
             }
+            Ok(Err(e)) => tracing::error!(error = %e, "the start-up migration task failed"),
             Err(_) => {
-                tracing::error!(database = %store.shown_url(), "database did not answer at start-up; audit records wait in the journal")
+                tracing::error!(database = %store.shown_url(), "database did not answer at start-up; audit records wait in the journal while the migration goes on")
             }
         }
         if let Some(keys) = &state.keys {

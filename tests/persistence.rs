@@ -509,6 +509,37 @@ async fn postgres_outage_requests_succeed_and_rows_arrive_after() {
     drop_pg(&url).await;
 }
 
+/// A start-up migration slower than `database.connect_timeout` is not cut
+/// off: cut off between PostgreSQL's `pg_advisory_lock` and its unlock, it
+/// left the lock with a pooled connection, and the audit writer's own
+/// migration (on another connection) waited until the pool reaped that
+/// connection, 20 minutes later (this test, in CI, once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_start_up_migration_does_not_strand_the_migration_lock() {
+    let Some(url) = pg_database("a_slow_start_up_migration_does_not_strand_the_migration_lock").await else { return };
+    let migrated = open(&url);
+    migrated.migrate().await.unwrap();
+    migrated.close().await;
+    // Another session holds the migrations table: the next migration takes
+    // the advisory lock, then waits for the table.
+    let mut blocker = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE").execute(&mut blocker).await.unwrap();
+    let dir = temp_dir();
+    let gw = audited(&url, &dir, |c| c.database.connect_timeout = Duration::from_millis(300)).await;
+    assert_eq!(chat_as(&gw, "slow-migration-1").await.status(), 200);
+    // The writer tries to migrate before writing the row (it flushes within 200 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    let flushed = tokio::time::timeout(Duration::from_secs(20), gw.shutdown()).await;
+    assert!(flushed.is_ok(), "the audit writer is still waiting for the migration lock");
+    let store = open(&url);
+    assert_eq!(store.audit_by_request("slow-migration-1").await.unwrap().len(), 1);
+    store.close().await;
+    drop_pg(&url).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// When even the journal cannot be written: `reject` answers 503, `allow`
 /// serves and still gets the row to the database through the queue.
 #[tokio::test]

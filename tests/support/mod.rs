@@ -188,6 +188,14 @@ pub fn secrets() -> Secrets {
     s
 }
 
+/// Longest one request through `Gateway::client` may take, body included;
+/// well past anything a test waits out on purpose (a few seconds at most), so
+/// a hang fails here, naming the request's URL, instead of running on.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest `Gateway::shutdown` may take: the audit flush and the store close.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A gateway serving `config` on 127.0.0.1:0; stopped when dropped.
 pub struct Gateway {
     pub url: String,
@@ -300,7 +308,8 @@ pub async fn gateway_with(config: Config, secrets: Secrets) -> Gateway {
     tokio::spawn(server::run(listener, app::router(state), lifecycle, drain, http, async {
         let _ = stopped.await;
     }));
-    Gateway { url, client: reqwest::Client::new(), stop: Some(stop), background: Some(background) }
+    let client = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).build().unwrap();
+    Gateway { url, client, stop: Some(stop), background: Some(background) }
 }
 
 impl Gateway {
@@ -310,7 +319,9 @@ impl Gateway {
             let _ = stop.send(());
         }
         if let Some(background) = self.background.take() {
-            background.shutdown().await;
+            tokio::time::timeout(SHUTDOWN_TIMEOUT, background.shutdown()).await.unwrap_or_else(|_| {
+                panic!("the gateway's shutdown (audit flush, store close) took over {SHUTDOWN_TIMEOUT:?}")
+            });
         }
     }
 
