@@ -150,7 +150,17 @@ impl Store {
         }
         match &self.db {
             Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Db::Postgres(pool) => {
+                // In a task of its own, so a caller that stops waiting (a
+                // timeout) never cuts it off between PostgreSQL's
+                // `pg_advisory_lock` and the unlock: the lock would stay with
+                // a pooled connection and stall every later migration until
+                // the pool reaps that connection, minutes later.
+                let pool = pool.clone();
+                tokio::spawn(async move { sqlx::migrate!("./migrations/postgres").run(&pool).await })
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("the migration task failed: {e}")))??
+            }
         }
         self.migrated.store(true, Ordering::Release);
         Ok(())
