@@ -165,11 +165,29 @@ async fn store_suite(url: &str) {
     let mut nul = record("nul", "groq", (1, 1), None, now);
     nul.prompt = Some("user: a\0b".into());
     nul.user_id = Some("u\0".into());
-    let neighbour = record("beside-nul", "groq", (1, 1), None, now);
-    assert_eq!(store.insert_audit(&[nul, neighbour]).await.unwrap(), 2, "the whole batch goes in");
+    // Beside it, a row with every field set reads back exactly as written.
+    let full = AuditRecord {
+        key_id: Some("k1".into()),
+        client_addr: Some("127.0.0.1".into()),
+        user_id: Some("user-7".into()),
+        conversation_id: Some("c-9".into()),
+        status: 502,
+        error_kind: Some("upstream_error".into()),
+        attempts: r#"[{"provider":"groq","outcome":"timeout","latency_ms":12.5}]"#.into(),
+        latency_ms: 12.75,
+        upstream_ms: 12.5,
+        overhead_ms: 0.25,
+        streamed: true,
+        cancelled: true,
+        prompt: Some("user: \"quoted\" \\ é 😀\n".into()),
+        response: Some("partial".into()),
+        metadata: Some(r#"{"team":"a"}"#.into()),
+        ..record("beside-nul", "groq", (3, 4), Some(1.5e-5), now)
+    };
+    assert_eq!(store.insert_audit(&[nul, full.clone()]).await.unwrap(), 2, "the whole batch goes in");
     let read = store.audit_by_request("req-nul").await.unwrap().remove(0);
     assert_eq!((read.prompt.as_deref(), read.user_id.as_deref()), (Some("user: a\u{fffd}b"), Some("u\u{fffd}")));
-    assert_eq!(store.audit_by_request("req-beside-nul").await.unwrap().len(), 1);
+    assert_eq!(store.audit_by_request("req-beside-nul").await.unwrap(), vec![full]);
 }
 
 #[tokio::test]

@@ -97,56 +97,54 @@ pub struct UsageRow {
 impl Store {
     /// Inserts `rows` in one transaction; rows already present (same `id`)
     /// are skipped, so replaying a journal twice changes nothing. Returns the
-    /// number of new rows. Multi-row statements go in power-of-two sizes, so
-    /// a handful of distinct statements stay in the prepared-statement cache.
+    /// number of new rows.
     pub async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<u64, StoreError> {
-        const MAX_CHUNK: usize = 256;
+        match &self.db {
+            super::Db::Sqlite(pool) => insert_sqlite(pool, &rows.iter().collect::<Vec<_>>()).await,
+            super::Db::Postgres(_) => {
+                // Not the journal's own lines (replay, tools): encoded here.
+                let mut lines = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let mut r = r.clone();
+                    r.scrub_nul();
+                    lines.push(serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?);
+                }
+                let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+                self.insert_audit_encoded(&rows.iter().collect::<Vec<_>>(), &lines).await
+            }
+        }
+    }
+
+    /// As `insert_audit`, given each record's JSON too (`lines[i]` is
+    /// `rows[i]` as the journal keeps it, U+0000 already replaced): PostgreSQL
+    /// takes the whole batch as one JSON parameter (binding 26 parameters a
+    /// row cost more than the insert itself); SQLite binds the columns.
+    pub async fn insert_audit_encoded(&self, rows: &[&AuditRecord], lines: &[&[u8]]) -> Result<u64, StoreError> {
+        debug_assert_eq!(rows.len(), lines.len());
         if rows.is_empty() {
             return Ok(0);
         }
-        on_db!(self, pool, DB => {
-            let mut tx = pool.begin().await?;
-            let mut inserted = 0;
-            let mut rest = rows;
-            while !rest.is_empty() {
-                let n = (1usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
-                let (chunk, tail) = rest.split_at(n);
-                let mut q: QueryBuilder<DB> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
-                q.push_values(chunk, |mut b, r| {
-        b.push_bind(text(&r.id))
-            .push_bind(text(&r.request_id))
-            .push_bind(r.ts_ms)
-            .push_bind(r.key_id.as_deref().map(text))
-            .push_bind(r.client_addr.as_deref().map(text))
-            .push_bind(text(&r.method))
-            .push_bind(text(&r.route))
-            .push_bind(r.agent.as_deref().map(text))
-            .push_bind(r.user_id.as_deref().map(text))
-            .push_bind(r.conversation_id.as_deref().map(text))
-            .push_bind(r.status)
-            .push_bind(r.error_kind.as_deref().map(text))
-            .push_bind(text(&r.attempts))
-            .push_bind(r.provider.as_deref().map(text))
-            .push_bind(r.model.as_deref().map(text))
-            .push_bind(r.tokens_in)
-            .push_bind(r.tokens_out)
-            .push_bind(r.cost_usd)
-            .push_bind(r.latency_ms)
-            .push_bind(r.upstream_ms)
-            .push_bind(r.overhead_ms)
-            .push_bind(r.streamed)
-            .push_bind(r.cancelled)
-            .push_bind(r.prompt.as_deref().map(text))
-            .push_bind(r.response.as_deref().map(text))
-            .push_bind(r.metadata.as_deref().map(text));
-                });
-                q.push(" ON CONFLICT (id) DO NOTHING");
-                inserted += q.build().execute(&mut *tx).await?.rows_affected();
-                rest = tail;
+        match &self.db {
+            super::Db::Postgres(pool) => {
+                let mut batch = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
+                batch.push(b'[');
+                for (i, line) in lines.iter().enumerate() {
+                    if i > 0 {
+                        batch.push(b',');
+                    }
+                    batch.extend_from_slice(line.trim_ascii_end());
+                }
+                batch.push(b']');
+                let batch = String::from_utf8(batch).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let sql = format!(
+                    "INSERT INTO audit_log ({COLUMNS}) SELECT {COLUMNS} \
+                     FROM json_populate_recordset(NULL::audit_log, $1::json) ON CONFLICT (id) DO NOTHING"
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(batch).execute(pool).await?;
+                Ok(done.rows_affected())
             }
-            tx.commit().await?;
-            Ok(inserted)
-        })
+            super::Db::Sqlite(pool) => insert_sqlite(pool, rows).await,
+        }
     }
 
     /// Deletes rows older than `before_ms`; returns how many.
@@ -208,5 +206,91 @@ impl Store {
             g = group_by.expr()
         );
         on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, UsageRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(since).bind(until).fetch_all(pool).await?))
+    }
+}
+
+impl AuditRecord {
+    fn texts_mut(&mut self) -> impl Iterator<Item = &mut String> {
+        [&mut self.id, &mut self.request_id, &mut self.method, &mut self.route, &mut self.attempts].into_iter().chain(
+            [
+                &mut self.key_id,
+                &mut self.client_addr,
+                &mut self.agent,
+                &mut self.user_id,
+                &mut self.conversation_id,
+                &mut self.error_kind,
+                &mut self.provider,
+                &mut self.model,
+                &mut self.prompt,
+                &mut self.response,
+                &mut self.metadata,
+            ]
+            .into_iter()
+            .flatten(),
+        )
+    }
+
+    /// Replaces U+0000 with U+FFFD: PostgreSQL refuses it in text (and in
+    /// JSON text), and one refused row would fail its whole batch, again at
+    /// every replay. Done to every record before it is journaled, so both
+    /// dialects keep the same text.
+    pub fn scrub_nul(&mut self) {
+        for t in self.texts_mut() {
+            if t.contains('\0') {
+                *t = text(t).into_owned();
+            }
+        }
+    }
+}
+
+/// Multi-row statements go in power-of-two sizes, so a handful of distinct
+/// statements stay in the prepared-statement cache.
+async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
+    const MAX_CHUNK: usize = 256;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    {
+        let mut tx = pool.begin().await?;
+        let mut inserted = 0;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = (1usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
+            let (chunk, tail) = rest.split_at(n);
+            let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(text(&r.id))
+                    .push_bind(text(&r.request_id))
+                    .push_bind(r.ts_ms)
+                    .push_bind(r.key_id.as_deref().map(text))
+                    .push_bind(r.client_addr.as_deref().map(text))
+                    .push_bind(text(&r.method))
+                    .push_bind(text(&r.route))
+                    .push_bind(r.agent.as_deref().map(text))
+                    .push_bind(r.user_id.as_deref().map(text))
+                    .push_bind(r.conversation_id.as_deref().map(text))
+                    .push_bind(r.status)
+                    .push_bind(r.error_kind.as_deref().map(text))
+                    .push_bind(text(&r.attempts))
+                    .push_bind(r.provider.as_deref().map(text))
+                    .push_bind(r.model.as_deref().map(text))
+                    .push_bind(r.tokens_in)
+                    .push_bind(r.tokens_out)
+                    .push_bind(r.cost_usd)
+                    .push_bind(r.latency_ms)
+                    .push_bind(r.upstream_ms)
+                    .push_bind(r.overhead_ms)
+                    .push_bind(r.streamed)
+                    .push_bind(r.cancelled)
+                    .push_bind(r.prompt.as_deref().map(text))
+                    .push_bind(r.response.as_deref().map(text))
+                    .push_bind(r.metadata.as_deref().map(text));
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            inserted += q.build().execute(&mut *tx).await?.rows_affected();
+            rest = tail;
+        }
+        tx.commit().await?;
+        Ok(inserted)
     }
 }

@@ -20,7 +20,13 @@ use crate::telemetry::metrics;
 #[error("the audit journal cannot be written")]
 pub struct AuditUnavailable;
 
-type Queued = (Option<u64>, AuditRecord);
+/// A submitted record: the journal segment it reached (if it did), the
+/// record, and its JSON line (what the journal holds; PostgreSQL inserts it).
+struct Queued {
+    seq: Option<u64>,
+    record: AuditRecord,
+    line: Vec<u8>,
+}
 
 pub struct AuditLog {
     journal: Journal,
@@ -121,7 +127,8 @@ impl AuditLog {
 
     /// Journal, then queue. `Err` only when the journal failed and the policy
     /// is `reject`; every other failure is logged and counted.
-    pub fn submit(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+    pub fn submit(&self, mut record: AuditRecord) -> Result<(), AuditUnavailable> {
+        record.scrub_nul();
         // Sized for a typical record, so encoding does not regrow the buffer.
         let mut line = Vec::with_capacity(1024);
         if let Err(e) = serde_json::to_writer(&mut line, &record) {
@@ -145,11 +152,14 @@ impl AuditLog {
         let refused = !journaled && self.policy == AuditFailurePolicy::Reject;
         let mut record = record;
         if refused {
-            // The client gets a 503: the row says so.
+            // The client gets a 503: the row says so (and the line, which no
+            // journal holds, is encoded again).
             record.status = 503;
             record.error_kind = Some("audit_unavailable".into());
+            line.clear();
+            let _ = serde_json::to_writer(&mut line, &record);
         }
-        match self.tx.try_send((seq, record)) {
+        match self.tx.try_send(Queued { seq, record, line }) {
             Ok(()) => {
                 metrics::audit_queued();
                 // Half the queue when that is less than a batch, so a small
@@ -160,7 +170,7 @@ impl AuditLog {
                 }
             }
             Err(e) => {
-                let (seq, record) = match e {
+                let Queued { seq, record, .. } = match e {
                     mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
                 };
                 match seq {
@@ -298,27 +308,30 @@ impl AuditLog {
             self.leave_in_journal(items);
             return;
         }
-        let (seqs, records): (Vec<Option<u64>>, Vec<AuditRecord>) = items.into_iter().unzip();
         let result = match self.store.migrate().await {
-            Ok(()) => self.store.insert_audit(&records).await,
+            Ok(()) => {
+                let records: Vec<&AuditRecord> = items.iter().map(|q| &q.record).collect();
+                let lines: Vec<&[u8]> = items.iter().map(|q| q.line.as_slice()).collect();
+                self.store.insert_audit_encoded(&records, &lines).await
+            }
             Err(e) => Err(e),
         };
         match result {
             Ok(_) => {
                 self.mark_up();
-                metrics::audit_records("written", records.len() as u64);
-                self.journal.committed(seqs.into_iter().flatten());
+                metrics::audit_records("written", items.len() as u64);
+                self.journal.committed(items.iter().filter_map(|q| q.seq));
                 metrics::audit_journal_bytes(self.journal.bytes());
             }
             Err(e) => {
                 self.mark_down(&e);
-                self.leave_in_journal(seqs.into_iter().zip(records).collect());
+                self.leave_in_journal(items);
             }
         }
     }
 
     fn leave_in_journal(&self, items: Vec<Queued>) {
-        for (seq, record) in items {
+        for Queued { seq, record, .. } in items {
             match seq {
                 Some(seq) => self.journal.mark_dirty(seq),
                 None => self.keep_unjournaled(record),
