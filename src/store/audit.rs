@@ -44,13 +44,6 @@ const COLUMNS: &str = "id, request_id, ts_ms, key_id, client_addr, method, route
      status, error_kind, attempts, provider, model, tokens_in, tokens_out, cost_usd, latency_ms, upstream_ms, \
      overhead_ms, streamed, cancelled, prompt, response, metadata";
 
-/// Text as the database can keep it: PostgreSQL refuses U+0000 in text (and
-/// one refused row would fail its whole batch, again at every replay), so it
-/// becomes U+FFFD, in both dialects alike.
-fn text(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains('\0') { s.replace('\0', "\u{fffd}").into() } else { s.into() }
-}
-
 impl AuditRecord {
     /// The record as JSON with `attempts` and `metadata` as JSON values, for export.
     pub fn to_export(&self) -> serde_json::Value {
@@ -99,51 +92,25 @@ impl Store {
     /// are skipped, so replaying a journal twice changes nothing. Returns the
     /// number of new rows.
     pub async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<u64, StoreError> {
-        match &self.db {
-            super::Db::Sqlite(pool) => insert_sqlite(pool, &rows.iter().collect::<Vec<_>>()).await,
-            super::Db::Postgres(_) => {
-                // Not the journal's own lines (replay, tools): encoded here.
-                let mut lines = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let mut r = r.clone();
-                    r.scrub_nul();
-                    lines.push(serde_json::to_vec(&r).map_err(|e| StoreError::Invalid(e.to_string()))?);
-                }
-                let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-                self.insert_audit_encoded(&rows.iter().collect::<Vec<_>>(), &lines).await
-            }
-        }
+        // Records from the writer are scrubbed at submit; these (replay,
+        // tools) may not be.
+        let scrubbed: Vec<AuditRecord> = rows
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.scrub_nul();
+                r
+            })
+            .collect();
+        self.insert_scrubbed(&scrubbed.iter().collect::<Vec<_>>()).await
     }
 
-    /// As `insert_audit`, given each record's JSON too (`lines[i]` is
-    /// `rows[i]` as the journal keeps it, U+0000 already replaced): PostgreSQL
-    /// takes the whole batch as one JSON parameter (binding 26 parameters a
-    /// row cost more than the insert itself); SQLite binds the columns.
-    pub async fn insert_audit_encoded(&self, rows: &[&AuditRecord], lines: &[&[u8]]) -> Result<u64, StoreError> {
-        debug_assert_eq!(rows.len(), lines.len());
-        if rows.is_empty() {
-            return Ok(0);
-        }
+    /// As `insert_audit`, for records already scrubbed (`scrub_nul`), as the
+    /// audit writer's are: no copies.
+    pub async fn insert_scrubbed(&self, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
         match &self.db {
-            super::Db::Postgres(pool) => {
-                let mut batch = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
-                batch.push(b'[');
-                for (i, line) in lines.iter().enumerate() {
-                    if i > 0 {
-                        batch.push(b',');
-                    }
-                    batch.extend_from_slice(line.trim_ascii_end());
-                }
-                batch.push(b']');
-                let batch = String::from_utf8(batch).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let sql = format!(
-                    "INSERT INTO audit_log ({COLUMNS}) SELECT {COLUMNS} \
-                     FROM json_populate_recordset(NULL::audit_log, $1::json) ON CONFLICT (id) DO NOTHING"
-                );
-                let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(batch).execute(pool).await?;
-                Ok(done.rows_affected())
-            }
             super::Db::Sqlite(pool) => insert_sqlite(pool, rows).await,
+            super::Db::Postgres(pool) => insert_postgres(pool, rows).await,
         }
     }
 
@@ -237,10 +204,56 @@ impl AuditRecord {
     pub fn scrub_nul(&mut self) {
         for t in self.texts_mut() {
             if t.contains('\0') {
-                *t = text(t).into_owned();
+                *t = t.replace('\0', "\u{fffd}");
             }
         }
     }
+}
+
+/// One statement whatever the batch size: each column goes as one array
+/// parameter and `unnest` turns the arrays back into rows (26 parameters a
+/// row cost more than the insert itself).
+async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
+    fn column<'r, T>(rows: &[&'r AuditRecord], f: impl Fn(&'r AuditRecord) -> T) -> Vec<T> {
+        rows.iter().map(|r| f(r)).collect()
+    }
+    let sql = format!(
+        "INSERT INTO audit_log ({COLUMNS}) SELECT * FROM unnest(\
+         $1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::text[], $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], \
+         $17::int8[], $18::float8[], $19::float8[], $20::float8[], $21::float8[], $22::bool[], $23::bool[], \
+         $24::text[], $25::text[], $26::text[]) ON CONFLICT (id) DO NOTHING"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(column(rows, |r| r.id.as_str()))
+        .bind(column(rows, |r| r.request_id.as_str()))
+        .bind(column(rows, |r| r.ts_ms))
+        .bind(column(rows, |r| r.key_id.as_deref()))
+        .bind(column(rows, |r| r.client_addr.as_deref()))
+        .bind(column(rows, |r| r.method.as_str()))
+        .bind(column(rows, |r| r.route.as_str()))
+        .bind(column(rows, |r| r.agent.as_deref()))
+        .bind(column(rows, |r| r.user_id.as_deref()))
+        .bind(column(rows, |r| r.conversation_id.as_deref()))
+        .bind(column(rows, |r| r.status))
+        .bind(column(rows, |r| r.error_kind.as_deref()))
+        .bind(column(rows, |r| r.attempts.as_str()))
+        .bind(column(rows, |r| r.provider.as_deref()))
+        .bind(column(rows, |r| r.model.as_deref()))
+        .bind(column(rows, |r| r.tokens_in))
+        .bind(column(rows, |r| r.tokens_out))
+        .bind(column(rows, |r| r.cost_usd))
+        .bind(column(rows, |r| r.latency_ms))
+        .bind(column(rows, |r| r.upstream_ms))
+        .bind(column(rows, |r| r.overhead_ms))
+        .bind(column(rows, |r| r.streamed))
+        .bind(column(rows, |r| r.cancelled))
+        .bind(column(rows, |r| r.prompt.as_deref()))
+        .bind(column(rows, |r| r.response.as_deref()))
+        .bind(column(rows, |r| r.metadata.as_deref()))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// Multi-row statements go in power-of-two sizes, so a handful of distinct
@@ -259,21 +272,21 @@ async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result
             let (chunk, tail) = rest.split_at(n);
             let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
             q.push_values(chunk, |mut b, r| {
-                b.push_bind(text(&r.id))
-                    .push_bind(text(&r.request_id))
+                b.push_bind(r.id.as_str())
+                    .push_bind(r.request_id.as_str())
                     .push_bind(r.ts_ms)
-                    .push_bind(r.key_id.as_deref().map(text))
-                    .push_bind(r.client_addr.as_deref().map(text))
-                    .push_bind(text(&r.method))
-                    .push_bind(text(&r.route))
-                    .push_bind(r.agent.as_deref().map(text))
-                    .push_bind(r.user_id.as_deref().map(text))
-                    .push_bind(r.conversation_id.as_deref().map(text))
+                    .push_bind(r.key_id.as_deref())
+                    .push_bind(r.client_addr.as_deref())
+                    .push_bind(r.method.as_str())
+                    .push_bind(r.route.as_str())
+                    .push_bind(r.agent.as_deref())
+                    .push_bind(r.user_id.as_deref())
+                    .push_bind(r.conversation_id.as_deref())
                     .push_bind(r.status)
-                    .push_bind(r.error_kind.as_deref().map(text))
-                    .push_bind(text(&r.attempts))
-                    .push_bind(r.provider.as_deref().map(text))
-                    .push_bind(r.model.as_deref().map(text))
+                    .push_bind(r.error_kind.as_deref())
+                    .push_bind(r.attempts.as_str())
+                    .push_bind(r.provider.as_deref())
+                    .push_bind(r.model.as_deref())
                     .push_bind(r.tokens_in)
                     .push_bind(r.tokens_out)
                     .push_bind(r.cost_usd)
@@ -282,9 +295,9 @@ async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result
                     .push_bind(r.overhead_ms)
                     .push_bind(r.streamed)
                     .push_bind(r.cancelled)
-                    .push_bind(r.prompt.as_deref().map(text))
-                    .push_bind(r.response.as_deref().map(text))
-                    .push_bind(r.metadata.as_deref().map(text));
+                    .push_bind(r.prompt.as_deref())
+                    .push_bind(r.response.as_deref())
+                    .push_bind(r.metadata.as_deref());
             });
             q.push(" ON CONFLICT (id) DO NOTHING");
             inserted += q.build().execute(&mut *tx).await?.rows_affected();

@@ -20,12 +20,10 @@ use crate::telemetry::metrics;
 #[error("the audit journal cannot be written")]
 pub struct AuditUnavailable;
 
-/// A submitted record: the journal segment it reached (if it did), the
-/// record, and its JSON line (what the journal holds; PostgreSQL inserts it).
+/// A submitted record and the journal segment it reached (if it did).
 struct Queued {
     seq: Option<u64>,
     record: AuditRecord,
-    line: Vec<u8>,
 }
 
 pub struct AuditLog {
@@ -152,14 +150,11 @@ impl AuditLog {
         let refused = !journaled && self.policy == AuditFailurePolicy::Reject;
         let mut record = record;
         if refused {
-            // The client gets a 503: the row says so (and the line, which no
-            // journal holds, is encoded again).
+            // The client gets a 503: the row says so.
             record.status = 503;
             record.error_kind = Some("audit_unavailable".into());
-            line.clear();
-            let _ = serde_json::to_writer(&mut line, &record);
         }
-        match self.tx.try_send(Queued { seq, record, line }) {
+        match self.tx.try_send(Queued { seq, record }) {
             Ok(()) => {
                 metrics::audit_queued();
                 // Half the queue when that is less than a batch, so a small
@@ -170,7 +165,7 @@ impl AuditLog {
                 }
             }
             Err(e) => {
-                let Queued { seq, record, .. } = match e {
+                let Queued { seq, record } = match e {
                     mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
                 };
                 match seq {
@@ -311,8 +306,7 @@ impl AuditLog {
         let result = match self.store.migrate().await {
             Ok(()) => {
                 let records: Vec<&AuditRecord> = items.iter().map(|q| &q.record).collect();
-                let lines: Vec<&[u8]> = items.iter().map(|q| q.line.as_slice()).collect();
-                self.store.insert_audit_encoded(&records, &lines).await
+                self.store.insert_scrubbed(&records).await
             }
             Err(e) => Err(e),
         };
@@ -331,7 +325,7 @@ impl AuditLog {
     }
 
     fn leave_in_journal(&self, items: Vec<Queued>) {
-        for Queued { seq, record, .. } in items {
+        for Queued { seq, record } in items {
             match seq {
                 Some(seq) => self.journal.mark_dirty(seq),
                 None => self.keep_unjournaled(record),
