@@ -152,8 +152,9 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one line (which must end in `\n`) with a single `write`;
-    /// returns the segment it went to.
+    /// Appends one line (which must end in `\n`), copied into the mapped
+    /// segment (a new segment is allocated when it does not fit); returns
+    /// the segment it went to.
     pub fn append(&self, line: &[u8]) -> io::Result<u64> {
         let mut inner = self.lock();
         let result = self.append_locked(&mut inner, line);
