@@ -197,9 +197,8 @@ impl AuditRecord {
         )
     }
 
-    /// Replaces U+0000 with U+FFFD: PostgreSQL refuses it in text (and in
-    /// JSON text), and one refused row would fail its whole batch, again at
-    /// every replay. Done to every record before it is journaled, so both
+    /// Replaces U+0000 with U+FFFD: PostgreSQL refuses it in text, and one
+    /// refused row would fail its whole batch, again at every replay. Done to every record before it is journaled, so both
     /// dialects keep the same text.
     pub fn scrub_nul(&mut self) {
         for t in self.texts_mut() {
