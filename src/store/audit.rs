@@ -198,8 +198,8 @@ impl AuditRecord {
     }
 
     /// Replaces U+0000 with U+FFFD: PostgreSQL refuses it in text, and one
-    /// refused row would fail its whole batch, again at every replay. Done to every record before it is journaled, so both
-    /// dialects keep the same text.
+    /// refused row would fail its whole batch, again at every replay. Done to
+    /// every record before it is journaled, so both dialects keep the same text.
     pub fn scrub_nul(&mut self) {
         for t in self.texts_mut() {
             if t.contains('\0') {
@@ -262,47 +262,45 @@ async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result
     if rows.is_empty() {
         return Ok(0);
     }
-    {
-        let mut tx = pool.begin().await?;
-        let mut inserted = 0;
-        let mut rest = rows;
-        while !rest.is_empty() {
-            let n = (1usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
-            let (chunk, tail) = rest.split_at(n);
-            let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id.as_str())
-                    .push_bind(r.request_id.as_str())
-                    .push_bind(r.ts_ms)
-                    .push_bind(r.key_id.as_deref())
-                    .push_bind(r.client_addr.as_deref())
-                    .push_bind(r.method.as_str())
-                    .push_bind(r.route.as_str())
-                    .push_bind(r.agent.as_deref())
-                    .push_bind(r.user_id.as_deref())
-                    .push_bind(r.conversation_id.as_deref())
-                    .push_bind(r.status)
-                    .push_bind(r.error_kind.as_deref())
-                    .push_bind(r.attempts.as_str())
-                    .push_bind(r.provider.as_deref())
-                    .push_bind(r.model.as_deref())
-                    .push_bind(r.tokens_in)
-                    .push_bind(r.tokens_out)
-                    .push_bind(r.cost_usd)
-                    .push_bind(r.latency_ms)
-                    .push_bind(r.upstream_ms)
-                    .push_bind(r.overhead_ms)
-                    .push_bind(r.streamed)
-                    .push_bind(r.cancelled)
-                    .push_bind(r.prompt.as_deref())
-                    .push_bind(r.response.as_deref())
-                    .push_bind(r.metadata.as_deref());
-            });
-            q.push(" ON CONFLICT (id) DO NOTHING");
-            inserted += q.build().execute(&mut *tx).await?.rows_affected();
-            rest = tail;
-        }
-        tx.commit().await?;
-        Ok(inserted)
+    let mut tx = pool.begin().await?;
+    let mut inserted = 0;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = (1usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
+        let (chunk, tail) = rest.split_at(n);
+        let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id.as_str())
+                .push_bind(r.request_id.as_str())
+                .push_bind(r.ts_ms)
+                .push_bind(r.key_id.as_deref())
+                .push_bind(r.client_addr.as_deref())
+                .push_bind(r.method.as_str())
+                .push_bind(r.route.as_str())
+                .push_bind(r.agent.as_deref())
+                .push_bind(r.user_id.as_deref())
+                .push_bind(r.conversation_id.as_deref())
+                .push_bind(r.status)
+                .push_bind(r.error_kind.as_deref())
+                .push_bind(r.attempts.as_str())
+                .push_bind(r.provider.as_deref())
+                .push_bind(r.model.as_deref())
+                .push_bind(r.tokens_in)
+                .push_bind(r.tokens_out)
+                .push_bind(r.cost_usd)
+                .push_bind(r.latency_ms)
+                .push_bind(r.upstream_ms)
+                .push_bind(r.overhead_ms)
+                .push_bind(r.streamed)
+                .push_bind(r.cancelled)
+                .push_bind(r.prompt.as_deref())
+                .push_bind(r.response.as_deref())
+                .push_bind(r.metadata.as_deref());
+        });
+        q.push(" ON CONFLICT (id) DO NOTHING");
+        inserted += q.build().execute(&mut *tx).await?.rows_affected();
+        rest = tail;
     }
+    tx.commit().await?;
+    Ok(inserted)
 }

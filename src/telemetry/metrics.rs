@@ -226,12 +226,12 @@ fn status_label(status: u16) -> &'static str {
 /// Once per request each: the counter is looked up once (after `install`,
 /// which runs before any request is served).
 pub fn audit_journaled() {
-    static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    static HANDLE: OnceLock<Counter> = OnceLock::new();
     HANDLE.get_or_init(|| counter!(AUDIT_RECORDS, "stage" => "journaled")).increment(1);
 }
 
 pub fn audit_queued() {
-    static HANDLE: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    static HANDLE: OnceLock<Counter> = OnceLock::new();
     HANDLE.get_or_init(|| counter!(AUDIT_RECORDS, "stage" => "queued")).increment(1);
 }
 
