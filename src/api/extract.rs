@@ -83,7 +83,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
-/// UTF-8 check, nesting depth check, then JSON with the path of the first type error.
+/// UTF-8 check, nesting depth check, then JSON; an error names the path of
+/// the first value of the wrong type.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8], max_depth: usize) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MalformedJson("body is not valid UTF-8".into()))?;
     if text.trim().is_empty() {
@@ -91,6 +92,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], max_depth: usize) -> Result<T, A
     }
     if nesting_exceeds(bytes, max_depth) {
         return Err(ApiError::MalformedJson(format!("JSON nests deeper than {max_depth} levels")));
+    }
+    // Tracking the path costs on every value, so it is done only for a body
+    // that fails: the same parse again, which fails the same way.
+    if let Ok(value) = serde_json::from_str(text) {
+        return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {

@@ -134,13 +134,15 @@ impl Drop for Finish {
         let status = self.status.unwrap_or(499);
         let elapsed = self.started.elapsed();
         metrics::http_finished(&self.route, self.method, status, elapsed);
+        // `&str` fields, not `%`: they are copied into the line as they are,
+        // without a pass through the formatting machinery.
         tracing::info!(
-            request_id = %self.id,
-            route = %self.route,
+            request_id = self.id.as_str(),
+            route = self.route.as_str(),
             method = self.method,
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            provider = %self.provider,
+            provider = self.provider.as_str(),
             client_closed = self.status.is_none(),
             "request"
         );
@@ -162,7 +164,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
 
     metrics::http_started();
-    let span = tracing::info_span!("request", request_id = %id, route = %route, method);
+    let span = tracing::info_span!("request", request_id = id.as_str(), route = route.as_str(), method);
     let mut finish = Finish { id, route, method, started, status: None, provider: String::new() };
     let mut response = next.run(req).instrument(span).await;
     finish_error_body(&mut response, &finish.id);

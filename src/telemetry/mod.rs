@@ -1,6 +1,7 @@
 //! Logs and metrics set-up. Metric names and labels live in `metrics`; nothing
 //! else in the crate spells a metric name.
 
+mod json_log;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
@@ -13,7 +14,7 @@ pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Json => builder.fmt_fields(json_log::JsonFields).event_format(json_log::JsonLine).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

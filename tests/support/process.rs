@@ -41,14 +41,17 @@ pub fn serve_in(
     extra: &str,
     env: &[(&str, &str)],
 ) -> (Child, String, std::sync::mpsc::Receiver<String>) {
-    std::fs::write(
-        dir.join("squad.yaml"),
-        format!(
-            "server: {{ bind: 127.0.0.1, port: 0, shutdown_grace: 10s }}\n{extra}\n\
-             limits: {{ enabled: false }}\nproviders:\n  groq: {{ base_url: \"{upstream}/openai/v1\" }}\n"
-        ),
-    )
-    .unwrap();
+    let yaml = format!(
+        "server: {{ bind: 127.0.0.1, port: 0, shutdown_grace: 10s }}\n{extra}\n\
+         limits: {{ enabled: false }}\nproviders:\n  groq: {{ base_url: \"{upstream}/openai/v1\" }}\n"
+    );
+    serve_yaml(dir, &yaml, env)
+}
+
+/// `squad serve` in `dir` with `yaml` as its whole config file, the groq key
+/// and `env` (nothing else of the test's environment).
+pub fn serve_yaml(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    std::fs::write(dir.join("squad.yaml"), yaml).unwrap();
     let mut child = squad(dir)
         .args(["serve"])
         .env("GROQ_API_KEY", "gsk_audit_process_test_key_0123")

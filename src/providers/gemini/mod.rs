@@ -5,11 +5,11 @@ mod convert;
 mod stream;
 mod wire;
 
-use reqwest::header::{HeaderMap, HeaderName};
+use ::http::header::{HeaderMap, HeaderName};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::http::{self, BuildError, base_headers, event_stream};
+use super::http::{self, BuildError, Call, Transport, base_headers, event_stream};
 use super::{CallContext, ChunkStream, Provider, ProviderError};
 use crate::config::{ProviderConfig, Timeouts};
 use crate::domain::{ChatRequest, ChatResponse};
@@ -21,7 +21,7 @@ pub struct Gemini {
     base: String,
     headers: HeaderMap,
     key: Option<SecretString>,
-    client: reqwest::Client,
+    transport: Transport,
     timeouts: Timeouts,
 }
 
@@ -43,19 +43,30 @@ impl Gemini {
             key: key.cloned(),
             base: cfg.base_url.trim_end_matches('/').to_owned(),
             headers: base_headers(cfg, header)?,
-            client: http::build_client(&cfg.timeouts)?,
+            transport: Transport::new(&cfg.base_url, &cfg.timeouts)?,
             timeouts: cfg.timeouts,
         })
     }
 
-    fn request(&self, req: &ChatRequest, stream: bool) -> Result<reqwest::RequestBuilder, ProviderError> {
+    async fn send(&self, req: &ChatRequest, ctx: &CallContext, stream: bool) -> Result<http::Response, ProviderError> {
         let model = model_path(&req.model)?;
         let url = if stream {
             format!("{}/models/{model}:streamGenerateContent?alt=sse", self.base)
         } else {
             format!("{}/models/{model}:generateContent", self.base)
         };
-        Ok(self.client.post(url).headers(self.headers.clone()).json(&convert::to_wire(req)))
+        // `model_path` admits only characters that are valid in a path.
+        let uri = ::http::Uri::try_from(url)
+            .map_err(|_| ProviderError::Rejected { status: 400, code: Some("invalid_model".into()) })?;
+        let call = Call {
+            provider: &self.id,
+            key: self.key.as_ref(),
+            transport: &self.transport,
+            uri: &uri,
+            headers: &self.headers,
+            timeouts: &self.timeouts,
+        };
+        http::send(&call, &convert::to_wire(req), ctx).await
     }
 }
 
@@ -67,13 +78,13 @@ impl Provider for Gemini {
 
     async fn chat(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChatResponse, ProviderError> {
         let started = Instant::now();
-        let response = http::send(&self.id, self.key.as_ref(), self.request(req, false)?, ctx, &self.timeouts).await?;
+        let response = self.send(req, ctx, false).await?;
         let body: wire::Response = http::json_body(response, ctx, &self.timeouts, started).await?;
         Ok(convert::from_wire(body, &req.model))
     }
 
     async fn chat_stream(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChunkStream, ProviderError> {
-        let response = http::send(&self.id, self.key.as_ref(), self.request(req, true)?, ctx, &self.timeouts).await?;
+        let response = self.send(req, ctx, true).await?;
         let events = event_stream(response, self.timeouts.stream_idle, ctx.deadline);
         let translator = stream::GeminiTranslator { model: req.model.clone(), finished: false, usage: None };
         Ok(super::stream::drive(events, translator))

@@ -5,22 +5,22 @@ mod convert;
 mod stream;
 mod wire;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap};
+use ::http::header::{AUTHORIZATION, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use super::http::{self, BuildError, base_headers, event_stream};
+use super::http::{self, BuildError, Call, Transport, base_headers, event_stream};
 use super::{CallContext, ChunkStream, Provider, ProviderError};
 use crate::config::{MaxTokensField, ProviderConfig, Timeouts};
 use crate::domain::{ChatRequest, ChatResponse};
 
 pub struct OpenAiCompat {
     id: String,
-    /// Parsed once: reqwest would otherwise re-parse (and IDNA-check) a string URL per call.
-    endpoint: reqwest::Url,
+    /// Parsed once, not per call.
+    endpoint: ::http::Uri,
     headers: HeaderMap,
     key: Option<SecretString>,
-    client: reqwest::Client,
+    transport: Transport,
     timeouts: Timeouts,
     max_tokens_field: MaxTokensField,
     include_usage: bool,
@@ -31,20 +31,31 @@ impl OpenAiCompat {
         let bearer = key.map(|k| (&AUTHORIZATION, format!("Bearer {}", k.expose_secret())));
         Ok(Self {
             id: id.to_owned(),
-            endpoint: reqwest::Url::parse(&format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')))
+            endpoint: ::http::Uri::try_from(format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')))
                 .map_err(|e| BuildError::Url(e.to_string()))?,
             headers: base_headers(cfg, bearer)?,
             key: key.cloned(),
-            client: http::build_client(&cfg.timeouts)?,
+            transport: Transport::new(&cfg.base_url, &cfg.timeouts)?,
             timeouts: cfg.timeouts,
             max_tokens_field: cfg.max_tokens_field,
             include_usage: cfg.stream_include_usage,
         })
     }
 
-    fn request(&self, req: &ChatRequest, stream: bool) -> reqwest::RequestBuilder {
+    fn call(&self) -> Call<'_> {
+        Call {
+            provider: &self.id,
+            key: self.key.as_ref(),
+            transport: &self.transport,
+            uri: &self.endpoint,
+            headers: &self.headers,
+            timeouts: &self.timeouts,
+        }
+    }
+
+    async fn send(&self, req: &ChatRequest, ctx: &CallContext, stream: bool) -> Result<http::Response, ProviderError> {
         let body = convert::to_wire(req, stream, self.max_tokens_field, self.include_usage);
-        self.client.post(self.endpoint.clone()).headers(self.headers.clone()).json(&body)
+        http::send(&self.call(), &body, ctx).await
     }
 }
 
@@ -56,13 +67,13 @@ impl Provider for OpenAiCompat {
 
     async fn chat(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChatResponse, ProviderError> {
         let started = Instant::now();
-        let response = http::send(&self.id, self.key.as_ref(), self.request(req, false), ctx, &self.timeouts).await?;
+        let response = self.send(req, ctx, false).await?;
         let body: wire::Completion = http::json_body(response, ctx, &self.timeouts, started).await?;
         convert::from_wire(body)
     }
 
     async fn chat_stream(&self, req: &ChatRequest, ctx: &CallContext) -> Result<ChunkStream, ProviderError> {
-        let response = http::send(&self.id, self.key.as_ref(), self.request(req, true), ctx, &self.timeouts).await?;
+        let response = self.send(req, ctx, true).await?;
         let events = event_stream(response, self.timeouts.stream_idle, ctx.deadline);
         Ok(super::stream::drive(events, stream::OpenAiTranslator::default()))
     }
