@@ -2,7 +2,6 @@
 //! export and usage aggregation.
 
 use serde::{Deserialize, Serialize};
-use sqlx::QueryBuilder;
 
 use super::{Store, StoreError, on_db};
 
@@ -40,7 +39,7 @@ pub struct AuditRecord {
     pub metadata: Option<String>,
 }
 
-const COLUMNS: &str = "id, request_id, ts_ms, key_id, client_addr, method, route, agent, user_id, conversation_id, \
+pub(super) const COLUMNS: &str = "id, request_id, ts_ms, key_id, client_addr, method, route, agent, user_id, conversation_id, \
      status, error_kind, attempts, provider, model, tokens_in, tokens_out, cost_usd, latency_ms, upstream_ms, \
      overhead_ms, streamed, cancelled, prompt, response, metadata";
 
@@ -255,52 +254,24 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u
     Ok(done.rows_affected())
 }
 
-/// Multi-row statements go in power-of-two sizes, so a handful of distinct
-/// statements stay in the prepared-statement cache.
+/// Through SQLite's C API on a pooled connection (see `sqlite_raw`). The
+/// batch blocks its thread for as long as SQLite works on it, so on a
+/// multi-threaded runtime it runs under `block_in_place` and the worker's other
+/// tasks move to another thread meanwhile.
 async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
-    const MAX_CHUNK: usize = 256;
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut tx = pool.begin().await?;
-    let mut inserted = 0;
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = (1usize << (usize::BITS - 1 - rest.len().leading_zeros())).min(MAX_CHUNK);
-        let (chunk, tail) = rest.split_at(n);
-        let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(format!("INSERT INTO audit_log ({COLUMNS}) "));
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id.as_str())
-                .push_bind(r.request_id.as_str())
-                .push_bind(r.ts_ms)
-                .push_bind(r.key_id.as_deref())
-                .push_bind(r.client_addr.as_deref())
-                .push_bind(r.method.as_str())
-                .push_bind(r.route.as_str())
-                .push_bind(r.agent.as_deref())
-                .push_bind(r.user_id.as_deref())
-                .push_bind(r.conversation_id.as_deref())
-                .push_bind(r.status)
-                .push_bind(r.error_kind.as_deref())
-                .push_bind(r.attempts.as_str())
-                .push_bind(r.provider.as_deref())
-                .push_bind(r.model.as_deref())
-                .push_bind(r.tokens_in)
-                .push_bind(r.tokens_out)
-                .push_bind(r.cost_usd)
-                .push_bind(r.latency_ms)
-                .push_bind(r.upstream_ms)
-                .push_bind(r.overhead_ms)
-                .push_bind(r.streamed)
-                .push_bind(r.cancelled)
-                .push_bind(r.prompt.as_deref())
-                .push_bind(r.response.as_deref())
-                .push_bind(r.metadata.as_deref());
-        });
-        q.push(" ON CONFLICT (id) DO NOTHING");
-        inserted += q.build().execute(&mut *tx).await?.rows_affected();
-        rest = tail;
-    }
-    tx.commit().await?;
-    Ok(inserted)
+    let mut conn = pool.acquire().await?;
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle();
+    // SAFETY: the locked handle keeps sqlx's worker off the connection until
+    // it is dropped, after the insert.
+    let run = || unsafe { super::sqlite_raw::insert(db, rows) };
+    let result = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
+    };
+    drop(handle);
+    result.map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))
 }

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod journal;
 pub mod keys;
+mod sqlite_raw;
 pub mod writer;
 
 use std::str::FromStr;

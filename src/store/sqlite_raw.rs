@@ -1,0 +1,182 @@
+//! The audit batch insert on SQLite through its C API, on a connection sqlx
+//! lends out (`lock_handle`). One prepared single-row `INSERT` is stepped once
+//! per record, with every text bound where it lies (`SQLITE_STATIC`, no copy).
+//! sqlx's query builder copied each string into an `Arc<str>` and SQLite then
+//! copied it again, which cost about as much as SQLite's own b-tree work.
+//!
+//! Everything here runs while the caller holds the locked handle, so sqlx's
+//! worker thread cannot touch the connection; a batch always ends its
+//! transaction (COMMIT, or ROLLBACK on any error) before returning.
+
+use std::ffi::{CStr, c_char, c_int};
+use std::ptr::{NonNull, null_mut};
+use std::sync::LazyLock;
+
+use libsqlite3_sys as ffi;
+
+use super::audit::{AuditRecord, COLUMNS};
+
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    let params: Vec<String> = (1..=26).map(|i| format!("?{i}")).collect();
+    format!("INSERT INTO audit_log ({COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING", params.join(", "))
+});
+
+/// A prepared statement, finalized when dropped.
+struct Statement(NonNull<ffi::sqlite3_stmt>);
+
+impl Drop for Statement {
+    fn drop(&mut self) {
+        // SAFETY: prepared by `sqlite3_prepare_v2` on a connection that
+        // outlives this value, and finalized only here.
+        unsafe { ffi::sqlite3_finalize(self.0.as_ptr()) };
+    }
+}
+
+/// The connection's last error message.
+fn message(db: NonNull<ffi::sqlite3>) -> String {
+    // SAFETY: `db` is an open connection; sqlite3_errmsg always returns a
+    // NUL-terminated string owned by it, copied before anything else runs.
+    unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db.as_ptr())).to_string_lossy().into_owned() }
+}
+
+fn check(db: NonNull<ffi::sqlite3>, rc: c_int, what: &str) -> Result<(), String> {
+    if rc == ffi::SQLITE_OK { Ok(()) } else { Err(format!("{what}: {} (code {rc})", message(db))) }
+}
+
+fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) -> Result<(), String> {
+    // SAFETY: `db` is open and exclusively ours; `sql` is NUL-terminated.
+    let rc = unsafe { ffi::sqlite3_exec(db.as_ptr(), sql.as_ptr(), None, null_mut(), null_mut()) };
+    check(db, rc, sql.to_str().unwrap_or("statement"))
+}
+
+/// Inserts `rows` in one transaction, skipping ids already present; returns
+/// how many were new.
+///
+/// # Safety
+/// `db` must be an open connection that nothing else uses until this returns
+/// (sqlx's `LockedSqliteHandle` held by the caller).
+pub(super) unsafe fn insert(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
+    // IMMEDIATE: take the write lock now (waiting out `busy_timeout`), not on
+    // the first insert, where a reader's upgrade could deadlock.
+    exec(db, c"BEGIN IMMEDIATE")?;
+    let result = insert_rows(db, rows).and_then(|n| exec(db, c"COMMIT").map(|()| n));
+    if result.is_err() {
+        // Fails harmlessly when COMMIT already ended the transaction.
+        let _ = exec(db, c"ROLLBACK");
+    }
+    result
+}
+
+fn insert_rows(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
+    let mut raw = null_mut();
+    let sql = INSERT.as_str();
+    // SAFETY: `db` is open; SQLite reads `sql.len()` bytes of the statement;
+    // `raw` receives the statement.
+    let rc = unsafe {
+        ffi::sqlite3_prepare_v2(db.as_ptr(), sql.as_ptr().cast::<c_char>(), sql.len() as c_int, &mut raw, null_mut())
+    };
+    check(db, rc, "prepare")?;
+    let statement = Statement(NonNull::new(raw).ok_or("prepare returned no statement")?);
+    let mut inserted = 0;
+    for row in rows {
+        let mut binder = Binder { db, stmt: statement.0, index: 0 };
+        binder.row(row)?;
+        // SAFETY: every parameter is bound, and every text bound refers to
+        // `row`, which outlives the step and the reset below.
+        let rc = unsafe { ffi::sqlite3_step(statement.0.as_ptr()) };
+        let outcome = if rc == ffi::SQLITE_DONE {
+            // SAFETY: `db` is open.
+            inserted += unsafe { ffi::sqlite3_changes(db.as_ptr()) } as u64;
+            Ok(())
+        } else {
+            Err(format!("insert: {} (code {rc})", message(db)))
+        };
+        // SAFETY: the statement is valid; reset drops its hold on the row's texts.
+        unsafe { ffi::sqlite3_reset(statement.0.as_ptr()) };
+        outcome?;
+    }
+    Ok(inserted)
+}
+
+/// Binds one record's columns, in `COLUMNS` order.
+struct Binder {
+    db: NonNull<ffi::sqlite3>,
+    stmt: NonNull<ffi::sqlite3_stmt>,
+    index: c_int,
+}
+
+impl Binder {
+    fn row(&mut self, r: &AuditRecord) -> Result<(), String> {
+        self.text(Some(&r.id))?;
+        self.text(Some(&r.request_id))?;
+        self.int(r.ts_ms)?;
+        self.text(r.key_id.as_deref())?;
+        self.text(r.client_addr.as_deref())?;
+        self.text(Some(&r.method))?;
+        self.text(Some(&r.route))?;
+        self.text(r.agent.as_deref())?;
+        self.text(r.user_id.as_deref())?;
+        self.text(r.conversation_id.as_deref())?;
+        self.int(r.status)?;
+        self.text(r.error_kind.as_deref())?;
+        self.text(Some(&r.attempts))?;
+        self.text(r.provider.as_deref())?;
+        self.text(r.model.as_deref())?;
+        self.int(r.tokens_in)?;
+        self.int(r.tokens_out)?;
+        self.real(r.cost_usd)?;
+        self.real(Some(r.latency_ms))?;
+        self.real(Some(r.upstream_ms))?;
+        self.real(Some(r.overhead_ms))?;
+        // As sqlx stores a bool in SQLite: INTEGER 0 or 1.
+        self.int(i64::from(r.streamed))?;
+        self.int(i64::from(r.cancelled))?;
+        self.text(r.prompt.as_deref())?;
+        self.text(r.response.as_deref())?;
+        self.text(r.metadata.as_deref())
+    }
+
+    fn next(&mut self, rc: c_int) -> Result<(), String> {
+        if rc == ffi::SQLITE_OK { Ok(()) } else { check(self.db, rc, &format!("bind column {}", self.index)) }
+    }
+
+    fn text(&mut self, value: Option<&str>) -> Result<(), String> {
+        self.index += 1;
+        let stmt = self.stmt.as_ptr();
+        let rc = match value {
+            // SAFETY: SQLITE_STATIC: SQLite reads the bytes in place until
+            // the statement is reset, which happens while `value` still lives.
+            Some(s) => unsafe {
+                ffi::sqlite3_bind_text64(
+                    stmt,
+                    self.index,
+                    s.as_ptr().cast::<c_char>(),
+                    s.len() as u64,
+                    ffi::SQLITE_STATIC(),
+                    ffi::SQLITE_UTF8 as u8,
+                )
+            },
+            // SAFETY: a valid statement and parameter index.
+            None => unsafe { ffi::sqlite3_bind_null(stmt, self.index) },
+        };
+        self.next(rc)
+    }
+
+    fn int(&mut self, value: i64) -> Result<(), String> {
+        self.index += 1;
+        // SAFETY: a valid statement and parameter index.
+        let rc = unsafe { ffi::sqlite3_bind_int64(self.stmt.as_ptr(), self.index, value) };
+        self.next(rc)
+    }
+
+    fn real(&mut self, value: Option<f64>) -> Result<(), String> {
+        self.index += 1;
+        let stmt = self.stmt.as_ptr();
+        // SAFETY: a valid statement and parameter index.
+        let rc = match value {
+            Some(v) => unsafe { ffi::sqlite3_bind_double(stmt, self.index, v) },
+            None => unsafe { ffi::sqlite3_bind_null(stmt, self.index) },
+        };
+        self.next(rc)
+    }
+}
