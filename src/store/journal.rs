@@ -1,5 +1,11 @@
-//! The audit journal: append-only segment files (`audit-<seq>.jsonl`, one JSON
-//! record per line) that every record reaches before its response completes.
+//! The audit journal: append-only segment files (`audit-<seq>.rec`) that every
+//! record reaches before its response completes. A record is one frame:
+//! payload length (u32 LE), CRC-32C of the payload (u32 LE), then the payload:
+//! a format byte and the record's fields in a fixed order, texts as a length
+//! and their bytes, no escaping (JSON cost a fifth of what a request costs
+//! Squad). The CRC finds a frame that a crash cut short. Segments from before
+//! the binary format (`audit-<seq>.jsonl`, one JSON record per line) are still
+//! read and replayed.
 //! The active segment is allocated on disk up front (`posix_fallocate`) and
 //! mapped shared into memory, so an append is a copy into the page cache, with
 //! no system call: the kernel owns those pages, so they reach the file even
@@ -112,18 +118,194 @@ pub struct Journal {
 }
 
 fn segment_name(seq: u64) -> String {
+    format!("audit-{seq:012}.rec")
+}
+
+/// Segments written before the binary format.
+fn legacy_name(seq: u64) -> String {
     format!("audit-{seq:012}.jsonl")
 }
 
 fn parse_name(name: &str) -> Option<u64> {
-    name.strip_prefix("audit-")?.strip_suffix(".jsonl")?.parse().ok()
+    let stem = name.strip_prefix("audit-")?;
+    stem.strip_suffix(".rec").or_else(|| stem.strip_suffix(".jsonl"))?.parse().ok()
+}
+
+const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+/// The first payload byte: how the fields that follow are laid out.
+const FORMAT: u8 = 1;
+const HEADER: usize = 8;
+/// A text's length field for `None`.
+const ABSENT: u32 = u32::MAX;
+
+/// `record` as one journal frame, in `out` (cleared first). Fails only for a
+/// record over 4 GiB, which the body limit rules out.
+pub fn encode(record: &AuditRecord, out: &mut Vec<u8>) -> io::Result<()> {
+    fn text(out: &mut Vec<u8>, t: Option<&str>) -> io::Result<()> {
+        match t {
+            Some(t) => {
+                let len = u32::try_from(t.len()).ok().filter(|&l| l != ABSENT).ok_or_else(too_large)?;
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(t.as_bytes());
+            }
+            None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+        }
+        Ok(())
+    }
+    fn real(out: &mut Vec<u8>, v: Option<f64>) {
+        match v {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+    }
+    let r = record;
+    out.clear();
+    out.extend_from_slice(&[0; HEADER]);
+    out.push(FORMAT);
+    text(out, Some(&r.id))?;
+    text(out, Some(&r.request_id))?;
+    out.extend_from_slice(&r.ts_ms.to_le_bytes());
+    text(out, r.key_id.as_deref())?;
+    text(out, r.client_addr.as_deref())?;
+    text(out, Some(&r.method))?;
+    text(out, Some(&r.route))?;
+    text(out, r.agent.as_deref())?;
+    text(out, r.user_id.as_deref())?;
+    text(out, r.conversation_id.as_deref())?;
+    out.extend_from_slice(&r.status.to_le_bytes());
+    text(out, r.error_kind.as_deref())?;
+    text(out, Some(&r.attempts))?;
+    text(out, r.provider.as_deref())?;
+    text(out, r.model.as_deref())?;
+    out.extend_from_slice(&r.tokens_in.to_le_bytes());
+    out.extend_from_slice(&r.tokens_out.to_le_bytes());
+    real(out, r.cost_usd);
+    real(out, Some(r.latency_ms));
+    real(out, Some(r.upstream_ms));
+    real(out, Some(r.overhead_ms));
+    out.push(u8::from(r.streamed));
+    out.push(u8::from(r.cancelled));
+    text(out, r.prompt.as_deref())?;
+    text(out, r.response.as_deref())?;
+    text(out, r.metadata.as_deref())?;
+    let len = u32::try_from(out.len() - HEADER).map_err(|_| too_large())?;
+    let crc = CRC.checksum(&out[HEADER..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+fn too_large() -> io::Error {
+    io::Error::other("audit record larger than 4 GiB")
+}
+
+/// Reads one payload back; `None` when it does not decode.
+fn decode(payload: &[u8]) -> Option<AuditRecord> {
+    struct Cursor<'a>(&'a [u8]);
+    impl Cursor<'_> {
+        fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+            let (head, rest) = self.0.split_first_chunk::<N>()?;
+            self.0 = rest;
+            Some(*head)
+        }
+        fn int(&mut self) -> Option<i64> {
+            self.take().map(i64::from_le_bytes)
+        }
+        fn flag(&mut self) -> Option<bool> {
+            match self.take::<1>()? {
+                [0] => Some(false),
+                [1] => Some(true),
+                _ => None,
+            }
+        }
+        fn real(&mut self) -> Option<Option<f64>> {
+            if self.flag()? { self.take().map(|b| Some(f64::from_le_bytes(b))) } else { Some(None) }
+        }
+        fn some_real(&mut self) -> Option<f64> {
+            self.real()?
+        }
+        fn text(&mut self) -> Option<Option<String>> {
+            let len = u32::from_le_bytes(self.take()?);
+            if len == ABSENT {
+                return Some(None);
+            }
+            let (bytes, rest) = self.0.split_at_checked(len as usize)?;
+            self.0 = rest;
+            String::from_utf8(bytes.to_vec()).ok().map(Some)
+        }
+        fn some_text(&mut self) -> Option<String> {
+            self.text()?
+        }
+    }
+    let mut c = Cursor(payload);
+    if c.take::<1>()? != [FORMAT] {
+        return None;
+    }
+    let record = AuditRecord {
+        id: c.some_text()?,
+        request_id: c.some_text()?,
+        ts_ms: c.int()?,
+        key_id: c.text()?,
+        client_addr: c.text()?,
+        method: c.some_text()?,
+        route: c.some_text()?,
+        agent: c.text()?,
+        user_id: c.text()?,
+        conversation_id: c.text()?,
+        status: c.int()?,
+        error_kind: c.text()?,
+        attempts: c.some_text()?,
+        provider: c.text()?,
+        model: c.text()?,
+        tokens_in: c.int()?,
+        tokens_out: c.int()?,
+        cost_usd: c.real()?,
+        latency_ms: c.some_real()?,
+        upstream_ms: c.some_real()?,
+        overhead_ms: c.some_real()?,
+        streamed: c.flag()?,
+        cancelled: c.flag()?,
+        prompt: c.text()?,
+        response: c.text()?,
+        metadata: c.text()?,
+    };
+    c.0.is_empty().then_some(record)
+}
+
+/// The frames of a binary segment. Zeros where a frame would start are the
+/// unused end of a segment that was never trimmed. A frame that does not
+/// check out is one a crash cut short: counted, and the end of the segment
+/// (nothing after it can be framed).
+fn read_frames(bytes: &[u8], contents: &mut SegmentContents) {
+    let mut rest = bytes;
+    while let Some((header, body)) = rest.split_first_chunk::<HEADER>() {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len == 0 {
+            break;
+        }
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let record = body.get(..len).filter(|p| CRC.checksum(p) == crc).and_then(decode);
+        let Some(record) = record else {
+            contents.corrupt += 1;
+            return;
+        };
+        contents.records.push(record);
+        rest = &body[len..];
+    }
+    if rest.iter().any(|&b| b != 0) {
+        contents.corrupt += 1;
+    }
 }
 
 /// What a segment file held.
 pub struct SegmentContents {
     pub records: Vec<AuditRecord>,
-    /// Lines that did not parse (a write cut short by a crash leaves at most
-    /// one, at the end, for a request that never got its response).
+    /// Frames (or lines of a legacy segment) that did not decode: a write cut
+    /// short by a crash leaves at most one, at the end, for a request that
+    /// never got its response.
     pub corrupt: usize,
 }
 
@@ -152,7 +334,7 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one line (which must end in `\n`), copied into the mapped
+    /// Appends one frame (from `encode`), copied into the mapped
     /// segment (a new segment is allocated when it does not fit); returns
     /// the segment it went to.
     pub fn append(&self, line: &[u8]) -> io::Result<u64> {
@@ -237,12 +419,14 @@ impl Journal {
     }
 
     fn delete(&self, inner: &mut Inner, seq: u64) {
-        match std::fs::remove_file(self.dir.join(segment_name(seq))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(segment = seq, error = %e, "cannot delete an audit journal segment");
-                return;
+        for name in [segment_name(seq), legacy_name(seq)] {
+            match std::fs::remove_file(self.dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = seq, error = %e, "cannot delete an audit journal segment");
+                    return;
+                }
             }
         }
         inner.segments.remove(&seq);
@@ -262,8 +446,16 @@ impl Journal {
 
     /// Reads a sealed segment (nothing appends to it any more).
     pub fn read(&self, seq: u64) -> io::Result<SegmentContents> {
-        let file = File::open(self.dir.join(segment_name(seq)))?;
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
+        match std::fs::read(self.dir.join(segment_name(seq))) {
+            Ok(bytes) => {
+                read_frames(&bytes, &mut contents);
+                return Ok(contents);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = File::open(self.dir.join(legacy_name(seq)))?;
         for line in io::BufReader::new(file).split(b'\n') {
             let mut line = line?;
             // Zeros: the unused end of a segment that was never trimmed.
@@ -309,9 +501,80 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> Vec<u8> {
-        let mut line = serde_json::to_vec(&crate::store::writer::tests::record(id)).unwrap();
-        line.push(b'\n');
-        line
+        let mut frame = Vec::new();
+        encode(&crate::store::writer::tests::record(id), &mut frame).unwrap();
+        frame
+    }
+
+    /// Every field set, texts with what JSON would have escaped.
+    fn full() -> AuditRecord {
+        AuditRecord {
+            id: "id-\"full\"".into(),
+            request_id: "req\nfull".into(),
+            ts_ms: -1_796_000_000_000,
+            key_id: Some("k1".into()),
+            client_addr: Some("10.0.0.7".into()),
+            method: "POST".into(),
+            route: "/v1/chat/completions".into(),
+            agent: Some("winston".into()),
+            user_id: Some("u-✓".into()),
+            conversation_id: Some(String::new()),
+            status: 502,
+            error_kind: Some("upstream_failed".into()),
+            attempts: r#"[{"provider":"groq","outcome":"timeout"}]"#.into(),
+            provider: Some("groq".into()),
+            model: Some("llama".into()),
+            tokens_in: i64::MAX,
+            tokens_out: 0,
+            cost_usd: Some(0.000_123),
+            latency_ms: 12.5,
+            upstream_ms: f64::MIN_POSITIVE,
+            overhead_ms: 0.0,
+            streamed: true,
+            cancelled: true,
+            prompt: Some("user: hi \u{fffd}\t".into()),
+            response: Some("x".repeat(70_000)),
+            metadata: Some(r#"{"team":"a"}"#.into()),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_every_field_and_a_damaged_one_is_refused() {
+        let records = [full(), crate::store::writer::tests::record("sparse")];
+        let mut bytes = Vec::new();
+        for r in &records {
+            let mut frame = Vec::new();
+            encode(r, &mut frame).unwrap();
+            bytes.extend_from_slice(&frame);
+        }
+        let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
+        read_frames(&bytes, &mut contents);
+        assert_eq!(contents.corrupt, 0);
+        assert_eq!(contents.records, records);
+
+        // One bit flipped in the second frame's payload: the first still reads.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
+        read_frames(&bytes, &mut contents);
+        assert_eq!((contents.records.len(), contents.corrupt), (1, 1));
+        assert_eq!(contents.records[0], records[0]);
+    }
+
+    #[test]
+    fn segments_from_before_the_binary_format_are_replayed() {
+        let dir = tempdir();
+        let old = crate::store::writer::tests::record("from-jsonl");
+        let mut line = serde_json::to_vec(&old).unwrap();
+        line.extend_from_slice(b"\n{\"id\":\"torn");
+        std::fs::write(dir.join(legacy_name(7)), &line).unwrap();
+        let j = Journal::open(&dir, 4096);
+        assert_eq!(j.dirty_segments(), vec![7]);
+        let read = j.read(7).unwrap();
+        assert_eq!((read.records, read.corrupt), (vec![old], 1));
+        assert_eq!(j.append(&record("new")).unwrap(), 8, "new segments number on after the old ones");
+        j.replayed(7);
+        assert!(!dir.join(legacy_name(7)).exists());
     }
 
     fn files(dir: &Path) -> usize {
@@ -351,7 +614,8 @@ mod tests {
         let path = dir.join(segment_name(seq));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20, "the segment is allocated up front");
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_at(b"{\"id\":\"torn", line.len() as u64).unwrap();
+        let torn = record("torn");
+        f.write_at(&torn[..torn.len() / 2], line.len() as u64).unwrap();
         let j = Journal::open(&dir, 1 << 20);
         assert_eq!(j.dirty_segments(), vec![seq]);
         let read = j.read(seq).unwrap();

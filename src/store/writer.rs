@@ -128,14 +128,13 @@ impl AuditLog {
     pub fn submit(&self, mut record: AuditRecord) -> Result<(), AuditUnavailable> {
         record.scrub_nul();
         // Sized for a typical record, so encoding does not regrow the buffer.
-        let mut line = Vec::with_capacity(1024);
-        if let Err(e) = serde_json::to_writer(&mut line, &record) {
+        let mut frame = Vec::with_capacity(1024);
+        if let Err(e) = super::journal::encode(&record, &mut frame) {
             tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
             metrics::audit_failure("encode");
             return self.allowed(AuditUnavailable);
         }
-        line.push(b'\n');
-        let seq = match self.journal.append(&line) {
+        let seq = match self.journal.append(&frame) {
             Ok(seq) => {
                 metrics::audit_journaled();
                 Some(seq)
