@@ -84,7 +84,17 @@ pub fn upstream_time(attempts: &[Attempt]) -> std::time::Duration {
 
 /// The prompt as the audit log sees it: the client's messages, one per line.
 pub fn prompt_text(messages: &[crate::domain::Message]) -> String {
-    messages.iter().map(|m| format!("{}: {}", m.role.as_str(), m.content)).collect::<Vec<_>>().join("\n")
+    let len = messages.iter().map(|m| m.role.as_str().len() + m.content.len() + 3).sum();
+    let mut text = String::with_capacity(len);
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        text.push_str(m.role.as_str());
+        text.push_str(": ");
+        text.push_str(&m.content);
+    }
+    text
 }
 
 /// What a successful chain adds to the record.

@@ -396,7 +396,11 @@ impl AuditLog {
                 for kind in kinds {
                     metrics::pii_detected(kind.as_str(), "audit");
                 }
-                Some(clean.into_owned())
+                // Nothing found: the text itself, not a copy.
+                match clean {
+                    std::borrow::Cow::Borrowed(_) => Some(text),
+                    std::borrow::Cow::Owned(clean) => Some(clean),
+                }
             }
         }
     }
@@ -433,7 +437,7 @@ pub struct DraftStart {
 impl Draft {
     pub fn new(log: Arc<AuditLog>, start: DraftStart, started: Instant) -> Self {
         let record = AuditRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned(),
             request_id: start.request_id,
             ts_ms: super::now_ms(),
             client_addr: start.client_addr,
