@@ -201,6 +201,9 @@ impl Detector {
 
     fn find_secrets(&self, text: &str, out: &mut Vec<Found>) {
         let bytes = text.as_bytes();
+        if !has_token_run(bytes) {
+            return;
+        }
         for m in self.secrets.find_iter(text) {
             let (start, prefix_end) = (m.start(), m.end());
             if start > 0 && is_token_byte(bytes[start - 1]) {
@@ -284,15 +287,37 @@ fn scan_all(gap: &str, base: usize, out: &mut Vec<Found>, depth: u8) {
 /// hex digits apart (IPv6: its groups sit between colons; `::` counts). Most
 /// prose has none of them and skips the scan.
 fn may_match(text: &[u8]) -> bool {
-    // The last colon with only hex letters since.
-    let mut colon: Option<usize> = None;
-    for (i, &b) in text.iter().enumerate() {
-        match b {
-            b'@' | b'0'..=b'9' => return true,
-            b':' if colon.is_some_and(|c| i - c <= 5) => return true,
-            b':' => colon = Some(i),
-            b'a'..=b'f' | b'A'..=b'F' => {}
-            _ => colon = None,
+    // `@` or a digit anywhere: 32 bytes at a time, with no branch inside a
+    // block, so the compiler vectorizes it.
+    for block in text.chunks(32) {
+        if block.iter().fold(false, |hit, &b| hit | (b == b'@') | b.is_ascii_digit()) {
+            return true;
+        }
+    }
+    // Two colons at most five apart with only hex letters between them.
+    let mut last: Option<usize> = None;
+    for i in memchr::memchr_iter(b':', text) {
+        if let Some(c) = last
+            && i - c <= 5
+            && text[c + 1..i].iter().all(u8::is_ascii_hexdigit)
+        {
+            return true;
+        }
+        last = Some(i);
+    }
+    false
+}
+
+/// Whether `bytes` holds 16 token bytes (or dots) in a row. Every secret a
+/// prefix introduces has a body at least that long, all token bytes (a JWT's
+/// dots too), so a text without such a run holds none: the prefix search
+/// is skipped, which for prose is most of the cost of redaction.
+fn has_token_run(bytes: &[u8]) -> bool {
+    let mut run = 0;
+    for &b in bytes {
+        run = if is_token_byte(b) || b == b'.' { run + 1 } else { 0 };
+        if run >= 16 {
+            return true;
         }
     }
     false
@@ -895,6 +920,20 @@ mod tests {
         assert!(may_match(b"x::y") && may_match(b"ab:cdef:") && may_match(b"a@b") && may_match(b"7"));
     }
 
+    #[test]
+    fn the_secret_shortcut_passes_the_shortest_secrets_and_skips_prose() {
+        let d = Detector::new();
+        for text in
+            ["key sk-0123456789abcdef!", "AKIA0123456789ABCDEF", "eyJhbGciOi.eyJzdWIiOi.sig", "Bearer 0123456789abcdef"]
+        {
+            let mut found = Vec::new();
+            d.find_secrets(text, &mut found);
+            assert_eq!(found.len(), 1, "{text}");
+            assert!(has_token_run(text.as_bytes()), "{text}");
+        }
+        assert!(!has_token_run(b"system: You are terse.\nuser: Say hello to the benchmark, sk-short."));
+    }
+
     proptest! {
         /// The shortcut skips only texts no detector matches in: over an
         /// alphabet without `@` and digits (colons and hex letters included),
@@ -904,6 +943,17 @@ mod tests {
             let mut found = Vec::new();
             scan_all(&text, 0, &mut found, 0);
             prop_assert!(found.is_empty() || may_match(text.as_bytes()), "{text:?}: {found:?}");
+        }
+
+        /// The secret shortcut skips only texts without secrets: whatever
+        /// the prefix search finds, the text has a long enough token run.
+        #[test]
+        fn the_secret_shortcut_skips_only_texts_without_secrets(
+            text in "(sk-|gsk_|eyJ|Bearer |AKIA|sqd_|[A-Za-z0-9._ -]){0,24}"
+        ) {
+            let mut found = Vec::new();
+            Detector::new().find_secrets(&text, &mut found);
+            prop_assert!(found.is_empty() || has_token_run(text.as_bytes()), "{text:?}: {found:?}");
         }
 
         #[test]
