@@ -135,7 +135,7 @@ impl Default for Detector {
     }
 }
 
-fn is_token_byte(b: u8) -> bool {
+const fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
@@ -313,9 +313,20 @@ fn may_match(text: &[u8]) -> bool {
 /// dots too), so a text without such a run holds none: the prefix search
 /// is skipped, which for prose is most of the cost of redaction.
 fn has_token_run(bytes: &[u8]) -> bool {
-    let mut run = 0;
+    // A table lookup per byte: the range tests of `is_token_byte` compiled to
+    // branches that cost more than the prefix search they are meant to spare.
+    const RUN: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = is_token_byte(b as u8) || b as u8 == b'.';
+            b += 1;
+        }
+        t
+    };
+    let mut run = 0u32;
     for &b in bytes {
-        run = if is_token_byte(b) || b == b'.' { run + 1 } else { 0 };
+        run = if RUN[usize::from(b)] { run + 1 } else { 0 };
         if run >= 16 {
             return true;
         }
