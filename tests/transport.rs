@@ -119,3 +119,62 @@ async fn the_environment_proxy_carries_upstream_calls_and_no_proxy_bypasses_it()
     shut(child).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An upstream that accepts TCP and never answers the TLS handshake is a
+/// connect failure within the connect timeout (DNS, TCP and TLS together),
+/// not a wait for the first-byte timeout.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_cut_off_by_the_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("unused", 1, 1))).await;
+    let mut config = config_for(&fake);
+    let groq = config.providers.get_mut("groq").unwrap();
+    groq.base_url = format!("https://{addr}/openai/v1");
+    groq.timeouts.connect = std::time::Duration::from_millis(300);
+    groq.timeouts.first_byte = std::time::Duration::from_secs(20);
+    groq.timeouts.total = std::time::Duration::from_secs(30);
+    let gw = gateway(config).await;
+    let started = std::time::Instant::now();
+    let resp = gw.chat(json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]})).await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 502);
+    assert_error_body(&resp.json().await.unwrap(), "upstream_failed");
+    // A few attempts of 300 ms each (the runner retries a connect failure),
+    // far from the 20 s first-byte timeout.
+    assert!(elapsed < std::time::Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(fake.hits(), 0);
+}
+
+/// Configured headers win over the client's defaults, and each goes once.
+#[tokio::test]
+async fn configured_headers_override_the_defaults() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("hi", 1, 1))).await;
+    let mut config = config_for(&fake);
+    let headers = &mut config.providers.get_mut("groq").unwrap().headers;
+    headers.insert("user-agent".into(), "corp-gateway/7".into());
+    headers.insert("content-type".into(), "application/json; charset=utf-8".into());
+    let gw = gateway(config).await;
+    let resp = gw.chat(json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(resp.status(), 200);
+    let seen = &fake.received()[0].headers;
+    assert_eq!(seen.get_all("user-agent").iter().collect::<Vec<_>>(), ["corp-gateway/7"]);
+    assert_eq!(seen.get_all("content-type").iter().collect::<Vec<_>>(), ["application/json; charset=utf-8"]);
+    assert_eq!(seen["accept"], "*/*");
+}
+
+#[test]
+fn credentials_in_a_base_url_are_refused_by_validation() {
+    let mut config = squad::config::Config::default();
+    config.providers.get_mut("groq").unwrap().base_url = "https://user:secret@api.groq.com/openai/v1".into();
+    let issues = config.validate();
+    let issue = issues.iter().find(|i| i.path == "providers.groq.base_url").expect("an issue for the base URL");
+    assert!(issue.message.contains("headers"), "{}", issue.message);
+    assert!(!issue.message.contains("secret"), "the message never repeats the credentials");
+}

@@ -89,6 +89,10 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             issue(format!("providers.{id}"), "provider ids use lowercase letters, digits, - and _");
         }
         match p.base_url.parse::<http::Uri>() {
+            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => issue(
+                at("base_url"),
+                "credentials in the URL are not sent; put them in `headers` (e.g. an Authorization header)",
+            ),
             Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
             _ => issue(at("base_url"), "required: an http:// or https:// URL"),
         }

@@ -96,7 +96,44 @@ pub fn decode_error(context: &str, e: &serde_json::Error) -> ProviderError {
 pub type Response = http::Response<Body>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Direct = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Direct = hyper_util::client::legacy::Client<Bounded<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+
+/// A connector whose whole connect (DNS, TCP and the TLS handshake) must
+/// finish within `limit`: hyper-util's own connect timeout covers only TCP
+/// (and splits it across the resolved addresses), so an upstream that accepts
+/// and then stalls the handshake would hold a call until the first-byte
+/// timeout.
+#[derive(Clone)]
+pub struct Bounded<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower::Service<http::Uri> for Bounded<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")).into()),
+            }
+        })
+    }
+}
 
 /// How a provider's requests leave. `Direct` is hyper-util's pooled client on
 /// our own connections: no redirect or retry layers, no URL re-parsed per
@@ -106,8 +143,8 @@ type Direct = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, 
 /// provider's base URL through a proxy, because it speaks CONNECT and
 /// proxy authentication.
 ///
-/// Both use `TCP_NODELAY` (SSE chunks are small and latency-sensitive), the
-/// connect timeout, rustls with the platform's certificate verifier (so
+/// Both use `TCP_NODELAY` (SSE chunks are small and latency-sensitive), TCP
+/// keepalive, the connect timeout (DNS, TCP and TLS together), rustls with the platform's certificate verifier (so
 /// `SSL_CERT_FILE` works), HTTP/2 when ALPN offers it, and no total timeout
 /// (streams must not have one). Neither follows redirects: that would carry
 /// `x-goog-api-key` and configured headers to the new host and turn the POST
@@ -142,8 +179,13 @@ impl Transport {
         }
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeouts.connect));
         http.enforce_http(false);
+        // As reqwest sets them: a pooled connection that a NAT or a dead
+        // peer dropped silently is found out by the kernel, not by a timeout.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -156,6 +198,7 @@ impl Transport {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = Bounded { inner: connector, limit: timeouts.connect };
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -173,18 +216,24 @@ impl Transport {
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = uri.clone();
                 let mut all = headers.clone();
-                all.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                all.insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-                all.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+                // Defaults only: a provider's configured headers win.
+                for (name, value) in [
+                    (http::header::CONTENT_TYPE, "application/json"),
+                    (http::header::USER_AGENT, USER_AGENT),
+                    (http::header::ACCEPT, "*/*"),
+                ] {
+                    all.entry(name).or_insert(HeaderValue::from_static(value));
+                }
                 *request.headers_mut() = all;
                 let response = client.request(request).await.map_err(|e| direct_error(&e))?;
                 Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
             }
             Self::Proxied(client) => {
+                let mut all = headers.clone();
+                all.entry(http::header::CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
                 let response = client
                     .post(uri.to_string())
-                    .headers(headers.clone())
-                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .headers(all)
                     .body(body)
                     .send()
                     .await

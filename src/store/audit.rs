@@ -272,6 +272,14 @@ async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result
         tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
         _ => run(),
     };
+    // SAFETY: still locked. A connection left inside a transaction (its
+    // ROLLBACK failed too) is closed rather than pooled, where every later
+    // BEGIN on it would fail.
+    let idle = unsafe { super::sqlite_raw::idle(db) };
     drop(handle);
+    if !idle {
+        tracing::error!("an audit insert left its SQLite transaction open; closing that connection");
+        conn.close_on_drop();
+    }
     result.map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))
 }

@@ -304,27 +304,48 @@ fn decode(payload: &[u8]) -> Option<AuditRecord> {
 
 /// The frames of a binary segment. Zeros where a frame would start are the
 /// unused end of a segment that was never trimmed. A frame that does not
-/// check out is one a crash cut short: counted, and the end of the segment
-/// (nothing after it can be framed).
+/// check out (a crash cut it short, or the disk damaged it) is counted, and
+/// reading resumes at the next offset where a whole frame checks out, so
+/// damage loses only what it touched.
 fn read_frames(bytes: &[u8], contents: &mut SegmentContents) {
-    let mut rest = bytes;
-    while let Some((header, body)) = rest.split_first_chunk::<HEADER>() {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len == 0 {
+    let mut at = 0;
+    let mut damaged = false;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.iter().all(|&b| b == 0) {
             break;
         }
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let record = body.get(..len).filter(|p| checksum(p) == crc).and_then(decode);
-        let Some(record) = record else {
-            contents.corrupt += 1;
-            return;
-        };
-        contents.records.push(record);
-        rest = &body[len..];
+        match frame_at(rest) {
+            Some((record, len)) => {
+                contents.records.push(record);
+                at += len;
+                damaged = false;
+            }
+            None => {
+                // One count per damaged stretch, not per byte of it.
+                if !damaged {
+                    contents.corrupt += 1;
+                    damaged = true;
+                }
+                at += 1;
+            }
+        }
     }
-    if rest.iter().any(|&b| b != 0) {
-        contents.corrupt += 1;
+}
+
+/// The record framed at the start of `bytes` and the frame's length, when
+/// its length, CRC and fields all check out.
+fn frame_at(bytes: &[u8]) -> Option<(AuditRecord, usize)> {
+    let (header, body) = bytes.split_first_chunk::<HEADER>()?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len == 0 {
+        return None;
     }
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    // The format byte first: while resynchronizing, most offsets fail here,
+    // before a checksum over `len` bytes.
+    let payload = body.get(..len).filter(|p| p[0] == FORMAT && checksum(p) == crc)?;
+    Some((decode(payload)?, HEADER + len))
 }
 
 /// What a segment file held.
@@ -474,14 +495,22 @@ impl Journal {
     /// Reads a sealed segment (nothing appends to it any more).
     pub fn read(&self, seq: u64) -> io::Result<SegmentContents> {
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
-        match std::fs::read(self.dir.join(segment_name(seq))) {
-            Ok(bytes) => {
-                read_frames(&bytes, &mut contents);
-                return Ok(contents);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let found = |r: io::Result<()>| match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        };
+        // Both may exist (an older Squad ran in between and reused the
+        // number): `delete` removes both, so both are read.
+        let binary = found(std::fs::read(self.dir.join(segment_name(seq))).map(|b| read_frames(&b, &mut contents)))?;
+        let legacy = found(self.read_legacy(seq, &mut contents))?;
+        if !(binary || legacy) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no segment {seq}")));
         }
+        Ok(contents)
+    }
+
+    fn read_legacy(&self, seq: u64, contents: &mut SegmentContents) -> io::Result<()> {
         let file = File::open(self.dir.join(legacy_name(seq)))?;
         for line in io::BufReader::new(file).split(b'\n') {
             let mut line = line?;
@@ -496,7 +525,7 @@ impl Journal {
                 Err(_) => contents.corrupt += 1,
             }
         }
-        Ok(contents)
+        Ok(())
     }
 
     /// Every record of `seq` is in the database: the segment goes.
@@ -596,6 +625,14 @@ mod tests {
         read_frames(&bytes, &mut contents);
         assert_eq!((contents.records.len(), contents.corrupt), (1, 1));
         assert_eq!(contents.records[0], records[0]);
+        bytes[last] ^= 1;
+
+        // Damage in the first frame: reading resumes at the second.
+        bytes[HEADER + 3] ^= 0x40;
+        let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
+        read_frames(&bytes, &mut contents);
+        assert_eq!((contents.records.len(), contents.corrupt), (1, 1));
+        assert_eq!(contents.records[0], records[1]);
     }
 
     #[test]
@@ -612,6 +649,16 @@ mod tests {
         assert_eq!(j.append(&record("new")).unwrap(), 8, "new segments number on after the old ones");
         j.replayed(7);
         assert!(!dir.join(legacy_name(7)).exists());
+
+        // Both kinds under one number (an older Squad ran in between): both read.
+        let both = j.append(&record("binary")).unwrap();
+        j.seal();
+        let mut line = serde_json::to_vec(&crate::store::writer::tests::record("legacy")).unwrap();
+        line.push(b'\n');
+        std::fs::write(dir.join(legacy_name(both)), &line).unwrap();
+        let ids: Vec<String> = j.read(both).unwrap().records.into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["new", "binary", "legacy"], "segment 8 holds both binary records");
+        assert!(j.read(999).is_err(), "a segment that does not exist");
     }
 
     fn files(dir: &Path) -> usize {

@@ -56,6 +56,19 @@ fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) -> Result<(), String> {
 /// `db` must be an open connection that nothing else uses until this returns
 /// (sqlx's `LockedSqliteHandle` held by the caller).
 pub(super) unsafe fn insert(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
+    insert_in_transaction(db, rows)
+}
+
+/// Whether the connection is outside any transaction (as a pooled one must be).
+///
+/// # Safety
+/// As for `insert`.
+pub(super) unsafe fn idle(db: NonNull<ffi::sqlite3>) -> bool {
+    // SAFETY: `db` is open and exclusively ours (the caller's contract).
+    unsafe { ffi::sqlite3_get_autocommit(db.as_ptr()) != 0 }
+}
+
+fn insert_in_transaction(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
     // IMMEDIATE: take the write lock now (waiting out `busy_timeout`), not on
     // the first insert, where a reader's upgrade could deadlock.
     exec(db, c"BEGIN IMMEDIATE")?;
@@ -91,7 +104,9 @@ fn insert_rows(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, 
         } else {
             Err(format!("insert: {} (code {rc})", message(db)))
         };
-        // SAFETY: the statement is valid; reset drops its hold on the row's texts.
+        // SAFETY: the statement is valid. Reset keeps the bindings, which
+        // still point into `row`: every one is rebound before the next step,
+        // and the statement is finalized before `rows` can go.
         unsafe { ffi::sqlite3_reset(statement.0.as_ptr()) };
         outcome?;
     }
@@ -146,11 +161,13 @@ impl Binder {
         let rc = match value {
             // SAFETY: SQLITE_STATIC: SQLite reads the bytes in place until
             // the statement is reset, which happens while `value` still lives.
+            // (An empty text points at a static "", not at a dangling pointer.)
             Some(s) => unsafe {
+                let bytes = if s.is_empty() { c"".as_ptr() } else { s.as_ptr().cast::<c_char>() };
                 ffi::sqlite3_bind_text64(
                     stmt,
                     self.index,
-                    s.as_ptr().cast::<c_char>(),
+                    bytes,
                     s.len() as u64,
                     ffi::SQLITE_STATIC(),
                     ffi::SQLITE_UTF8 as u8,

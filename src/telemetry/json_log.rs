@@ -92,11 +92,10 @@ impl<W: Write> Members<'_, W> {
             if !std::mem::take(&mut self.first) {
                 self.out.write_char(',')?;
             }
-            // A field name is a Rust identifier (or dotted ones): nothing in
-            // it needs escaping.
-            self.out.write_char('"')?;
-            self.out.write_str(field.name())?;
-            self.out.write_str("\":")?;
+            // Names are identifiers but may be string literals too: escaped
+            // (the check finds nothing to do in an identifier).
+            string(self.out, field.name())?;
+            self.out.write_char(':')?;
             value(self.out)
         })();
     }
