@@ -6,6 +6,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use http::Version;
 
 use serde_json::{Value, json};
 use support::dialects::{Dialect, OpenAi};
@@ -82,6 +85,75 @@ async fn an_https_upstream_is_verified_against_the_platform_roots() {
     assert_error_body(&body, "upstream_failed");
     assert_eq!(fake.hits(), 1, "an unverified upstream was sent the request");
     shut(child).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An HTTPS upstream that speaks only HTTP/2 (ALPN `h2`), as the hosted
+/// providers prefer: answers each request with `body` and records the
+/// HTTP version and path it saw.
+async fn h2_upstream(
+    cert: &Path,
+    key: &Path,
+    body: String,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<(Version, String)>>>) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, crypto::aws_lc_rs};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut tls = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(Version, String)>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, log, body) = (acceptor.clone(), log.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    log.lock().unwrap().push((req.version(), req.uri().path().to_owned()));
+                    let body = body.clone();
+                    async move {
+                        let resp = hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_offers_http2_is_spoken_to_in_http2() {
+    let dir = temp_dir();
+    let (cert, key) = self_signed(&dir);
+    let (addr, seen) = h2_upstream(&cert, &key, OpenAi::completion("over h2", 3, 2)).await;
+    let yaml = config(&format!("  groq: {{ base_url: \"https://{addr}/openai/v1\" }}\n"));
+    let (child, url) = serve(&dir, yaml, vec![("SSL_CERT_FILE", cert.display().to_string())]).await;
+    for _ in 0..2 {
+        let (status, body) = chat(&url, OpenAi::MODEL).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["message"]["content"], "over h2");
+    }
+    shut(child).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![(Version::HTTP_2, "/openai/v1/chat/completions".to_owned()); 2]);
     let _ = std::fs::remove_dir_all(dir);
 }
 
