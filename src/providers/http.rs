@@ -144,9 +144,9 @@ where
 /// proxy authentication.
 ///
 /// Both use `TCP_NODELAY` (SSE chunks are small and latency-sensitive), TCP
-/// keepalive, the connect timeout (DNS, TCP and TLS together), rustls with the platform's certificate verifier (so
-/// `SSL_CERT_FILE` works), HTTP/2 when ALPN offers it, and no total timeout
-/// (streams must not have one). Neither follows redirects: that would carry
+/// keepalive, the connect timeout (DNS, TCP and TLS together), rustls with
+/// the platform's certificate verifier (so `SSL_CERT_FILE` works), HTTP/2
+/// when ALPN offers it, and no total timeout (streams must not have one). Neither follows redirects: that would carry
 /// `x-goog-api-key` and configured headers to the new host and turn the POST
 /// into a GET. Neither retries: the fallback runner does, and counts and
 /// audits each attempt (hyper-util only resends a request that a pooled
