@@ -6,7 +6,9 @@
 //!
 //! Everything here runs while the caller holds the locked handle, so sqlx's
 //! worker thread cannot touch the connection; a batch always ends its
-//! transaction (COMMIT, or ROLLBACK on any error) before returning.
+//! transaction (COMMIT, or ROLLBACK on any error) before returning. The
+//! private helpers take the handle on the same contract as `insert`: only
+//! `insert` and `idle` are reachable from outside, and both are `unsafe`.
 
 use std::ffi::{CStr, c_char, c_int};
 use std::ptr::{NonNull, null_mut};
