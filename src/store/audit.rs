@@ -215,14 +215,16 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u
     fn column<'r, T>(rows: &[&'r AuditRecord], f: impl Fn(&'r AuditRecord) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r)).collect()
     }
-    let sql = format!(
-        "INSERT INTO audit_log ({COLUMNS}) SELECT * FROM unnest(\
-         $1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], \
-         $17::int8[], $18::float8[], $19::float8[], $20::float8[], $21::float8[], $22::bool[], $23::bool[], \
-         $24::text[], $25::text[], $26::text[]) ON CONFLICT (id) DO NOTHING"
-    );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO audit_log ({COLUMNS}) SELECT * FROM unnest(\
+             $1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+             $9::text[], $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], \
+             $17::int8[], $18::float8[], $19::float8[], $20::float8[], $21::float8[], $22::bool[], $23::bool[], \
+             $24::text[], $25::text[], $26::text[]) ON CONFLICT (id) DO NOTHING"
+        )
+    });
+    let done = sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))
         .bind(column(rows, |r| r.id.as_str()))
         .bind(column(rows, |r| r.request_id.as_str()))
         .bind(column(rows, |r| r.ts_ms))

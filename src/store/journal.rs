@@ -686,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn segments_left_by_a_crash_are_adopted_and_a_torn_line_is_counted() {
+    fn segments_left_by_a_crash_are_adopted_and_a_torn_frame_is_counted() {
         use std::os::unix::fs::FileExt;
         let dir = tempdir();
         let j = Journal::open(&dir, 1 << 20);

@@ -58,19 +58,6 @@ fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) -> Result<(), String> {
 /// `db` must be an open connection that nothing else uses until this returns
 /// (sqlx's `LockedSqliteHandle` held by the caller).
 pub(super) unsafe fn insert(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
-    insert_in_transaction(db, rows)
-}
-
-/// Whether the connection is outside any transaction (as a pooled one must be).
-///
-/// # Safety
-/// As for `insert`.
-pub(super) unsafe fn idle(db: NonNull<ffi::sqlite3>) -> bool {
-    // SAFETY: `db` is open and exclusively ours (the caller's contract).
-    unsafe { ffi::sqlite3_get_autocommit(db.as_ptr()) != 0 }
-}
-
-fn insert_in_transaction(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
     // IMMEDIATE: take the write lock now (waiting out `busy_timeout`), not on
     // the first insert, where a reader's upgrade could deadlock.
     exec(db, c"BEGIN IMMEDIATE")?;
@@ -80,6 +67,15 @@ fn insert_in_transaction(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Re
         let _ = exec(db, c"ROLLBACK");
     }
     result
+}
+
+/// Whether the connection is outside any transaction (as a pooled one must be).
+///
+/// # Safety
+/// As for `insert`.
+pub(super) unsafe fn idle(db: NonNull<ffi::sqlite3>) -> bool {
+    // SAFETY: `db` is open and exclusively ours (the caller's contract).
+    unsafe { ffi::sqlite3_get_autocommit(db.as_ptr()) != 0 }
 }
 
 fn insert_rows(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
