@@ -7,7 +7,9 @@
 #   3. streaming time-to-first-token, direct vs through Squad;
 #   4. Squad's idle RSS;
 #   5. saturation throughput with admission control on (budgets set too high
-#      to refuse anything, so only its cost shows) against off.
+#      to refuse anything, so only its cost shows) against off;
+#   6. when nginx is installed, the same fixed-rate and saturation load through
+#      nginx as a reference proxy: what a bare proxy hop costs on this machine.
 # Needs oha (`cargo install oha --locked`) and curl. Load goes to 127.0.0.1 only.
 #
 # Usage: bench/overhead.sh [--rate 1000] [--duration 10] [--connections 50]
@@ -65,6 +67,33 @@ start_squad "$SQ_PORT" "$UP_PORT"; MAIN_PID=$SQUAD_PID
 start_squad "$SQ_STREAM_PORT" "$STREAM_UP_PORT"
 start_squad "$SQ_LIMITED_PORT" "$UP_PORT" on
 
+# A reference proxy, when nginx is installed: the same upstream behind nginx
+# (keep-alive upstream connections, no access log), to show what a proxy hop
+# alone costs on this machine.
+NGINX_PORT=${NGINX_PORT:-18906}
+if command -v nginx >/dev/null; then
+  mkdir -p "$OUT/nginx"
+  cat > "$OUT/nginx/nginx.conf" <<NGINX
+worker_processes $(nproc);
+daemon off;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/nginx/body;
+  proxy_temp_path $OUT/nginx/proxy;
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+  nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" 2>/dev/null & pids+=($!)
+  wait_port "$NGINX_PORT"
+fi
+
 sleep 1
 IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$MAIN_PID/status")
 
@@ -86,9 +115,17 @@ load warm-squad "$SQUAD_URL" "$BODY" -z 2s -c 16
 echo "fixed rate: $RATE req/s for ${DURATION}s, direct then through Squad…" >&2
 load rate-direct "$DIRECT_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
 load rate-squad "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
+NGINX_URL="http://127.0.0.1:$NGINX_PORT/openai/v1/chat/completions"
+if command -v nginx >/dev/null; then
+  load warm-nginx "$NGINX_URL" "$DIRECT_BODY" -z 2s -c 16
+  load rate-nginx "$NGINX_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
+fi
 echo "saturation: $SAT_CONNS connections for ${DURATION}s, direct then through Squad…" >&2
 load sat-direct "$DIRECT_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$SAT_CONNS"
 load sat-squad "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
+if command -v nginx >/dev/null; then
+  load sat-nginx "$NGINX_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$SAT_CONNS"
+fi
 echo "saturation with admission control on and off, alternating…" >&2
 load sat-limited "http://127.0.0.1:$SQ_LIMITED_PORT/v1/chat/completions" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
 load sat-squad2 "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
@@ -128,6 +165,13 @@ print(f"{'rate achieved req/s':26}{rd['rps']:12.0f}{rs['rps']:12.0f}")
 print(f"{'rate success %':26}{rd['ok']:12.2f}{rs['ok']:12.2f}")
 print(f"{'saturation req/s':26}{sd['rps']:12.0f}{ss['rps']:12.0f}{ss['rps']/sd['rps']*100:11.1f}%   >= 25% of direct")
 print(f"{'saturation p50 / p99 ms':26}{sd['p50']:6.2f}/{sd['p99']:<5.2f}{ss['p50']:6.2f}/{ss['p99']:<5.2f}")
+import os
+if os.path.exists(f"{out}/rate-nginx.json"):
+    rn, sn = load("rate-nginx"), load("sat-nginx")
+    print(f"{'reference: nginx proxy':26}{'':12}{'via nginx':>12}{'added':>12}")
+    print(f"{'rate ' + str(rate) + ' req/s  p50 ms':26}{rd['p50']:12.3f}{rn['p50']:12.3f}{rn['p50']-rd['p50']:12.3f}")
+    print(f"{'rate ' + str(rate) + ' req/s  p99 ms':26}{rd['p99']:12.3f}{rn['p99']:12.3f}{rn['p99']-rd['p99']:12.3f}")
+    print(f"{'saturation req/s':26}{sd['rps']:12.0f}{sn['rps']:12.0f}{sn['rps']/sd['rps']*100:11.1f}%")
 d50, d99 = ttft("direct"); s50, s99 = ttft("squad")
 print(f"{'stream TTFT p50 ms':26}{d50:12.3f}{s50:12.3f}{s50-d50:12.3f}   added <= 1 ms")
 print(f"{'stream TTFT p99 ms':26}{d99:12.3f}{s99:12.3f}{s99-d99:12.3f}")

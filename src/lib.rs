@@ -15,6 +15,7 @@
 //! - `app`: the composition root, the only place naming concrete adapters.
 //! - `server`: `run(listener, …, shutdown)` with readiness drain and grace period;
 //!   HTTP/1.1 limits (head size, head read time) and optional TLS.
+//! - `runtime`: the serving cores, one single-threaded runtime per thread.
 //! - `tls`: the rustls server config from `server.tls` (PEM files).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod mock;
 pub mod providers;
 pub mod resilience;
+pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod service;

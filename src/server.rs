@@ -15,6 +15,10 @@
 //!
 //! HTTP/1.1 only: hyper's HTTP/2 server has no head read timeout, so one
 //! slow HTTP/2 client could hold a connection indefinitely.
+//!
+//! The accept loop runs on the shared runtime and deals connections round
+//! robin to the serving cores (`crate::runtime`), each of which runs its
+//! connections to the end.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+use crate::runtime::Cores;
 use crate::service::Lifecycle;
 use crate::tls::TlsError;
 
@@ -48,6 +53,8 @@ pub struct Http {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub tls: Option<TlsAcceptor>,
+    /// Serving threads (`server.workers`, 0 resolved to one per CPU).
+    pub workers: usize,
 }
 
 /// A year, subdomains included: the value recommended once HTTPS is settled.
@@ -60,6 +67,7 @@ impl Http {
             max_header_bytes: server.max_header_bytes,
             header_read_timeout: server.header_read_timeout,
             tls: crate::tls::server_config(&server.tls)?.map(TlsAcceptor::from),
+            workers: if server.workers == 0 { crate::runtime::default_cores() } else { server.workers },
         })
     }
 
@@ -80,11 +88,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut server = tokio::spawn(accept_loop(listener, app, Arc::new(http), stop_rx));
+    let cores = Arc::new(Cores::start(http.workers)?);
+    let mut server = tokio::spawn(accept_loop(listener, app, Arc::new(http), cores.clone(), stop_rx));
     lifecycle.mark_ready();
+    let result = drain_on(shutdown, &mut server, &lifecycle, &stop_tx, drain).await;
+    // Whatever the connections left running (nothing, unless the grace
+    // period cut them off) ends with the cores.
+    cores.stop().await;
+    result
+}
 
+async fn drain_on(
+    shutdown: impl Future<Output = ()>,
+    server: &mut tokio::task::JoinHandle<()>,
+    lifecycle: &Lifecycle,
+    stop_tx: &watch::Sender<bool>,
+    drain: Drain,
+) -> std::io::Result<bool> {
     tokio::select! {
-        result = &mut server => return result.map_err(std::io::Error::other).map(|()| true),
+        result = &mut *server => return result.map_err(std::io::Error::other).map(|()| true),
         () = shutdown => {}
     }
     lifecycle.start_draining();
@@ -92,7 +114,7 @@ pub async fn run(
     tokio::time::sleep(drain.delay).await;
     let _ = stop_tx.send(true);
     tracing::info!(grace_ms = drain.grace.as_millis() as u64, "listener closed; waiting for in-flight requests");
-    match tokio::time::timeout(drain.grace, &mut server).await {
+    match tokio::time::timeout(drain.grace, &mut *server).await {
         Ok(result) => {
             result.map_err(std::io::Error::other)?;
             tracing::info!("all in-flight requests finished");
@@ -109,14 +131,26 @@ pub async fn run(
 
 /// Accepts until `stop`, then closes the listener and waits for the
 /// connections, each of which finishes its current request and closes.
-async fn accept_loop(listener: TcpListener, app: axum::Router, http: Arc<Http>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    http: Arc<Http>,
+    cores: Arc<Cores>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, remote)) => {
-                    connections.spawn(connection(tcp, remote, app.clone(), http.clone(), stop.clone()));
-                }
+                // Handed over as a std socket: the core registers it with its
+                // own I/O driver, so readiness never goes through this thread.
+                Ok((tcp, remote)) => match tcp.into_std() {
+                    Ok(tcp) => {
+                        let conn = connection(tcp, remote, app.clone(), http.clone(), stop.clone());
+                        connections.spawn_on(conn, cores.next());
+                    }
+                    Err(e) => tracing::debug!(error = %e, "accepted connection lost before hand-over"),
+                },
                 Err(e) => accept_failed(&e).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -143,12 +177,19 @@ async fn accept_failed(e: &std::io::Error) {
 }
 
 async fn connection(
-    tcp: TcpStream,
+    tcp: std::net::TcpStream,
     remote: SocketAddr,
     app: axum::Router,
     http: Arc<Http>,
     stop: watch::Receiver<bool>,
 ) {
+    let tcp = match TcpStream::from_std(tcp) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot register an accepted connection");
+            return;
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let hsts = http.tls.is_some();
     let service = app

@@ -472,6 +472,9 @@ pub struct ServerConfig {
     /// After the listener closes: how long in-flight requests and streams may run.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serving threads, each running its share of the connections start to
+    /// finish (`crate::runtime`); 0: one per CPU this process may use.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -489,6 +492,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }

@@ -67,6 +67,9 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if !(1024..=256 * 1024).contains(&server.max_header_bytes) {
         issue("server.max_header_bytes".into(), "must be between 1024 and 262144");
     }
+    if server.workers > 1024 {
+        issue("server.workers".into(), "must be at most 1024 (0: one per CPU)");
+    }
     // serde_json stops at 128 levels on its own; above that our limit would never apply.
     if !(1..=128).contains(&server.max_json_depth) {
         issue("server.max_json_depth".into(), "must be between 1 and 128");

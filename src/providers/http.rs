@@ -154,7 +154,9 @@ where
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant, reason = "one per provider, built once; boxing would add a hop per call")]
 pub enum Transport {
-    Direct(Direct),
+    /// One client per serving core (`crate::runtime`): a core's requests go
+    /// out on connections that core drives, never on another thread's.
+    Direct(Box<[Direct]>),
     Proxied(reqwest::Client),
 }
 
@@ -199,19 +201,24 @@ impl Transport {
             .enable_http2()
             .wrap_connector(http);
         let connector = Bounded { inner: connector, limit: timeouts.connect };
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector);
-        Ok(Self::Direct(client))
+        let clients = (0..crate::runtime::default_cores())
+            .map(|_| {
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE)
+                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+                    .build(connector.clone())
+            })
+            .collect();
+        Ok(Self::Direct(clients))
     }
 
     /// Sends a POST with a JSON body; `headers` are the provider's own.
     async fn post(&self, uri: &http::Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ProviderError> {
         match self {
-            Self::Direct(client) => {
+            Self::Direct(clients) => {
+                let client = &clients[crate::runtime::core_index() % clients.len()];
                 let mut request = http::Request::new(Full::new(body));
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = uri.clone();
