@@ -65,21 +65,60 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             }
         }
         let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let deadline = tokio::time::Instant::now() + state.body_read_timeout;
+        let (parts, mut body) = req.into_parts();
+        let headers = &parts.headers;
         if declared.is_some_and(|n| n > limit as u64) {
+            // A client waiting for `100 Continue` has sent nothing: reading
+            // would only invite the body we refuse.
+            if !expects_continue(headers) {
+                drain(&mut body, deadline).await;
+            }
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let body = http_body_util::Limited::new(req.into_body(), limit);
-        let collected = tokio::time::timeout(state.body_read_timeout, http_body_util::BodyExt::collect(body))
-            .await
-            .map_err(|_| ApiError::BodyTimeout)?;
-        let bytes = match collected {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return Err(ApiError::PayloadTooLarge { limit });
+        // `declared` is within the limit here.
+        let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut body)).await {
+                Err(_) => return Err(ApiError::BodyTimeout),
+                Ok(None) => break,
+                Ok(Some(Err(_))) => return Err(ApiError::MalformedJson("the request body could not be read".into())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limit {
+                    drain(&mut body, deadline).await;
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                bytes.extend_from_slice(&data);
             }
-            Err(_) => return Err(ApiError::MalformedJson("the request body could not be read".into())),
-        };
+        }
         parse(&bytes, state.max_json_depth).map(ApiJson)
+    }
+}
+
+fn expects_continue(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::EXPECT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
+/// At most this much of a refused body is read (and discarded) before the 413.
+const DRAIN_BYTES: usize = 1 << 20;
+/// And for at most this long.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and discards what is left of a refused body (bounded by
+/// `DRAIN_BYTES`, `DRAIN_TIME` and the body deadline), so the client has sent
+/// its body when the 413 goes out. A connection closed with unread request
+/// bytes is reset by the kernel, and a client still uploading would see the
+/// reset instead of the 413.
+async fn drain(body: &mut axum::body::Body, deadline: tokio::time::Instant) {
+    let deadline = deadline.min(tokio::time::Instant::now() + DRAIN_TIME);
+    let mut read = 0;
+    while read < DRAIN_BYTES {
+        match tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(body)).await {
+            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
     }
 }
 
