@@ -154,8 +154,9 @@ where
 #[derive(Clone)]
 #[allow(clippy::large_enum_variant, reason = "one per provider, built once; boxing would add a hop per call")]
 pub enum Transport {
-    /// One client per serving core (`crate::runtime`): a core's requests go
-    /// out on connections that core drives, never on another thread's.
+    /// One client per CPU, indexed by serving core (`crate::runtime`): a
+    /// core's requests go out on connections that core drives. With more
+    /// `server.workers` than CPUs, cores share clients (index modulo count).
     Direct(Box<[Direct]>),
     Proxied(reqwest::Client),
 }
