@@ -71,7 +71,9 @@ start_squad "$SQ_LIMITED_PORT" "$UP_PORT" on
 # (keep-alive upstream connections, no access log), to show what a proxy hop
 # alone costs on this machine.
 NGINX_PORT=${NGINX_PORT:-18906}
-if command -v nginx >/dev/null; then
+HAVE_NGINX=false
+command -v nginx >/dev/null && HAVE_NGINX=true
+if $HAVE_NGINX; then
   mkdir -p "$OUT/nginx"
   cat > "$OUT/nginx/nginx.conf" <<NGINX
 worker_processes $(nproc);
@@ -116,14 +118,14 @@ echo "fixed rate: $RATE req/s for ${DURATION}s, direct then through Squad…" >&
 load rate-direct "$DIRECT_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
 load rate-squad "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
 NGINX_URL="http://127.0.0.1:$NGINX_PORT/openai/v1/chat/completions"
-if command -v nginx >/dev/null; then
+if $HAVE_NGINX; then
   load warm-nginx "$NGINX_URL" "$DIRECT_BODY" -z 2s -c 16
   load rate-nginx "$NGINX_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
 fi
 echo "saturation: $SAT_CONNS connections for ${DURATION}s, direct then through Squad…" >&2
 load sat-direct "$DIRECT_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$SAT_CONNS"
 load sat-squad "$SQUAD_URL" "$BODY" -z "${DURATION}s" -c "$SAT_CONNS"
-if command -v nginx >/dev/null; then
+if $HAVE_NGINX; then
   load sat-nginx "$NGINX_URL" "$DIRECT_BODY" -z "${DURATION}s" -c "$SAT_CONNS"
 fi
 echo "saturation with admission control on and off, alternating…" >&2

@@ -42,10 +42,11 @@ pub struct Cores {
 
 impl Cores {
     pub fn start(count: usize) -> std::io::Result<Self> {
+        let count = count.max(1);
         let (stop, stopped) = watch::channel(false);
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
-        for index in 0..count.max(1) {
+        for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             handles.push(runtime.handle().clone());
             let mut stopped = stopped.clone();

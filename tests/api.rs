@@ -26,6 +26,38 @@ async fn send_raw(gw: &support::Gateway, content_type: Option<&str>, body: Vec<u
     (status, resp.json().await.unwrap())
 }
 
+/// A client that sends a whole over-limit body before reading gets the 413:
+/// Squad reads the rest of the body first. Closing with the body unread
+/// would make the kernel reset the connection, and the reset discards the
+/// 413 before the client reads it.
+#[tokio::test]
+async fn an_over_limit_chunked_body_sent_in_full_still_gets_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("x", 1, 1))).await;
+    let gw = gateway(config_for(&fake)).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let body = vec![b' '; 512 * 1024];
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        for chunk in body.chunks(8 * 1024) {
+            tcp.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+            tcp.write_all(chunk).await.expect("the whole body is accepted");
+            tcp.write_all(b"\r\n").await.unwrap();
+        }
+        tcp.write_all(b"0\r\n\r\n").await.unwrap();
+        let mut response = vec![0; 4096];
+        let n = tcp.read(&mut response).await.expect("a response, not a reset");
+        let text = String::from_utf8_lossy(&response[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains("payload_too_large"), "{text}");
+    }
+    assert_eq!(fake.hits(), 0);
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_with_our_body_and_never_reaches_the_upstream() {
     let fake = Fake::start(Reply::json(200, OpenAi::completion("x", 1, 1))).await;
