@@ -73,7 +73,23 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
 
 /// The attempts as an audit row keeps them (the same view clients see).
 pub fn attempts_json(attempts: &[Attempt]) -> String {
-    let views: Vec<AttemptView> = attempts.iter().map(AttemptView::from).collect();
+    /// `AttemptView`'s fields, borrowed: the same JSON without copying names.
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        provider: &'a str,
+        model: &'a str,
+        outcome: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        latency_ms: u64,
+    }
+    let views: Vec<View<'_>> = attempts
+        .iter()
+        .map(|a| {
+            let v = AttemptView::borrowed(a);
+            View { provider: &a.provider, model: &a.model, outcome: v.0, status: v.1, latency_ms: v.2 }
+        })
+        .collect();
     serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
 }
 

@@ -112,19 +112,21 @@ pub struct AttemptView {
     pub latency_ms: u64,
 }
 
-impl From<&Attempt> for AttemptView {
-    fn from(a: &Attempt) -> Self {
+impl AttemptView {
+    /// The outcome, status and latency of `a`, as a view shows them.
+    pub fn borrowed(a: &Attempt) -> (&'static str, Option<u16>, u64) {
         let status = match &a.outcome {
             Outcome::Failed { status, .. } => *status,
             _ => None,
         };
-        Self {
-            provider: a.provider.clone(),
-            model: a.model.clone(),
-            outcome: a.outcome.label(),
-            status,
-            latency_ms: a.latency.as_millis() as u64,
-        }
+        (a.outcome.label(), status, a.latency.as_millis() as u64)
+    }
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        let (outcome, status, latency_ms) = Self::borrowed(a);
+        Self { provider: a.provider.clone(), model: a.model.clone(), outcome, status, latency_ms }
     }
 }
 

@@ -39,11 +39,109 @@ pub struct AuditRecord {
     pub metadata: Option<String>,
 }
 
+/// A record's fields, borrowed: what an insert binds. Made from an
+/// `AuditRecord`, or straight from a journal frame (`journal::framed`)
+/// without copying its texts out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordRef<'a> {
+    pub id: &'a str,
+    pub request_id: &'a str,
+    pub ts_ms: i64,
+    pub key_id: Option<&'a str>,
+    pub client_addr: Option<&'a str>,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub agent: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub conversation_id: Option<&'a str>,
+    pub status: i64,
+    pub error_kind: Option<&'a str>,
+    pub attempts: &'a str,
+    pub provider: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: Option<f64>,
+    pub latency_ms: f64,
+    pub upstream_ms: f64,
+    pub overhead_ms: f64,
+    pub streamed: bool,
+    pub cancelled: bool,
+    pub prompt: Option<&'a str>,
+    pub response: Option<&'a str>,
+    pub metadata: Option<&'a str>,
+}
+
+impl RecordRef<'_> {
+    pub fn to_record(&self) -> AuditRecord {
+        let own = |t: Option<&str>| t.map(str::to_owned);
+        AuditRecord {
+            id: self.id.to_owned(),
+            request_id: self.request_id.to_owned(),
+            ts_ms: self.ts_ms,
+            key_id: own(self.key_id),
+            client_addr: own(self.client_addr),
+            method: self.method.to_owned(),
+            route: self.route.to_owned(),
+            agent: own(self.agent),
+            user_id: own(self.user_id),
+            conversation_id: own(self.conversation_id),
+            status: self.status,
+            error_kind: own(self.error_kind),
+            attempts: self.attempts.to_owned(),
+            provider: own(self.provider),
+            model: own(self.model),
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            cost_usd: self.cost_usd,
+            latency_ms: self.latency_ms,
+            upstream_ms: self.upstream_ms,
+            overhead_ms: self.overhead_ms,
+            streamed: self.streamed,
+            cancelled: self.cancelled,
+            prompt: own(self.prompt),
+            response: own(self.response),
+            metadata: own(self.metadata),
+        }
+    }
+}
+
 pub(super) const COLUMNS: &str = "id, request_id, ts_ms, key_id, client_addr, method, route, agent, user_id, conversation_id, \
      status, error_kind, attempts, provider, model, tokens_in, tokens_out, cost_usd, latency_ms, upstream_ms, \
      overhead_ms, streamed, cancelled, prompt, response, metadata";
 
 impl AuditRecord {
+    pub fn borrowed(&self) -> RecordRef<'_> {
+        RecordRef {
+            id: &self.id,
+            request_id: &self.request_id,
+            ts_ms: self.ts_ms,
+            key_id: self.key_id.as_deref(),
+            client_addr: self.client_addr.as_deref(),
+            method: &self.method,
+            route: &self.route,
+            agent: self.agent.as_deref(),
+            user_id: self.user_id.as_deref(),
+            conversation_id: self.conversation_id.as_deref(),
+            status: self.status,
+            error_kind: self.error_kind.as_deref(),
+            attempts: &self.attempts,
+            provider: self.provider.as_deref(),
+            model: self.model.as_deref(),
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            cost_usd: self.cost_usd,
+            latency_ms: self.latency_ms,
+            upstream_ms: self.upstream_ms,
+            overhead_ms: self.overhead_ms,
+            streamed: self.streamed,
+            cancelled: self.cancelled,
+            prompt: self.prompt.as_deref(),
+            response: self.response.as_deref(),
+            metadata: self.metadata.as_deref(),
+        }
+    }
+
     /// The record as JSON with `attempts` and `metadata` as JSON values, for export.
     pub fn to_export(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
@@ -101,12 +199,12 @@ impl Store {
                 r
             })
             .collect();
-        self.insert_scrubbed(&scrubbed.iter().collect::<Vec<_>>()).await
+        self.insert_scrubbed(&scrubbed.iter().map(AuditRecord::borrowed).collect::<Vec<_>>()).await
     }
 
     /// As `insert_audit`, for records already scrubbed (`scrub_nul`), as the
-    /// audit writer's are: no copies.
-    pub async fn insert_scrubbed(&self, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
+    /// audit writer's are (it reads them from their journal frames): no copies.
+    pub async fn insert_scrubbed(&self, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
         match &self.db {
             super::Db::Sqlite(pool) => insert_sqlite(pool, rows).await,
             super::Db::Postgres(pool) => insert_postgres(pool, rows).await,
@@ -201,7 +299,8 @@ impl AuditRecord {
     /// every record before it is journaled, so both dialects keep the same text.
     pub fn scrub_nul(&mut self) {
         for t in self.texts_mut() {
-            if t.contains('\0') {
+            // Bytes, not chars: a plain memchr.
+            if t.as_bytes().contains(&0) {
                 *t = t.replace('\0', "\u{fffd}");
             }
         }
@@ -211,9 +310,9 @@ impl AuditRecord {
 /// One statement whatever the batch size: each column goes as one array
 /// parameter and `unnest` turns the arrays back into rows (26 parameters a
 /// row cost more than the insert itself).
-async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
-    fn column<'r, T>(rows: &[&'r AuditRecord], f: impl Fn(&'r AuditRecord) -> T) -> Vec<T> {
-        rows.iter().map(|r| f(r)).collect()
+async fn insert_postgres(pool: &sqlx::PgPool, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
+    fn column<'r, T>(rows: &[RecordRef<'r>], f: impl Fn(&RecordRef<'r>) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
     }
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
@@ -225,21 +324,21 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u
         )
     });
     let done = sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))
-        .bind(column(rows, |r| r.id.as_str()))
-        .bind(column(rows, |r| r.request_id.as_str()))
+        .bind(column(rows, |r| r.id))
+        .bind(column(rows, |r| r.request_id))
         .bind(column(rows, |r| r.ts_ms))
-        .bind(column(rows, |r| r.key_id.as_deref()))
-        .bind(column(rows, |r| r.client_addr.as_deref()))
-        .bind(column(rows, |r| r.method.as_str()))
-        .bind(column(rows, |r| r.route.as_str()))
-        .bind(column(rows, |r| r.agent.as_deref()))
-        .bind(column(rows, |r| r.user_id.as_deref()))
-        .bind(column(rows, |r| r.conversation_id.as_deref()))
+        .bind(column(rows, |r| r.key_id))
+        .bind(column(rows, |r| r.client_addr))
+        .bind(column(rows, |r| r.method))
+        .bind(column(rows, |r| r.route))
+        .bind(column(rows, |r| r.agent))
+        .bind(column(rows, |r| r.user_id))
+        .bind(column(rows, |r| r.conversation_id))
         .bind(column(rows, |r| r.status))
-        .bind(column(rows, |r| r.error_kind.as_deref()))
-        .bind(column(rows, |r| r.attempts.as_str()))
-        .bind(column(rows, |r| r.provider.as_deref()))
-        .bind(column(rows, |r| r.model.as_deref()))
+        .bind(column(rows, |r| r.error_kind))
+        .bind(column(rows, |r| r.attempts))
+        .bind(column(rows, |r| r.provider))
+        .bind(column(rows, |r| r.model))
         .bind(column(rows, |r| r.tokens_in))
         .bind(column(rows, |r| r.tokens_out))
         .bind(column(rows, |r| r.cost_usd))
@@ -248,9 +347,9 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u
         .bind(column(rows, |r| r.overhead_ms))
         .bind(column(rows, |r| r.streamed))
         .bind(column(rows, |r| r.cancelled))
-        .bind(column(rows, |r| r.prompt.as_deref()))
-        .bind(column(rows, |r| r.response.as_deref()))
-        .bind(column(rows, |r| r.metadata.as_deref()))
+        .bind(column(rows, |r| r.prompt))
+        .bind(column(rows, |r| r.response))
+        .bind(column(rows, |r| r.metadata))
         .execute(pool)
         .await?;
     Ok(done.rows_affected())
@@ -260,7 +359,7 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[&AuditRecord]) -> Result<u
 /// batch blocks its thread for as long as SQLite works on it, so on a
 /// multi-threaded runtime it runs under `block_in_place` and the worker's other
 /// tasks move to another thread meanwhile.
-async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[&AuditRecord]) -> Result<u64, StoreError> {
+async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
     if rows.is_empty() {
         return Ok(0);
     }

@@ -31,6 +31,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::AuditRecord;
+use super::audit::RecordRef;
 
 struct Active {
     seq: u64,
@@ -229,10 +230,11 @@ fn too_large() -> io::Error {
     io::Error::other("audit record larger than 4 GiB")
 }
 
-/// Reads one payload back; `None` when it does not decode.
-fn decode(payload: &[u8]) -> Option<AuditRecord> {
+/// Reads one payload back, its texts borrowed from it; `None` when it does
+/// not decode.
+fn decode(payload: &[u8]) -> Option<RecordRef<'_>> {
     struct Cursor<'a>(&'a [u8]);
-    impl Cursor<'_> {
+    impl<'a> Cursor<'a> {
         fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
             let (head, rest) = self.0.split_first_chunk::<N>()?;
             self.0 = rest;
@@ -254,16 +256,16 @@ fn decode(payload: &[u8]) -> Option<AuditRecord> {
         fn some_real(&mut self) -> Option<f64> {
             self.real()?
         }
-        fn text(&mut self) -> Option<Option<String>> {
+        fn text(&mut self) -> Option<Option<&'a str>> {
             let len = u32::from_le_bytes(self.take()?);
             if len == ABSENT {
                 return Some(None);
             }
             let (bytes, rest) = self.0.split_at_checked(len as usize)?;
             self.0 = rest;
-            String::from_utf8(bytes.to_vec()).ok().map(Some)
+            std::str::from_utf8(bytes).ok().map(Some)
         }
-        fn some_text(&mut self) -> Option<String> {
+        fn some_text(&mut self) -> Option<&'a str> {
             self.text()?
         }
     }
@@ -271,7 +273,7 @@ fn decode(payload: &[u8]) -> Option<AuditRecord> {
     if c.take::<1>()? != [FORMAT] {
         return None;
     }
-    let record = AuditRecord {
+    let record = RecordRef {
         id: c.some_text()?,
         request_id: c.some_text()?,
         ts_ms: c.int()?,
@@ -300,6 +302,12 @@ fn decode(payload: &[u8]) -> Option<AuditRecord> {
         metadata: c.text()?,
     };
     c.0.is_empty().then_some(record)
+}
+
+/// The record in a frame that `encode` made (in memory, so its checksum is
+/// not checked), its texts borrowed from the frame.
+pub fn framed(frame: &[u8]) -> Option<RecordRef<'_>> {
+    decode(frame.get(HEADER..)?)
 }
 
 /// The frames of a binary segment. Zeros where a frame would start are the
@@ -345,7 +353,7 @@ fn frame_at(bytes: &[u8]) -> Option<(AuditRecord, usize)> {
     // The format byte first: while resynchronizing, most offsets fail here,
     // before a checksum over `len` bytes.
     let payload = body.get(..len).filter(|p| p[0] == FORMAT && checksum(p) == crc)?;
-    Some((decode(payload)?, HEADER + len))
+    Some((decode(payload)?.to_record(), HEADER + len))
 }
 
 /// What a segment file held.
@@ -611,6 +619,8 @@ mod tests {
         for r in &records {
             let mut frame = Vec::new();
             encode(r, &mut frame).unwrap();
+            // What the writer binds from a queued frame is the record itself.
+            assert_eq!(framed(&frame), Some(r.borrowed()));
             bytes.extend_from_slice(&frame);
         }
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use libsqlite3_sys as ffi;
 
-use super::audit::{AuditRecord, COLUMNS};
+use super::audit::{COLUMNS, RecordRef};
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     let params: Vec<String> = (1..=26).map(|i| format!("?{i}")).collect();
@@ -57,7 +57,7 @@ fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) -> Result<(), String> {
 /// # Safety
 /// `db` must be an open connection that nothing else uses until this returns
 /// (sqlx's `LockedSqliteHandle` held by the caller).
-pub(super) unsafe fn insert(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
+pub(super) unsafe fn insert(db: NonNull<ffi::sqlite3>, rows: &[RecordRef<'_>]) -> Result<u64, String> {
     // IMMEDIATE: take the write lock now (waiting out `busy_timeout`), not on
     // the first insert, where a reader's upgrade could deadlock.
     exec(db, c"BEGIN IMMEDIATE")?;
@@ -78,7 +78,7 @@ pub(super) unsafe fn idle(db: NonNull<ffi::sqlite3>) -> bool {
     unsafe { ffi::sqlite3_get_autocommit(db.as_ptr()) != 0 }
 }
 
-fn insert_rows(db: NonNull<ffi::sqlite3>, rows: &[&AuditRecord]) -> Result<u64, String> {
+fn insert_rows(db: NonNull<ffi::sqlite3>, rows: &[RecordRef<'_>]) -> Result<u64, String> {
     let mut raw = null_mut();
     let sql = INSERT.as_str();
     // SAFETY: `db` is open; SQLite reads `sql.len()` bytes of the statement;
@@ -119,22 +119,22 @@ struct Binder {
 }
 
 impl Binder {
-    fn row(&mut self, r: &AuditRecord) -> Result<(), String> {
-        self.text(Some(&r.id))?;
-        self.text(Some(&r.request_id))?;
+    fn row(&mut self, r: &RecordRef<'_>) -> Result<(), String> {
+        self.text(Some(r.id))?;
+        self.text(Some(r.request_id))?;
         self.int(r.ts_ms)?;
-        self.text(r.key_id.as_deref())?;
-        self.text(r.client_addr.as_deref())?;
-        self.text(Some(&r.method))?;
-        self.text(Some(&r.route))?;
-        self.text(r.agent.as_deref())?;
-        self.text(r.user_id.as_deref())?;
-        self.text(r.conversation_id.as_deref())?;
+        self.text(r.key_id)?;
+        self.text(r.client_addr)?;
+        self.text(Some(r.method))?;
+        self.text(Some(r.route))?;
+        self.text(r.agent)?;
+        self.text(r.user_id)?;
+        self.text(r.conversation_id)?;
         self.int(r.status)?;
-        self.text(r.error_kind.as_deref())?;
-        self.text(Some(&r.attempts))?;
-        self.text(r.provider.as_deref())?;
-        self.text(r.model.as_deref())?;
+        self.text(r.error_kind)?;
+        self.text(Some(r.attempts))?;
+        self.text(r.provider)?;
+        self.text(r.model)?;
         self.int(r.tokens_in)?;
         self.int(r.tokens_out)?;
         self.real(r.cost_usd)?;
@@ -144,9 +144,9 @@ impl Binder {
         // As sqlx stores a bool in SQLite: INTEGER 0 or 1.
         self.int(i64::from(r.streamed))?;
         self.int(i64::from(r.cancelled))?;
-        self.text(r.prompt.as_deref())?;
-        self.text(r.response.as_deref())?;
-        self.text(r.metadata.as_deref())
+        self.text(r.prompt)?;
+        self.text(r.response)?;
+        self.text(r.metadata)
     }
 
     fn next(&mut self, rc: c_int) -> Result<(), String> {
