@@ -5,18 +5,21 @@
 # server) — and sends each the same load in one run, alternating, twice:
 #   1. a fixed rate (default 1000 req/s): added p50 / p99 latency vs audit off;
 #   2. saturation: throughput vs audit off.
+# Each round's saturation figures are printed too: on a shared machine they
+# spread by several percent, so compare builds on more rounds (--rounds).
 # Targets (issue 5): <= 10% throughput loss and <= 0.1 ms added p50.
 # Needs oha (`cargo install oha --locked`). Load goes to 127.0.0.1 only.
 #
-# Usage: bench/audit.sh [--rate 1000] [--duration 10]
+# Usage: bench/audit.sh [--rate 1000] [--duration 10] [--rounds 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64
+RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64 ROUNDS=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -86,7 +89,7 @@ cpu_ticks() {
 }
 echo "warming up…" >&2
 for v in "${VARIANTS[@]}"; do load "warm-$v" "$(port_of "$v")" -z 2s -c 16; done
-for round in 1 2; do
+for round in $(seq 1 "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
     echo "round $round: $v at $RATE req/s, then saturation…" >&2
     load "rate-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
@@ -98,9 +101,9 @@ done
 sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
-python3 - "$OUT" "$RATE" "${VARIANTS[@]}" <<'PY'
+python3 - "$OUT" "$RATE" "$ROUNDS" "${VARIANTS[@]}" <<'PY'
 import json, os, sys
-out, rate, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, rate, rounds, variants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 def load(name):
     d = json.load(open(f"{out}/{name}.json"))
     s, p = d["summary"], d["latencyPercentiles"]
@@ -116,14 +119,18 @@ def load(name):
         pass
     return r
 def avg(prefix, v, key):
-    return sum(load(f"{prefix}-{v}-{r}")[key] for r in (1, 2)) / 2
-print(f"\n== Audit overhead (mean of 2 alternating rounds; {rate} req/s fixed rate, then saturation)")
+    return sum(load(f"{prefix}-{v}-{r}")[key] for r in range(1, rounds + 1)) / rounds
+print(f"\n== Audit overhead (mean of {rounds} alternating rounds; {rate} req/s fixed rate, then saturation)")
 print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'sat req/s':>10} {'added p50':>10} {'tput loss':>10} {'squad µs/req':>13} {'db µs/req':>10}")
 base_p50, base_rps = avg("rate", "off", "p50"), avg("sat", "off", "rps")
 for v in variants:
     p50, p99, ok, rps = avg("rate", v, "p50"), avg("rate", v, "p99"), avg("rate", v, "ok"), avg("sat", v, "rps")
     cpu, db = avg("sat", v, "cpu"), avg("sat", v, "dbcpu")
     print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {rps:>10.0f} {p50 - base_p50:>+10.3f} {100 * (1 - rps / base_rps):>9.1f}% {cpu:>13.1f} {db:>10.1f}")
+print("saturation per round (req/s, Squad µs/req):")
+for v in variants:
+    runs = [load(f"sat-{v}-{r}") for r in range(1, rounds + 1)]
+    print(f"  {v:<10} " + "  ".join(f"{x['rps']:.0f} ({x['cpu']:.1f})" for x in runs))
 try:
     print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
 except OSError:

@@ -188,6 +188,20 @@ async fn store_suite(url: &str) {
     let read = store.audit_by_request("req-nul").await.unwrap().remove(0);
     assert_eq!((read.prompt.as_deref(), read.user_id.as_deref()), (Some("user: a\u{fffd}b"), Some("u\u{fffd}")));
     assert_eq!(store.audit_by_request("req-beside-nul").await.unwrap(), vec![full]);
+
+    // A batch that spans multi-row statements and single-row ones (SQLite
+    // inserts 16 rows a statement), with stored rows, an id repeated within
+    // one statement and one repeated across statements: each new id counts
+    // once, and each row reads back whole.
+    let fresh = |i: usize| record(&format!("m{i:02}"), "groq", (1, 2), None, now);
+    let mut mixed: Vec<_> = more[..10].to_vec();
+    mixed.extend((0..16).map(fresh));
+    mixed.extend([fresh(3), fresh(7)]);
+    mixed.extend_from_slice(&more[10..19]);
+    assert_eq!(mixed.len(), 37);
+    assert_eq!(store.insert_audit(&mixed).await.unwrap(), 16);
+    assert_eq!(store.audit_count().await.unwrap(), 2500 + 2 + 16);
+    assert_eq!(store.audit_by_request("req-m15").await.unwrap(), vec![fresh(15)]);
 }
 
 #[tokio::test]
