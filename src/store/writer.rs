@@ -312,14 +312,19 @@ impl AuditLog {
             match super::journal::framed(&q.frame) {
                 Some(r) => records.push(r),
                 // Cannot happen (`submit` encoded it); if it did, the copy in
-                // the journal is the one left to replay.
-                None => {
-                    tracing::error!(segment = ?q.seq, "a queued audit frame does not decode");
-                    metrics::audit_failure("encode");
-                    if let Some(seq) = q.seq {
+                // the journal is the one left to replay, and without one the
+                // record is lost, loudly.
+                None => match q.seq {
+                    Some(seq) => {
+                        tracing::error!(segment = seq, "a queued audit frame does not decode; left to replay");
+                        metrics::audit_failure("encode");
                         self.journal.mark_dirty(seq);
                     }
-                }
+                    None => {
+                        tracing::error!("audit record lost: a queued frame that was never journaled does not decode");
+                        metrics::audit_failure("lost");
+                    }
+                },
             }
         }
         let result = match self.store.migrate().await {
