@@ -331,7 +331,6 @@ impl AuditLog {
             Ok(()) => self.store.insert_scrubbed(&records).await,
             Err(e) => Err(e),
         };
-        drop(records);
         match result {
             Ok(_) => {
                 self.mark_up();
