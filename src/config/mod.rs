@@ -246,9 +246,28 @@ fn builtin_prices() -> BTreeMap<String, Price> {
     .collect()
 }
 
-/// The price for `provider/model`: exact, then `provider/*`.
-pub fn price_of<'a>(pricing: &'a BTreeMap<String, Price>, provider: &str, model: &str) -> Option<&'a Price> {
-    pricing.get(&format!("{provider}/{model}")).or_else(|| pricing.get(&format!("{provider}/*")))
+/// `pricing` arranged by provider, then model, so that a price is looked up
+/// for every audited request without building a `provider/model` key.
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable(std::collections::HashMap<String, std::collections::HashMap<String, Price>>);
+
+impl PriceTable {
+    pub fn new(pricing: &BTreeMap<String, Price>) -> Self {
+        let mut table = Self::default();
+        for (key, price) in pricing {
+            // Provider ids have no '/'; model names may (OpenRouter's).
+            if let Some((provider, model)) = key.split_once('/') {
+                table.0.entry(provider.to_owned()).or_default().insert(model.to_owned(), *price);
+            }
+        }
+        table
+    }
+
+    /// The price for `provider/model`: exact, then `provider/*`.
+    pub fn get(&self, provider: &str, model: &str) -> Option<&Price> {
+        let models = self.0.get(provider)?;
+        models.get(model).or_else(|| models.get("*"))
+    }
 }
 
 /// A request and token budget: `rpm` requests a minute (`burst` at once) and
@@ -729,5 +748,27 @@ impl Config {
     /// Every problem in the config, each with its dotted path. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigIssue> {
         validate::validate(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_are_found_exactly_then_by_the_providers_wildcard() {
+        let price = |input| Price { input, output: 0.0 };
+        let pricing: BTreeMap<String, Price> = [
+            ("groq/llama".to_owned(), price(1.0)),
+            ("groq/*".to_owned(), price(2.0)),
+            ("openrouter/meta/llama-4".to_owned(), price(3.0)),
+        ]
+        .into();
+        let table = PriceTable::new(&pricing);
+        assert_eq!(table.get("groq", "llama"), Some(&price(1.0)));
+        assert_eq!(table.get("groq", "other"), Some(&price(2.0)));
+        assert_eq!(table.get("openrouter", "meta/llama-4"), Some(&price(3.0)), "a model name with a slash");
+        assert_eq!(table.get("openrouter", "meta"), None);
+        assert_eq!(table.get("cerebras", "llama"), None);
     }
 }

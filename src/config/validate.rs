@@ -225,6 +225,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     let db = &config.database;
     if !(db.is_postgres() || db.url.starts_with("sqlite:")) {
         issue("database.url".into(), "must be sqlite://PATH or postgres://user@host/db");
+    } else if !db.is_postgres() && sqlite_in_memory(&db.url) {
+        issue(
+            "database.url".into(),
+            "an in-memory SQLite database loses the audit log when Squad stops: name a file (sqlite://PATH)",
+        );
     }
     if db.pool_max == Some(0) || db.pool_min.zip(db.pool_max).is_some_and(|(min, max)| min > max) {
         issue("database.pool_max".into(), "must be at least 1 and at least pool_min");
@@ -328,6 +333,33 @@ fn validate_pii(pii: &crate::config::PiiConfig, issue: &mut impl FnMut(String, &
     for id in pii.agents.keys() {
         if !crate::agents::is_valid_id(id) {
             issue(format!("pii.agents.{id}"), "not a valid agent id (a-z, 0-9, -)");
+        }
+    }
+}
+
+/// `sqlite::memory:`, `sqlite://` (no file) or `?mode=memory`.
+fn sqlite_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path.is_empty() || path == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_in_memory_sqlite_audit_database_is_refused() {
+        for url in ["sqlite::memory:", "sqlite://:memory:", "sqlite://", "sqlite://audit.db?mode=memory"] {
+            let mut config = Config::default();
+            config.database.url = url.into();
+            let issues = config.validate();
+            assert!(issues.iter().any(|i| i.to_string().contains("in-memory")), "{url}: {issues:?}");
+        }
+        for url in ["sqlite://squad.db", "sqlite:///var/lib/squad/audit.db?mode=rwc"] {
+            let mut config = Config::default();
+            config.database.url = url.into();
+            assert!(config.validate().iter().all(|i| !i.to_string().contains("database.url")), "{url}");
         }
     }
 }

@@ -206,7 +206,19 @@ impl Store {
     /// audit writer's are (it reads them from their journal frames): no copies.
     pub async fn insert_scrubbed(&self, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
         match &self.db {
-            super::Db::Sqlite(pool) => insert_sqlite(pool, rows).await,
+            super::Db::Sqlite(_) => {
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                // The batch blocks its thread for as long as SQLite works on
+                // it: on a multi-threaded runtime the worker's other tasks
+                // move to another thread meanwhile.
+                let run = || self.insert_sqlite(rows);
+                match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+                    _ => run(),
+                }
+            }
             super::Db::Postgres(pool) => insert_postgres(pool, rows).await,
         }
     }
@@ -355,32 +367,25 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[RecordRef<'_>]) -> Result<
     Ok(done.rows_affected())
 }
 
-/// Through SQLite's C API on a pooled connection (see `sqlite_raw`). The
-/// batch blocks its thread for as long as SQLite works on it, so on a
-/// multi-threaded runtime it runs under `block_in_place` and the worker's other
-/// tasks move to another thread meanwhile.
-async fn insert_sqlite(pool: &sqlx::SqlitePool, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
-    if rows.is_empty() {
-        return Ok(0);
+impl Store {
+    /// The audit batch through SQLite's C API, on the audit writer's own
+    /// connection (see `sqlite_raw`).
+    fn insert_sqlite(&self, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
+        let Some((file, busy)) = &self.sqlite_file else {
+            return Err(StoreError::Invalid("not a SQLite store".into()));
+        };
+        let mut conn = self.audit_sqlite.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = match &mut *conn {
+            Some(writer) => writer,
+            None => conn.insert(
+                super::sqlite_raw::Writer::open(file, *busy).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))?,
+            ),
+        };
+        let result = writer.insert(rows);
+        if result.is_err() {
+            // A new connection for the next batch, whatever went wrong with this one.
+            *conn = None;
+        }
+        result.map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))
     }
-    let mut conn = pool.acquire().await?;
-    let mut handle = conn.lock_handle().await?;
-    let db = handle.as_raw_handle();
-    // SAFETY: the locked handle keeps sqlx's worker off the connection until
-    // it is dropped, after the insert.
-    let run = || unsafe { super::sqlite_raw::insert(db, rows) };
-    let result = match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-        _ => run(),
-    };
-    // SAFETY: still locked. A connection left inside a transaction (its
-    // ROLLBACK failed too) is closed rather than pooled, where every later
-    // BEGIN on it would fail.
-    let idle = unsafe { super::sqlite_raw::idle(db) };
-    drop(handle);
-    if !idle {
-        tracing::error!("an audit insert left its SQLite transaction open; closing that connection");
-        conn.close_on_drop();
-    }
-    result.map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))
 }

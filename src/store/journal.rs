@@ -62,6 +62,20 @@ impl Active {
         }
     }
 
+    /// Faults every page of the mapping in, writable, now, so that appends
+    /// copy into mapped pages instead of taking a page fault every few
+    /// records. Best effort: where the kernel cannot (before Linux 5.14),
+    /// appends fault the pages in as before.
+    fn populate(&self) {
+        if let Err(e) = self.map.advise(memmap2::Advice::PopulateWrite) {
+            tracing::debug!(segment = self.seq, error = %e, "cannot fault an audit journal segment in ahead");
+        }
+    }
+
+    fn fits(&self, line: &[u8]) -> bool {
+        self.len + line.len() <= self.map.len()
+    }
+
     fn append(&mut self, line: &[u8]) -> bool {
         let end = self.len + line.len();
         let Some(room) = self.map.get_mut(self.len..end) else { return false };
@@ -107,6 +121,9 @@ struct Segment {
 #[derive(Default)]
 struct Inner {
     active: Option<Active>,
+    /// The next segment, made ready by `prepare_spare`, not yet appended to
+    /// (so not in `segments`).
+    spare: Option<Active>,
     segments: BTreeMap<u64, Segment>,
     next_seq: u64,
     failed_at: Option<Instant>,
@@ -116,6 +133,8 @@ pub struct Journal {
     dir: PathBuf,
     segment_bytes: u64,
     inner: Mutex<Inner>,
+    /// A `prepare_spare` is running.
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -383,7 +402,12 @@ impl Journal {
                 inner.next_seq = inner.next_seq.max(seq + 1);
             }
         }
-        Self { dir: dir.to_path_buf(), segment_bytes, inner: Mutex::new(inner) }
+        Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            inner: Mutex::new(inner),
+            preparing: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -419,6 +443,17 @@ impl Journal {
         }
         // No room (or no segment): the next one, big enough for this line.
         self.seal_active(inner);
+        if let Some(mut spare) = inner.spare.take() {
+            if spare.fits(line) {
+                let seq = spare.seq;
+                spare.append(line);
+                inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
+                inner.active = Some(spare);
+                return Ok(seq);
+            }
+            // A line larger than a segment: one of its own, after this one.
+            self.discard(spare);
+        }
         std::fs::create_dir_all(&self.dir)?;
         let seq = inner.next_seq;
         let size = self.segment_bytes.max(line.len() as u64);
@@ -428,6 +463,59 @@ impl Journal {
         inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
         inner.active = Some(active);
         Ok(seq)
+    }
+
+    /// Makes the next segment ready (created, allocated, mapped and faulted
+    /// in) off the request path, so that appends never fault a page in and
+    /// the append that fills a segment only switches to the next. Does
+    /// nothing while a spare is ready or being made. Blocking file work:
+    /// call it from a thread that may block.
+    pub fn prepare_spare(&self) {
+        use std::sync::atomic::Ordering;
+        if self.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let seq = {
+            let mut inner = self.lock();
+            if inner.spare.is_some() {
+                self.preparing.store(false, Ordering::Release);
+                return;
+            }
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            seq
+        };
+        match Active::create(&self.dir.join(segment_name(seq)), seq, self.segment_bytes) {
+            Ok(spare) => {
+                spare.populate();
+                let mut inner = self.lock();
+                // A segment numbered after this one was made meanwhile (an
+                // append could not wait): this one would break the order.
+                if inner.active.as_ref().is_some_and(|a| a.seq > seq) {
+                    self.discard(spare);
+                } else {
+                    inner.spare = Some(spare);
+                }
+            }
+            // Appends make their own segment, and report what fails.
+            Err(e) => tracing::debug!(segment = seq, error = %e, "cannot prepare the next audit journal segment"),
+        }
+        self.preparing.store(false, Ordering::Release);
+    }
+
+    /// Whether `prepare_spare` has work to do.
+    pub fn wants_spare(&self) -> bool {
+        !self.preparing.load(std::sync::atomic::Ordering::Acquire) && self.lock().spare.is_none()
+    }
+
+    /// Removes a segment that never held a record.
+    fn discard(&self, segment: Active) {
+        let seq = segment.seq;
+        drop(segment);
+        if let Err(e) = std::fs::remove_file(self.dir.join(segment_name(seq))) {
+            // Harmless: an empty segment replays to nothing.
+            tracing::warn!(segment = seq, error = %e, "cannot delete an unused audit journal segment");
+        }
     }
 
     /// Seals the active segment, if any: nothing more is appended to it.
@@ -542,10 +630,14 @@ impl Journal {
         self.delete(&mut inner, seq);
     }
 
-    /// Seals the active segment (at shutdown) and deletes every clean one.
+    /// Seals the active segment (at shutdown), removes the spare and deletes
+    /// every clean one.
     pub fn seal(&self) {
         let mut inner = self.lock();
         self.seal_active(&mut inner);
+        if let Some(spare) = inner.spare.take() {
+            self.discard(spare);
+        }
         self.remove_clean(&mut inner);
     }
 
@@ -761,6 +853,52 @@ mod tests {
         let j = Journal::open(&blocker.join("journal"), 4096);
         assert!(j.append(&record("a")).is_err());
         assert!(j.recently_failed());
+    }
+
+    #[test]
+    fn appends_move_to_the_prepared_spare_in_order_and_sealing_removes_it() {
+        let dir = tempdir();
+        let frame = record("s");
+        // Room for exactly two frames a segment.
+        let j = Journal::open(&dir, 2 * frame.len() as u64);
+        j.prepare_spare();
+        assert!(!j.wants_spare(), "a spare is ready");
+        assert_eq!(files(&dir), 1, "the spare is on disk before any append");
+        let first = j.append(&frame).unwrap();
+        assert_eq!(j.append(&frame).unwrap(), first, "the spare became the active segment");
+        assert!(j.wants_spare(), "and a new spare is wanted");
+        j.prepare_spare();
+        let second = j.append(&frame).unwrap();
+        assert!(second > first, "the next spare is numbered after the active segment");
+        // Without a spare, a full segment is replaced on the spot.
+        j.append(&frame).unwrap();
+        let third = j.append(&frame).unwrap();
+        assert!(third > second);
+        // A spare made now, then a frame too large for it: it is removed
+        // and the frame gets a segment of its own, numbered after it.
+        j.prepare_spare();
+        let big = j.append(&[frame.clone(), frame.clone(), frame.clone()].concat()).unwrap();
+        assert!(big > third + 1, "{big} after the discarded spare");
+        assert!(!dir.join(segment_name(third + 1)).exists(), "the unused spare is gone");
+        j.prepare_spare();
+        j.committed([first, first, second, second, third, big]);
+        j.seal();
+        assert_eq!(files(&dir), 0, "sealing removes the unused spare and every committed segment");
+    }
+
+    #[test]
+    fn a_spare_left_by_a_crash_replays_to_nothing() {
+        let dir = tempdir();
+        let j = Journal::open(&dir, 1 << 16);
+        j.prepare_spare();
+        std::mem::forget(j);
+        let j = Journal::open(&dir, 1 << 16);
+        let dirty = j.dirty_segments();
+        assert_eq!(dirty.len(), 1, "the zero-filled spare is adopted");
+        let contents = j.read(dirty[0]).unwrap();
+        assert!(contents.records.is_empty() && contents.corrupt == 0);
+        j.replayed(dirty[0]);
+        assert_eq!(files(&dir), 0);
     }
 
     fn tempdir() -> PathBuf {

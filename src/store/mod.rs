@@ -67,6 +67,12 @@ pub struct Store {
     migrating: tokio::sync::Mutex<()>,
     /// The URL with any password replaced, for logs and `/health`.
     shown_url: String,
+    /// SQLite: the database file and how long a write waits for another
+    /// connection's lock, for the audit writer's own connection.
+    sqlite_file: Option<(std::path::PathBuf, Duration)>,
+    /// SQLite: the audit writer's connection (`sqlite_raw`), opened for the
+    /// first batch and dropped after a failed one.
+    audit_sqlite: std::sync::Mutex<Option<sqlite_raw::Writer>>,
 }
 
 /// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?password=***`.
@@ -96,6 +102,7 @@ pub fn hide_password(url: &str) -> String {
 impl Store {
     /// A store for `config`; connects on first use.
     pub fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let mut sqlite_file = None;
         let db = if config.is_postgres() {
             let options = PgConnectOptions::from_str(&config.url)?;
             Db::Postgres(
@@ -113,6 +120,7 @@ impl Store {
                 // the audit journal covers the window either way.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(config.connect_timeout);
+            sqlite_file = Some((options.get_filename().to_owned(), config.connect_timeout));
             Db::Sqlite(
                 SqlitePoolOptions::new()
                     .min_connections(config.pool_min.unwrap_or(1))
@@ -126,6 +134,8 @@ impl Store {
             migrated: AtomicBool::new(false),
             migrating: tokio::sync::Mutex::new(()),
             shown_url: hide_password(&config.url),
+            sqlite_file,
+            audit_sqlite: std::sync::Mutex::new(None),
         })
     }
 
@@ -193,6 +203,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        drop(self.audit_sqlite.lock().unwrap_or_else(|p| p.into_inner()).take());
         on_db!(self, pool, DB => pool.close().await);
     }
 }

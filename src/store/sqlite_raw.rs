@@ -1,15 +1,18 @@
-//! The audit batch insert on SQLite through its C API, on a connection sqlx
-//! lends out (`lock_handle`). A prepared `INSERT` of 16 rows is stepped once
-//! per 16 records (a single-row one takes the rest), with every text bound
-//! where it lies (`SQLITE_STATIC`, no copy).
+//! The audit batch insert on SQLite through its C API, on a connection of
+//! the audit writer's own ([`Writer`]): opened once, with its statements
+//! prepared once. A prepared `INSERT` of 16 rows is stepped once per 16
+//! records (a single-row one takes the rest), with every text bound where it
+//! lies (`SQLITE_STATIC`, no copy).
 //! sqlx's query builder copied each string into an `Arc<str>` and SQLite then
-//! copied it again, which cost about as much as SQLite's own b-tree work.
+//! copied it again, which cost about as much as SQLite's own b-tree work. A
+//! connection borrowed from the pool for each batch cost more again: the
+//! pool hands its idle connections out in turn, and a connection that finds
+//! the database changed by another one discards its page cache and rereads
+//! the pages it needs; and the statements were parsed anew for each batch.
 //!
-//! Everything here runs while the caller holds the locked handle, so sqlx's
-//! worker thread cannot touch the connection; a batch always ends its
-//! transaction (COMMIT, or ROLLBACK on any error) before returning. The
-//! private helpers take the handle on the same contract as `insert`: only
-//! `insert` and `idle` are reachable from outside, and both are `unsafe`.
+//! A batch always ends its transaction (COMMIT, or ROLLBACK on any error)
+//! before returning; after an error the caller drops the writer, which closes
+//! the connection, and opens a new one for the next batch.
 
 use std::ffi::{CStr, c_char, c_int};
 use std::ptr::{NonNull, null_mut};
@@ -66,31 +69,106 @@ fn exec(db: NonNull<ffi::sqlite3>, sql: &CStr) -> Result<(), String> {
     check(db, rc, sql.to_str().unwrap_or("statement"))
 }
 
-/// Inserts `rows` in one transaction, skipping ids already present; returns
-/// how many were new.
-///
-/// # Safety
-/// `db` must be an open connection that nothing else uses until this returns
-/// (sqlx's `LockedSqliteHandle` held by the caller).
-pub(super) unsafe fn insert(db: NonNull<ffi::sqlite3>, rows: &[RecordRef<'_>]) -> Result<u64, String> {
-    // IMMEDIATE: take the write lock now (waiting out `busy_timeout`), not on
-    // the first insert, where a reader's upgrade could deadlock.
-    exec(db, c"BEGIN IMMEDIATE")?;
-    let result = insert_rows(db, rows).and_then(|n| exec(db, c"COMMIT").map(|()| n));
-    if result.is_err() {
-        // Fails harmlessly when COMMIT already ended the transaction.
-        let _ = exec(db, c"ROLLBACK");
-    }
-    result
+/// The audit writer's connection and its prepared statements. Used by one
+/// thread at a time (`&mut self`); dropping it finalizes the statements and
+/// closes the connection.
+pub(super) struct Writer {
+    db: NonNull<ffi::sqlite3>,
+    /// Finalized before `db` closes (see `Drop`).
+    statements: Option<Statements>,
 }
 
-/// Whether the connection is outside any transaction (as a pooled one must be).
-///
-/// # Safety
-/// As for `insert`.
-pub(super) unsafe fn idle(db: NonNull<ffi::sqlite3>) -> bool {
-    // SAFETY: `db` is open and exclusively ours (the caller's contract).
-    unsafe { ffi::sqlite3_get_autocommit(db.as_ptr()) != 0 }
+struct Statements {
+    begin: Statement,
+    commit: Statement,
+    many: Statement,
+    one: Statement,
+}
+
+// SAFETY: the connection is opened in SQLite's multi-thread mode (NOMUTEX):
+// usable from any thread, one thread at a time, which `&mut self` guarantees;
+// the statements belong to it and move with it.
+unsafe impl Send for Writer {}
+
+impl Writer {
+    /// Opens `filename` (the pool's file: it exists and is migrated) in WAL
+    /// mode with `synchronous = NORMAL`, as the pool's connections are,
+    /// waiting up to `busy` for another connection's write lock.
+    pub(super) fn open(filename: &std::path::Path, busy: std::time::Duration) -> Result<Self, String> {
+        let name = filename.to_str().ok_or("the SQLite file name is not UTF-8")?;
+        let name = std::ffi::CString::new(name).map_err(|_| "the SQLite file name contains a NUL byte")?;
+        // As sqlx opens it: URI names allowed, a cache of its own.
+        let flags = ffi::SQLITE_OPEN_READWRITE
+            | ffi::SQLITE_OPEN_URI
+            | ffi::SQLITE_OPEN_NOMUTEX
+            | ffi::SQLITE_OPEN_PRIVATECACHE;
+        let mut raw = null_mut();
+        // SAFETY: `name` is NUL-terminated; `raw` receives the connection,
+        // which SQLite allocates even when opening fails.
+        let rc = unsafe { ffi::sqlite3_open_v2(name.as_ptr(), &mut raw, flags, std::ptr::null()) };
+        let db = NonNull::new(raw).ok_or("sqlite3_open_v2: out of memory")?;
+        let writer = Self { db, statements: None };
+        check(db, rc, "open")?;
+        let busy_ms = c_int::try_from(busy.as_millis()).unwrap_or(c_int::MAX);
+        // SAFETY: `db` is open and ours.
+        check(db, unsafe { ffi::sqlite3_busy_timeout(db.as_ptr(), busy_ms) }, "busy_timeout")?;
+        exec(db, c"PRAGMA journal_mode = WAL")?;
+        exec(db, c"PRAGMA synchronous = NORMAL")?;
+        Ok(writer)
+    }
+
+    /// Inserts `rows` in one transaction, skipping ids already present;
+    /// returns how many were new. After an error the transaction is rolled
+    /// back, and the writer should be dropped.
+    pub(super) fn insert(&mut self, rows: &[RecordRef<'_>]) -> Result<u64, String> {
+        let db = self.db;
+        if self.statements.is_none() {
+            self.statements = Some(Statements {
+                // IMMEDIATE: take the write lock now (waiting out the busy
+                // timeout), not on the first insert, where a reader's upgrade
+                // could deadlock.
+                begin: prepare(db, "BEGIN IMMEDIATE")?,
+                commit: prepare(db, "COMMIT")?,
+                many: prepare(db, &INSERT_MANY)?,
+                one: prepare(db, &INSERT_ONE)?,
+            });
+        }
+        let Some(s) = &self.statements else { unreachable!("prepared just above") };
+        run(db, &s.begin, "BEGIN")?;
+        let result = insert_rows(db, s, rows).and_then(|n| run(db, &s.commit, "COMMIT").map(|()| n));
+        // No binding may outlive `rows`.
+        for statement in [&s.many, &s.one] {
+            // SAFETY: a valid statement, reset after its last step.
+            unsafe { ffi::sqlite3_clear_bindings(statement.0.as_ptr()) };
+        }
+        if result.is_err() {
+            // Fails harmlessly when COMMIT already ended the transaction.
+            let _ = exec(db, c"ROLLBACK");
+        }
+        result
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.statements = None;
+        // SAFETY: every statement of this connection is finalized (just
+        // above) and nothing else of it is open, so the close succeeds.
+        let rc = unsafe { ffi::sqlite3_close(self.db.as_ptr()) };
+        if rc != ffi::SQLITE_OK {
+            tracing::warn!(code = rc, "the audit writer's SQLite connection did not close");
+        }
+    }
+}
+
+/// Steps a statement that returns no rows, once.
+fn run(db: NonNull<ffi::sqlite3>, statement: &Statement, what: &str) -> Result<(), String> {
+    // SAFETY: a valid statement with nothing to bind.
+    let rc = unsafe { ffi::sqlite3_step(statement.0.as_ptr()) };
+    let outcome = if rc == ffi::SQLITE_DONE { Ok(()) } else { Err(format!("{what}: {} (code {rc})", message(db))) };
+    // SAFETY: the statement is valid.
+    unsafe { ffi::sqlite3_reset(statement.0.as_ptr()) };
+    outcome
 }
 
 fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<Statement, String> {
@@ -104,21 +182,15 @@ fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<Statement, String> {
     Ok(Statement(NonNull::new(raw).ok_or("prepare returned no statement")?))
 }
 
-fn insert_rows(db: NonNull<ffi::sqlite3>, rows: &[RecordRef<'_>]) -> Result<u64, String> {
+fn insert_rows(db: NonNull<ffi::sqlite3>, s: &Statements, rows: &[RecordRef<'_>]) -> Result<u64, String> {
     let full = rows.len() / ROWS_PER_STATEMENT * ROWS_PER_STATEMENT;
     let (many, rest) = rows.split_at(full);
     let mut inserted = 0;
-    if !many.is_empty() {
-        let statement = prepare(db, &INSERT_MANY)?;
-        for chunk in many.chunks(ROWS_PER_STATEMENT) {
-            inserted += step(db, &statement, chunk)?;
-        }
+    for chunk in many.chunks(ROWS_PER_STATEMENT) {
+        inserted += step(db, &s.many, chunk)?;
     }
-    if !rest.is_empty() {
-        let statement = prepare(db, &INSERT_ONE)?;
-        for row in rest {
-            inserted += step(db, &statement, std::slice::from_ref(row))?;
-        }
+    for row in rest {
+        inserted += step(db, &s.one, std::slice::from_ref(row))?;
     }
     Ok(inserted)
 }
@@ -140,8 +212,8 @@ fn step(db: NonNull<ffi::sqlite3>, statement: &Statement, rows: &[RecordRef<'_>]
         Err(format!("insert: {} (code {rc})", message(db)))
     };
     // SAFETY: the statement is valid. Reset keeps the bindings, which still
-    // point into `rows`: every one is rebound before the next step, and the
-    // statement is finalized before the batch can go.
+    // point into `rows`: every one is rebound before the next step, and
+    // `Writer::insert` clears them before the batch can go.
     unsafe { ffi::sqlite3_reset(statement.0.as_ptr()) };
     outcome
 }

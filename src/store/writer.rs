@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
 use super::{AuditRecord, Store};
-use crate::config::{AuditConfig, AuditContent, AuditFailurePolicy, Price, price_of};
+use crate::config::{AuditConfig, AuditContent, AuditFailurePolicy, Price, PriceTable};
 use crate::telemetry::metrics;
 
 /// The record could not be written anywhere durable and the policy is `reject`.
@@ -42,12 +42,14 @@ pub struct AuditLog {
     policy: AuditFailurePolicy,
     content: AuditContent,
     detector: Arc<crate::security::Detector>,
-    pricing: BTreeMap<String, Price>,
+    pricing: PriceTable,
     batch_size: usize,
     flush_interval: Duration,
     replay_interval: Duration,
     stop: CancellationToken,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The last `prepare_spare` task: shutdown waits for it before sealing.
+    preparing: Mutex<Option<tokio::task::JoinHandle<()>>>,
     db: Mutex<DbState>,
 }
 
@@ -89,12 +91,13 @@ impl AuditLog {
             policy: config.on_failure,
             content: config.content,
             detector,
-            pricing: pricing.clone(),
+            pricing: PriceTable::new(pricing),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             replay_interval: config.replay_interval,
             stop: CancellationToken::new(),
             writer: tokio::sync::Mutex::new(None),
+            preparing: Mutex::new(None),
             db: Mutex::new(DbState::default()),
         })
     }
@@ -208,6 +211,10 @@ impl AuditLog {
         if let Some(handle) = self.writer.lock().await.take() {
             let _ = handle.await;
         }
+        let preparing = self.preparing.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = preparing {
+            let _ = task.await;
+        }
         self.journal.seal();
         metrics::audit_journal_bytes(self.journal.bytes());
         let left = self.journal.backlog();
@@ -217,6 +224,7 @@ impl AuditLog {
     }
 
     async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Queued>) {
+        self.prepare_spare();
         // Segments left by an earlier run go first.
         self.replay().await;
         let mut tick = tokio::time::interval(self.replay_interval);
@@ -235,6 +243,7 @@ impl AuditLog {
                     }
                     self.fill(&mut rx, &mut batch).await;
                     self.write(&mut batch).await;
+                    self.prepare_spare();
                 }
             }
         }
@@ -244,6 +253,16 @@ impl AuditLog {
             self.write(&mut batch).await;
         }
         self.replay().await;
+    }
+
+    /// Has the journal's next segment made ready on a blocking thread, when
+    /// it has none (see `Journal::prepare_spare`).
+    fn prepare_spare(self: &Arc<Self>) {
+        if self.journal.wants_spare() {
+            let me = self.clone();
+            let task = tokio::task::spawn_blocking(move || me.journal.prepare_spare());
+            *self.preparing.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
     }
 
     /// Waits (at most `flush_interval`) for the batch to fill: under load one
@@ -434,7 +453,7 @@ impl AuditLog {
     }
 
     fn cost(&self, provider: Option<&str>, model: Option<&str>, tokens_in: i64, tokens_out: i64) -> Option<f64> {
-        let price = price_of(&self.pricing, provider?, model?)?;
+        let price = self.pricing.get(provider?, model?)?;
         Some(price.cost(tokens_in.max(0) as u64, tokens_out.max(0) as u64))
     }
 }
