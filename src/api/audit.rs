@@ -28,7 +28,10 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
         method: req.method().as_str().to_owned(),
         route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default(),
-        client_addr: req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string()),
+        client_addr: req
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| super::middleware::ip_text(c.0.ip())),
     };
     let draft = Draft::new(log, start, Instant::now());
     req.extensions_mut().insert(draft.clone());
@@ -71,26 +74,41 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
     }
 }
 
-/// The attempts as an audit row keeps them (the same view clients see).
+/// The attempts as an audit row keeps them (the same view clients see):
+/// `[{"provider","model","outcome","status"?,"latency_ms"}]`, written
+/// directly (serde's serializer cost a request over a thousand instructions
+/// for one attempt).
 pub fn attempts_json(attempts: &[Attempt]) -> String {
-    /// `AttemptView`'s fields, borrowed: the same JSON without copying names.
-    #[derive(serde::Serialize)]
-    struct View<'a> {
-        provider: &'a str,
-        model: &'a str,
-        outcome: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        status: Option<u16>,
-        latency_ms: u64,
+    fn text(out: &mut String, s: &str) {
+        out.push('"');
+        // Writing to a `String` cannot fail.
+        let _ = crate::telemetry::json_escape(out, s);
+        out.push('"');
     }
-    let views: Vec<View<'_>> = attempts
-        .iter()
-        .map(|a| {
-            let v = AttemptView::borrowed(a);
-            View { provider: &a.provider, model: &a.model, outcome: v.0, status: v.1, latency_ms: v.2 }
-        })
-        .collect();
-    serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
+    let mut out = String::with_capacity(2 + attempts.len() * 96);
+    let mut digits = itoa::Buffer::new();
+    out.push('[');
+    for (i, a) in attempts.iter().enumerate() {
+        let (outcome, status, latency_ms) = AttemptView::borrowed(a);
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"provider\":");
+        text(&mut out, &a.provider);
+        out.push_str(",\"model\":");
+        text(&mut out, &a.model);
+        out.push_str(",\"outcome\":");
+        text(&mut out, outcome);
+        if let Some(status) = status {
+            out.push_str(",\"status\":");
+            out.push_str(digits.format(status));
+        }
+        out.push_str(",\"latency_ms\":");
+        out.push_str(digits.format(latency_ms));
+        out.push('}');
+    }
+    out.push(']');
+    out
 }
 
 /// Provider time of a finished chain: every attempt's latency.
@@ -135,5 +153,41 @@ pub fn note_served(draft: &Draft, s: Served<'_>) {
     });
     if let Some(u) = s.usage {
         draft.usage(u);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ErrorKind;
+    use crate::service::fallback::Outcome;
+
+    #[test]
+    fn attempts_json_is_the_clients_view_of_each_attempt() {
+        let attempt = |provider: &str, model: &str, outcome, ms| Attempt {
+            provider: provider.into(),
+            model: model.into(),
+            outcome,
+            latency: std::time::Duration::from_millis(ms),
+        };
+        let attempts = [
+            attempt("groq", "llama", Outcome::Failed { kind: ErrorKind::RateLimited, status: Some(429) }, 12),
+            attempt(
+                "my\"proxy\\",
+                "model\nwith\tcontrol\u{1}and ✓",
+                Outcome::Failed { kind: ErrorKind::Timeout, status: None },
+                30_000,
+            ),
+            attempt("openrouter", "meta/llama-4", Outcome::Ok, 0),
+        ];
+        for chain in [&attempts[..], &attempts[..1], &[]] {
+            let written: serde_json::Value = serde_json::from_str(&attempts_json(chain)).unwrap();
+            let views: Vec<AttemptView> = chain.iter().map(AttemptView::from).collect();
+            assert_eq!(written, serde_json::to_value(&views).unwrap());
+        }
+        assert_eq!(
+            attempts_json(&attempts[..1]),
+            r#"[{"provider":"groq","model":"llama","outcome":"rate_limited","status":429,"latency_ms":12}]"#
+        );
     }
 }

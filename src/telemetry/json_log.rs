@@ -163,7 +163,7 @@ fn string(w: &mut impl Write, s: &str) -> fmt::Result {
 
 /// `s` escaped for the inside of a JSON string: runs that need nothing are
 /// written in one piece.
-fn escape(w: &mut impl Write, s: &str) -> fmt::Result {
+pub(crate) fn escape(w: &mut impl Write, s: &str) -> fmt::Result {
     let bytes = s.as_bytes();
     // Most values need nothing: found 32 bytes at a time, with no branch
     // inside a block, so the compiler vectorizes it.

@@ -4,6 +4,10 @@
 mod json_log;
 pub mod metrics;
 
+/// `s` as the inside of a JSON string (quotes, backslashes and control
+/// characters escaped), written to `w`.
+pub(crate) use json_log::escape as json_escape;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
