@@ -209,6 +209,21 @@ async fn store_suite_on_sqlite() {
     store_suite(&sqlite_url(&temp_dir())).await;
 }
 
+/// SQLite stores NaN as NULL; the insert skips conflicting ids silently, so
+/// a NaN in a NOT NULL column must fail the batch, not vanish from it.
+#[tokio::test]
+async fn a_nan_in_a_sqlite_batch_fails_it_loudly() {
+    let store = open(&sqlite_url(&temp_dir()));
+    store.migrate().await.unwrap();
+    let mut bad = record("nan", "groq", (1, 1), None, 1_000);
+    bad.latency_ms = f64::NAN;
+    let good = record("fine", "groq", (1, 1), None, 1_000);
+    let err = store.insert_audit(&[good.clone(), bad]).await.unwrap_err();
+    assert!(err.to_string().contains("NaN"), "{err}");
+    assert_eq!(store.audit_count().await.unwrap(), 0, "the whole batch was rolled back");
+    assert_eq!(store.insert_audit(&[good]).await.unwrap(), 1, "the writer's connection works after the failure");
+}
+
 #[tokio::test]
 async fn store_suite_on_postgres() {
     let Some(url) = pg_database("store_suite_on_postgres").await else { return };
