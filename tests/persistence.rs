@@ -224,6 +224,32 @@ async fn a_nan_in_a_sqlite_batch_fails_it_loudly() {
     assert_eq!(store.insert_audit(&[good]).await.unwrap(), 1, "the writer's connection works after the failure");
 }
 
+/// The SQLite insert is `INSERT OR IGNORE`, which skips a row that breaks
+/// any constraint, not only a duplicate id: the table must have no other
+/// (a CHECK, a UNIQUE or a foreign key would make rows vanish silently).
+#[tokio::test]
+async fn the_sqlite_audit_table_has_no_constraint_but_the_id() {
+    let url = sqlite_url(&temp_dir());
+    open(&url).migrate().await.unwrap();
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let (table,): (String,) =
+        sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let upper = table.to_uppercase();
+    for word in ["CHECK", "UNIQUE", "REFERENCES"] {
+        assert!(!upper.contains(word), "audit_log has a {word} constraint: {table}");
+    }
+    let unique: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, origin FROM pragma_index_list('audit_log') WHERE \"unique\" = 1")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(unique.len(), 1, "{unique:?}");
+    assert_eq!(unique[0].1, "pk", "the only unique index is the primary key's: {unique:?}");
+}
+
 #[tokio::test]
 async fn store_suite_on_postgres() {
     let Some(url) = pg_database("store_suite_on_postgres").await else { return };

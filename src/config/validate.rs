@@ -230,6 +230,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             "database.url".into(),
             "an in-memory SQLite database loses the audit log when Squad stops: name a file (sqlite://PATH)",
         );
+    } else if !db.is_postgres() && sqlite_unsupported_option(&db.url) {
+        issue(
+            "database.url".into(),
+            "the audit log writes its SQLite file itself: `vfs`, `immutable` and `mode=ro` are not supported",
+        );
     }
     if db.pool_max == Some(0) || db.pool_min.zip(db.pool_max).is_some_and(|(min, max)| min > max) {
         issue("database.pool_max".into(), "must be at least 1 and at least pool_min");
@@ -344,9 +349,25 @@ fn sqlite_in_memory(url: &str) -> bool {
     path.is_empty() || path == ":memory:" || query.split('&').any(|pair| pair == "mode=memory")
 }
 
+/// URL options under which the audit writer's own connection (opened on the
+/// file by name) would not see the file as the pool does.
+fn sqlite_unsupported_option(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query.split('&').any(|pair| pair.starts_with("vfs=") || pair.starts_with("immutable=") || pair == "mode=ro")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_options_the_audit_writer_cannot_honour_are_refused() {
+        for url in ["sqlite://a.db?vfs=unix-none", "sqlite://a.db?immutable=true", "sqlite://a.db?mode=ro"] {
+            let mut config = Config::default();
+            config.database.url = url.into();
+            assert!(config.validate().iter().any(|i| i.to_string().contains("not supported")), "{url}");
+        }
+    }
 
     #[test]
     fn an_in_memory_sqlite_audit_database_is_refused() {

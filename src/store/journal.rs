@@ -62,14 +62,25 @@ impl Active {
         }
     }
 
-    /// Faults every page of the mapping in, writable, now, so that appends
-    /// copy into mapped pages instead of taking a page fault every few
-    /// records. Best effort: where the kernel cannot (before Linux 5.14),
-    /// appends fault the pages in as before.
+    /// Faults every page of the mapping in now (read: the page cache pages
+    /// exist and are mapped), so that an append into a new page takes only
+    /// the small fault that marks it written, not one that allocates and
+    /// zeroes it. Not for writing: pages faulted in for writing would be
+    /// dirty, and the kernel would write the whole segment's zeros to disk
+    /// before the records. Best effort: where the kernel cannot (before
+    /// Linux 5.14), appends fault the pages in as before.
     fn populate(&self) {
-        if let Err(e) = self.map.advise(memmap2::Advice::PopulateWrite) {
+        #[cfg(target_os = "linux")]
+        if let Err(e) = self.map.advise(memmap2::Advice::PopulateRead) {
             tracing::debug!(segment = self.seq, error = %e, "cannot fault an audit journal segment in ahead");
         }
+    }
+
+    /// Whether the segment's file is still in the directory (not deleted
+    /// from under the journal since it was made).
+    fn linked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().is_ok_and(|m| m.nlink() > 0)
     }
 
     fn fits(&self, line: &[u8]) -> bool {
@@ -444,14 +455,16 @@ impl Journal {
         // No room (or no segment): the next one, big enough for this line.
         self.seal_active(inner);
         if let Some(mut spare) = inner.spare.take() {
-            if spare.fits(line) {
+            if spare.fits(line) && spare.linked() {
                 let seq = spare.seq;
                 spare.append(line);
                 inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
                 inner.active = Some(spare);
                 return Ok(seq);
             }
-            // A line larger than a segment: one of its own, after this one.
+            // A line larger than a segment (one of its own, after this one),
+            // or a spare deleted from under the journal (a new segment
+            // recreates the directory).
             self.discard(spare);
         }
         std::fs::create_dir_all(&self.dir)?;
@@ -491,7 +504,9 @@ impl Journal {
                 let mut inner = self.lock();
                 // A segment numbered after this one was made meanwhile (an
                 // append could not wait): this one would break the order.
-                if inner.active.as_ref().is_some_and(|a| a.seq > seq) {
+                if inner.active.as_ref().is_some_and(|a| a.seq > seq)
+                    || inner.segments.range(seq + 1..).next().is_some()
+                {
                     self.discard(spare);
                 } else {
                     inner.spare = Some(spare);
@@ -512,9 +527,11 @@ impl Journal {
     fn discard(&self, segment: Active) {
         let seq = segment.seq;
         drop(segment);
-        if let Err(e) = std::fs::remove_file(self.dir.join(segment_name(seq))) {
+        match std::fs::remove_file(self.dir.join(segment_name(seq))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Harmless: an empty segment replays to nothing.
-            tracing::warn!(segment = seq, error = %e, "cannot delete an unused audit journal segment");
+            Err(e) => tracing::warn!(segment = seq, error = %e, "cannot delete an unused audit journal segment"),
         }
     }
 
@@ -884,6 +901,19 @@ mod tests {
         j.committed([first, first, second, second, third, big]);
         j.seal();
         assert_eq!(files(&dir), 0, "sealing removes the unused spare and every committed segment");
+    }
+
+    #[test]
+    fn a_spare_deleted_from_under_the_journal_is_not_appended_to() {
+        let dir = tempdir();
+        let j = Journal::open(&dir, 1 << 16);
+        j.prepare_spare();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let seq = j.append(&record("after")).unwrap();
+        assert!(dir.join(segment_name(seq)).exists(), "a new segment, in a recreated directory");
+        j.seal();
+        let ids: Vec<String> = j.read(seq).unwrap().records.into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["after"]);
     }
 
     #[test]

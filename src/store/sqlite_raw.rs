@@ -249,10 +249,10 @@ impl Binder {
         self.text(r.model)?;
         self.int(r.tokens_in)?;
         self.int(r.tokens_out)?;
-        self.real(r.cost_usd)?;
-        self.real(Some(r.latency_ms))?;
-        self.real(Some(r.upstream_ms))?;
-        self.real(Some(r.overhead_ms))?;
+        self.real_or_null(r.cost_usd)?;
+        self.real(r.latency_ms)?;
+        self.real(r.upstream_ms)?;
+        self.real(r.overhead_ms)?;
         // As sqlx stores a bool in SQLite: INTEGER 0 or 1.
         self.int(i64::from(r.streamed))?;
         self.int(i64::from(r.cancelled))?;
@@ -296,14 +296,20 @@ impl Binder {
         self.next(rc)
     }
 
-    fn real(&mut self, value: Option<f64>) -> Result<(), String> {
-        self.index += 1;
-        // SQLite stores NaN as NULL, which `OR IGNORE` would turn into a
-        // silently skipped row: refused here, loudly, instead (no record
-        // Squad makes has one).
-        if value.is_some_and(f64::is_nan) {
-            return Err(format!("bind column {}: NaN", self.index));
+    /// A NOT NULL column. SQLite stores NaN as NULL, which `OR IGNORE`
+    /// would turn into a silently skipped row: refused here, loudly, instead
+    /// (no record Squad makes has one).
+    fn real(&mut self, value: f64) -> Result<(), String> {
+        if value.is_nan() {
+            self.index += 1;
+            return Err(format!("bind column {}: NaN in a NOT NULL column", self.index));
         }
+        self.real_or_null(Some(value))
+    }
+
+    /// A nullable column (NaN is stored as NULL, as SQLite stores it).
+    fn real_or_null(&mut self, value: Option<f64>) -> Result<(), String> {
+        self.index += 1;
         let stmt = self.stmt.as_ptr();
         // SAFETY: a valid statement and parameter index.
         let rc = match value {
