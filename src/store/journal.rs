@@ -62,16 +62,18 @@ impl Active {
         }
     }
 
-    /// Faults every page of the mapping in now (read: the page cache pages
-    /// exist and are mapped), so that an append into a new page takes only
-    /// the small fault that marks it written, not one that allocates and
-    /// zeroes it. Not for writing: pages faulted in for writing would be
-    /// dirty, and the kernel would write the whole segment's zeros to disk
-    /// before the records. Best effort: where the kernel cannot (before
-    /// Linux 5.14), appends fault the pages in as before.
+    /// Faults every page of the mapping in now, for writing, so that appends
+    /// copy into mapped, writable pages instead of faulting every few
+    /// records. Faulted in for reading only, each page still faults on its
+    /// first write (ext4 marks it written), which is most of the cost. The
+    /// price: the pages are dirty, so under light load, when a segment takes
+    /// longer to fill than the kernel waits to write dirty pages back (30 s by
+    /// default), its zeros reach the disk before its records do: at most
+    /// `segment_bytes` more written per segment. Best effort: where the
+    /// kernel cannot (before Linux 5.14), appends fault the pages in as before.
     fn populate(&self) {
         #[cfg(target_os = "linux")]
-        if let Err(e) = self.map.advise(memmap2::Advice::PopulateRead) {
+        if let Err(e) = self.map.advise(memmap2::Advice::PopulateWrite) {
             tracing::debug!(segment = self.seq, error = %e, "cannot fault an audit journal segment in ahead");
         }
     }
