@@ -39,8 +39,8 @@ fn rate_limit_headers(response: &mut Response, h: &crate::limits::ClientHeaders)
 }
 
 /// `ip` as text, as its `Display` writes it. An IPv4 address is put
-/// together from its four numbers: `Display` goes through the formatter's
-/// padding support, several times the work, on every request.
+/// together from its four numbers with `itoa`, not through the formatter
+/// machinery, as it is on every request.
 pub fn ip_text(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(v4) => {

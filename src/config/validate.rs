@@ -225,16 +225,18 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     let db = &config.database;
     if !(db.is_postgres() || db.url.starts_with("sqlite:")) {
         issue("database.url".into(), "must be sqlite://PATH or postgres://user@host/db");
-    } else if !db.is_postgres() && sqlite_in_memory(&db.url) {
-        issue(
-            "database.url".into(),
-            "an in-memory SQLite database loses the audit log when Squad stops: name a file (sqlite://PATH)",
-        );
-    } else if !db.is_postgres() && sqlite_unsupported_option(&db.url) {
-        issue(
-            "database.url".into(),
-            "the audit log writes its SQLite file itself: `vfs`, `immutable` and `mode=ro` are not supported",
-        );
+    } else if !db.is_postgres() {
+        if sqlite_in_memory(&db.url) {
+            issue(
+                "database.url".into(),
+                "an in-memory SQLite database loses the audit log when Squad stops: name a file (sqlite://PATH)",
+            );
+        } else if sqlite_unsupported_option(&db.url) {
+            issue(
+                "database.url".into(),
+                "the audit log writes its SQLite file itself: `vfs`, `immutable` and `mode=ro` are not supported",
+            );
+        }
     }
     if db.pool_max == Some(0) || db.pool_min.zip(db.pool_max).is_some_and(|(min, max)| min > max) {
         issue("database.pool_max".into(), "must be at least 1 and at least pool_min");

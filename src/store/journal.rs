@@ -454,26 +454,27 @@ impl Journal {
             segment.bytes += line.len() as u64;
             return Ok(seq);
         }
-        // No room (or no segment): the next one, big enough for this line.
+        // No room (or no segment): the next one, big enough for this line:
+        // the spare, unless the line is larger than a segment (it gets one of
+        // its own, after the spare) or the spare was deleted from under the
+        // journal (a new segment recreates the directory).
         self.seal_active(inner);
-        if let Some(mut spare) = inner.spare.take() {
-            if spare.fits(line) && spare.linked() {
-                let seq = spare.seq;
-                spare.append(line);
-                inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
-                inner.active = Some(spare);
-                return Ok(seq);
+        let spare = inner.spare.take();
+        let mut active = match spare {
+            Some(spare) if spare.fits(line) && spare.linked() => spare,
+            _ => {
+                if let Some(spare) = spare {
+                    self.discard(spare);
+                }
+                std::fs::create_dir_all(&self.dir)?;
+                let seq = inner.next_seq;
+                let size = self.segment_bytes.max(line.len() as u64);
+                let active = Active::create(&self.dir.join(segment_name(seq)), seq, size)?;
+                inner.next_seq += 1;
+                active
             }
-            // A line larger than a segment (one of its own, after this one),
-            // or a spare deleted from under the journal (a new segment
-            // recreates the directory).
-            self.discard(spare);
-        }
-        std::fs::create_dir_all(&self.dir)?;
-        let seq = inner.next_seq;
-        let size = self.segment_bytes.max(line.len() as u64);
-        let mut active = Active::create(&self.dir.join(segment_name(seq)), seq, size)?;
-        inner.next_seq += 1;
+        };
+        let seq = active.seq;
         active.append(line);
         inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
         inner.active = Some(active);
@@ -884,6 +885,7 @@ mod tests {
         assert!(!j.wants_spare(), "a spare is ready");
         assert_eq!(files(&dir), 1, "the spare is on disk before any append");
         let first = j.append(&frame).unwrap();
+        assert_eq!(files(&dir), 1, "the append made no file: it went to the spare");
         assert_eq!(j.append(&frame).unwrap(), first, "the spare became the active segment");
         assert!(j.wants_spare(), "and a new spare is wanted");
         j.prepare_spare();
