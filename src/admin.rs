@@ -121,7 +121,16 @@ pub async fn audit(path: Option<PathBuf>, command: AuditCommand) -> ExitCode {
     };
     let result = match command {
         AuditCommand::Prune { before } => prune(&store, before, config.audit.retention_days).await,
-        AuditCommand::Export { since, until, format, out } => export(&store, since, until, format, out).await,
+        AuditCommand::Export { since, until, request_id, format, out } => {
+            let rows = match request_id {
+                Some(id) => Ok(Rows::Request(id)),
+                None => between(since.as_deref(), until.as_deref()),
+            };
+            match rows {
+                Ok(rows) => export(&store, rows, format, out).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     result.map(|()| ExitCode::SUCCESS).unwrap_or_else(|e| fail(&e))
 }
@@ -175,15 +184,23 @@ fn csv_field(v: &serde_json::Value) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
 }
 
-async fn export(
-    store: &Store,
-    since: Option<String>,
-    until: Option<String>,
-    format: ExportFormat,
-    out: Option<PathBuf>,
-) -> Result<(), String> {
-    let since = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
-    let until = until.as_deref().map(parse_time).transpose()?.unwrap_or(i64::MAX);
+/// Which rows `squad audit export` writes.
+enum Rows {
+    /// `since <= ts_ms < until`.
+    Between(i64, i64),
+    /// Those of one request id.
+    Request(String),
+}
+
+/// `--since` and `--until`, each open when absent.
+fn between(since: Option<&str>, until: Option<&str>) -> Result<Rows, String> {
+    Ok(Rows::Between(
+        since.map(parse_time).transpose()?.unwrap_or(0),
+        until.map(parse_time).transpose()?.unwrap_or(i64::MAX),
+    ))
+}
+
+async fn export(store: &Store, rows: Rows, format: ExportFormat, out: Option<PathBuf>) -> Result<(), String> {
     let mut sink: Box<dyn Write> = match &out {
         Some(p) => {
             Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?))
@@ -197,7 +214,13 @@ async fn export(
     let mut after = None;
     let mut total = 0usize;
     loop {
-        let page = store.audit_page(since, until, after.clone(), 1000).await.map_err(|e| e.to_string())?;
+        let page = match &rows {
+            // One read: a request has a handful of rows at most.
+            Rows::Request(id) if after.is_none() => store.audit_by_request(id).await,
+            Rows::Request(_) => break,
+            Rows::Between(since, until) => store.audit_page(*since, *until, after.clone(), 1000).await,
+        }
+        .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = Some((last.ts_ms, last.id.clone()));
         for record in &page {

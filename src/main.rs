@@ -139,6 +139,10 @@ enum AuditCommand {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// Only the rows of this request (the `x-request-id` its response
+        /// carried), whenever it ran.
+        #[arg(long, conflicts_with_all = ["since", "until"])]
+        request_id: Option<String>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
         /// Output file (default: stdout).

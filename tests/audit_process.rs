@@ -75,6 +75,58 @@ async fn sigkill_under_load_loses_no_answered_request() {
     assert_eq!(journal, 0, "a clean shutdown leaves an empty journal");
 }
 
+/// A response's `x-request-id` finds its audit rows: `squad audit export
+/// --request-id`. An id Squad made is the row's own id too; an id a client
+/// chose may repeat (and may even be one Squad made for another request),
+/// and every row carrying it is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_found_by_the_id_its_response_carried() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let dir = temp_dir();
+    let (mut child, url) = serve(&dir, &fake.url());
+    let client = reqwest::Client::new();
+    let chat = |id: Option<&str>| {
+        let mut req = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]}));
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    let made = chat(None).await;
+    assert_eq!(chat(Some("client-7")).await, "client-7");
+    chat(Some("client-7")).await;
+    chat(Some(&made)).await; // a client reusing the id Squad gave another request
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).success());
+
+    let rows_of = |id: &str| -> Vec<Value> {
+        let out = squad(&dir).args(["audit", "export", "--request-id", id]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let rows = rows_of(&made);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["request_id"] == made.as_str()), "{rows:?}");
+    assert_eq!(rows[0]["id"], made.as_str(), "the first request's row has the id Squad made as its own");
+    assert_ne!(rows[1]["id"], made.as_str(), "the client's reuse has an id of its own");
+    let rows = rows_of("client-7");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["request_id"] == "client-7" && r["id"] != "client-7"), "{rows:?}");
+    assert_ne!(rows[0]["id"], rows[1]["id"]);
+    assert!(rows_of("no-such-request").is_empty());
+    assert_eq!(export(&dir).len(), 4, "four requests, four rows");
+
+    let out = squad(&dir).args(["audit", "export", "--request-id", "x", "--since", "2020-01-01"]).output().unwrap();
+    assert!(!out.status.success(), "--request-id and a time range do not combine");
+}
+
 #[test]
 fn keys_audit_and_backup_commands() {
     let dir = temp_dir();

@@ -202,6 +202,18 @@ async fn store_suite(url: &str) {
     assert_eq!(store.insert_audit(&mixed).await.unwrap(), 16);
     assert_eq!(store.audit_count().await.unwrap(), 2500 + 2 + 16);
     assert_eq!(store.audit_by_request("req-m15").await.unwrap(), vec![fresh(15)]);
+
+    // By request id: a row whose id is its request id (Squad made it) and
+    // rows whose request id a client chose, even one equal to such an id.
+    let own = AuditRecord { request_id: "own-1".into(), ..record("own-1", "groq", (1, 1), None, now - 20) };
+    let reused = AuditRecord { request_id: "own-1".into(), ..record("reuse-1", "groq", (1, 1), None, now - 10) };
+    let twice = [("dup-a", now - 5), ("dup-b", now - 4)]
+        .map(|(id, ts)| AuditRecord { request_id: "dup".into(), ..record(id, "groq", (1, 1), None, ts) });
+    store.insert_audit(&[reused.clone(), own.clone()]).await.unwrap();
+    store.insert_audit(&twice).await.unwrap();
+    assert_eq!(store.audit_by_request("own-1").await.unwrap(), vec![own, reused], "both, oldest first");
+    assert_eq!(store.audit_by_request("dup").await.unwrap(), twice.to_vec());
+    assert_eq!(store.audit_by_request("reuse-1").await.unwrap(), vec![], "a record id alone is not a request id");
 }
 
 #[tokio::test]

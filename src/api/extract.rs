@@ -41,7 +41,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         let ext = &parts.extensions;
         Ok(Self {
-            request_id: ext.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+            request_id: ext.get::<RequestId>().map(|r| r.id.clone()).unwrap_or_default(),
             client: ext.get::<ClientKey>().cloned(),
             principal: ext.get::<Principal>().cloned(),
             audit: ext.get::<Draft>().cloned(),

@@ -17,9 +17,14 @@ use crate::telemetry::metrics;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request id of the current request, for handlers.
+/// The request id of the current request, for handlers. `generated`: Squad
+/// made it (a UUIDv7, unique), because the client sent none that was well
+/// formed; a client's own id may repeat.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId {
+    pub id: String,
+    pub generated: bool,
+}
 
 /// Who is asking, for per-client budgets: `key:<id>` for an API key (with its
 /// own `tpm`, if it has one), else the client address.
@@ -171,17 +176,13 @@ impl Drop for Finish {
 
 pub async fn request_context(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| well_formed(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let client_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| well_formed(v));
+    let generated = client_id.is_none();
+    let id = client_id.map(str::to_owned).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(req.method());
-    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(RequestId { id: id.clone(), generated });
 
     metrics::http_started();
     let span = tracing::info_span!("request", request_id = id.as_str(), route = route.as_str(), method);

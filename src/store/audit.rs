@@ -40,7 +40,7 @@ pub struct AuditRecord {
 }
 
 /// A record's fields, borrowed: what an insert binds. Made from an
-/// `AuditRecord`, or straight from a journal frame (`journal::framed`)
+/// `AuditRecord`, or straight from a journal frame (`journal::Frame::record`)
 /// without copying its texts out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RecordRef<'a> {
@@ -257,10 +257,18 @@ impl Store {
             .await?))
     }
 
-    /// Every record with this request id (clients may reuse ids).
+    /// Every record with this request id (clients may reuse ids), oldest
+    /// first. Two lookups, each through an index: a row whose request id
+    /// Squad made has it as its id too (the primary key); the others are in
+    /// the partial index `audit_log_request` (its condition is repeated word
+    /// for word, so that SQLite sees the query may use it).
     pub async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM audit_log WHERE request_id = $1 ORDER BY ts_ms, id");
-        on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(request_id).fetch_all(pool).await?))
+        on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(BY_REQUEST.as_str()))
+            .bind(request_id)
+            .bind(request_id)
+            .bind(request_id)
+            .fetch_all(pool)
+            .await?))
     }
 
     pub async fn audit_count(&self) -> Result<i64, StoreError> {
@@ -318,6 +326,15 @@ impl AuditRecord {
         }
     }
 }
+
+/// `Store::audit_by_request`'s query.
+static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE id = $1 AND request_id = $2 \
+         UNION ALL SELECT {COLUMNS} FROM audit_log WHERE request_id = $3 AND request_id <> id \
+         ORDER BY ts_ms, id"
+    )
+});
 
 /// One statement whatever the batch size: each column goes as one array
 /// parameter and `unnest` turns the arrays back into rows (26 parameters a
@@ -387,5 +404,37 @@ impl Store {
             *conn = None;
         }
         result.map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both halves of the lookup by request id go through an index on
+    /// SQLite: the primary key's, and the partial request-id index (which
+    /// SQLite uses only when the query repeats its condition).
+    #[tokio::test]
+    async fn sqlite_finds_a_request_through_two_indexes_without_a_scan() {
+        let dir = std::env::temp_dir().join(format!("squad-plan-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("plan.db").display());
+        let store = Store::open(&crate::config::DatabaseConfig { url, ..Default::default() }).unwrap();
+        store.migrate().await.unwrap();
+        let super::super::Db::Sqlite(pool) = &store.db else { unreachable!("a sqlite URL") };
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", *BY_REQUEST)))
+                .bind("r")
+                .bind("r")
+                .bind("r")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(steps.iter().any(|s| s.contains("USING INDEX sqlite_autoindex_audit_log_1 (id=?)")), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("USING INDEX audit_log_request (request_id=?)")), "{steps:?}");
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN audit_log")), "no full scan: {steps:?}");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -198,9 +198,41 @@ const HEADER: usize = 8;
 /// A text's length field for `None`.
 const ABSENT: u32 = u32::MAX;
 
-/// `record` as one journal frame, in `out` (cleared first). Fails only for a
-/// record over 4 GiB, which the body limit rules out.
-pub fn encode(record: &AuditRecord, out: &mut Vec<u8>) -> io::Result<()> {
+/// A journal frame that `encode` made, in memory: what the writer binds
+/// from. Only `encode` writes one, so every text in it is a whole `&str`
+/// where `decode` finds it, and reading it back skips the UTF-8 check (about
+/// 1,000 instructions a record) and the checksum.
+pub struct Frame(Vec<u8>);
+
+impl Frame {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self(Vec::with_capacity(bytes))
+    }
+
+    /// The bytes a journal segment gets.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The record, its texts borrowed from the frame; `None` only for a
+    /// frame whose encoding failed (it is left empty).
+    pub fn record(&self) -> Option<RecordRef<'_>> {
+        decode::<true>(self.0.get(HEADER..)?)
+    }
+}
+
+/// `record` as one journal frame, in `out` (replacing what it held). Fails
+/// only for a record over 4 GiB, which the body limit rules out; `out` is
+/// then left empty.
+pub fn encode(record: &AuditRecord, out: &mut Frame) -> io::Result<()> {
+    let result = encode_into(record, &mut out.0);
+    if result.is_err() {
+        out.0.clear();
+    }
+    result
+}
+
+fn encode_into(record: &AuditRecord, out: &mut Vec<u8>) -> io::Result<()> {
     fn text(out: &mut Vec<u8>, t: Option<&str>) -> io::Result<()> {
         match t {
             Some(t) => {
@@ -263,10 +295,12 @@ fn too_large() -> io::Error {
 }
 
 /// Reads one payload back, its texts borrowed from it; `None` when it does
-/// not decode.
-fn decode(payload: &[u8]) -> Option<RecordRef<'_>> {
-    struct Cursor<'a>(&'a [u8]);
-    impl<'a> Cursor<'a> {
+/// not decode. `FROM_ENCODE`: the payload is a `Frame`'s, which `encode`
+/// wrote, every text from a `&str` at the offset this reads it from, so its
+/// texts are not checked for UTF-8 again; a payload read from disk is.
+fn decode<const FROM_ENCODE: bool>(payload: &[u8]) -> Option<RecordRef<'_>> {
+    struct Cursor<'a, const TRUSTED: bool>(&'a [u8]);
+    impl<'a, const TRUSTED: bool> Cursor<'a, TRUSTED> {
         fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
             let (head, rest) = self.0.split_first_chunk::<N>()?;
             self.0 = rest;
@@ -295,13 +329,21 @@ fn decode(payload: &[u8]) -> Option<RecordRef<'_>> {
             }
             let (bytes, rest) = self.0.split_at_checked(len as usize)?;
             self.0 = rest;
-            std::str::from_utf8(bytes).ok().map(Some)
+            if TRUSTED {
+                // SAFETY: a `Frame`'s bytes are `encode`'s output, which no
+                // one else can write: this cursor visits its fields in the
+                // order `encode` wrote them, so `bytes` is exactly one of the
+                // `&str`s it copied, which are UTF-8.
+                Some(Some(unsafe { std::str::from_utf8_unchecked(bytes) }))
+            } else {
+                std::str::from_utf8(bytes).ok().map(Some)
+            }
         }
         fn some_text(&mut self) -> Option<&'a str> {
             self.text()?
         }
     }
-    let mut c = Cursor(payload);
+    let mut c = Cursor::<FROM_ENCODE>(payload);
     if c.take::<1>()? != [FORMAT] {
         return None;
     }
@@ -334,12 +376,6 @@ fn decode(payload: &[u8]) -> Option<RecordRef<'_>> {
         metadata: c.text()?,
     };
     c.0.is_empty().then_some(record)
-}
-
-/// The record in a frame that `encode` made (in memory, so its checksum is
-/// not checked), its texts borrowed from the frame.
-pub fn framed(frame: &[u8]) -> Option<RecordRef<'_>> {
-    decode(frame.get(HEADER..)?)
 }
 
 /// The frames of a binary segment. Zeros where a frame would start are the
@@ -385,7 +421,7 @@ fn frame_at(bytes: &[u8]) -> Option<(AuditRecord, usize)> {
     // The format byte first: while resynchronizing, most offsets fail here,
     // before a checksum over `len` bytes.
     let payload = body.get(..len).filter(|p| p[0] == FORMAT && checksum(p) == crc)?;
-    Some((decode(payload)?.to_record(), HEADER + len))
+    Some((decode::<false>(payload)?.to_record(), HEADER + len))
 }
 
 /// What a segment file held.
@@ -677,9 +713,9 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> Vec<u8> {
-        let mut frame = Vec::new();
+        let mut frame = Frame::with_capacity(0);
         encode(&crate::store::writer::tests::record(id), &mut frame).unwrap();
-        frame
+        frame.0
     }
 
     /// Every field set, texts with what JSON would have escaped.
@@ -729,11 +765,11 @@ mod tests {
         let records = [full(), crate::store::writer::tests::record("sparse")];
         let mut bytes = Vec::new();
         for r in &records {
-            let mut frame = Vec::new();
+            let mut frame = Frame::with_capacity(0);
             encode(r, &mut frame).unwrap();
             // What the writer binds from a queued frame is the record itself.
-            assert_eq!(framed(&frame), Some(r.borrowed()));
-            bytes.extend_from_slice(&frame);
+            assert_eq!(frame.record(), Some(r.borrowed()));
+            bytes.extend_from_slice(frame.bytes());
         }
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
         read_frames(&bytes, &mut contents);

@@ -28,7 +28,7 @@ pub struct AuditUnavailable;
 /// misses, than the writer saved by not decoding.)
 struct Queued {
     seq: Option<u64>,
-    frame: Vec<u8>,
+    frame: super::journal::Frame,
 }
 
 pub struct AuditLog {
@@ -136,13 +136,13 @@ impl AuditLog {
     pub fn submit(&self, mut record: AuditRecord) -> Result<(), AuditUnavailable> {
         record.scrub_nul();
         // Sized for a typical record, so encoding does not regrow the buffer.
-        let mut frame = Vec::with_capacity(1024);
+        let mut frame = super::journal::Frame::with_capacity(1024);
         if let Err(e) = super::journal::encode(&record, &mut frame) {
             tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
             metrics::audit_failure("encode");
             return self.allowed(AuditUnavailable);
         }
-        let seq = match self.journal.append(&frame) {
+        let seq = match self.journal.append(frame.bytes()) {
             Ok(seq) => {
                 metrics::audit_journaled();
                 Some(seq)
@@ -328,7 +328,7 @@ impl AuditLog {
         }
         let mut records = Vec::with_capacity(items.len());
         for q in &items {
-            match super::journal::framed(&q.frame) {
+            match q.frame.record() {
                 Some(r) => records.push(r),
                 // Cannot happen (`submit` encoded it); if it did, the copy in
                 // the journal is the one left to replay, and without one the
@@ -368,7 +368,7 @@ impl AuditLog {
         for Queued { seq, frame } in items {
             match seq {
                 Some(seq) => self.journal.mark_dirty(seq),
-                None => match super::journal::framed(&frame) {
+                None => match frame.record() {
                     Some(r) => self.keep_unjournaled(r.to_record()),
                     None => {
                         tracing::error!("audit record lost: a queued frame that was never journaled does not decode");
@@ -476,6 +476,11 @@ struct DraftInner {
 
 pub struct DraftStart {
     pub request_id: String,
+    /// Squad made the request id, so no other request has it: the record
+    /// takes it as its own id too (one id to look a request up by; and the
+    /// request-id index, which holds only rows whose two ids differ, is not
+    /// written).
+    pub request_id_unique: bool,
     pub method: String,
     pub route: String,
     pub client_addr: Option<String>,
@@ -483,8 +488,13 @@ pub struct DraftStart {
 
 impl Draft {
     pub fn new(log: Arc<AuditLog>, start: DraftStart, started: Instant) -> Self {
+        let id = if start.request_id_unique && !start.request_id.is_empty() {
+            start.request_id.clone()
+        } else {
+            uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+        };
         let record = AuditRecord {
-            id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned(),
+            id,
             request_id: start.request_id,
             ts_ms: super::now_ms(),
             client_addr: start.client_addr,
