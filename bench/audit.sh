@@ -2,24 +2,31 @@
 # Audit-log overhead benchmark. Builds in release mode, starts the simulated
 # upstream (zero latency) and three Squad instances in front of it — auditing
 # off, auditing to SQLite, auditing to PostgreSQL (when DATABASE_URL names a
-# server) — and sends each the same load in one run, alternating, twice:
-#   1. a fixed rate (default 1000 req/s): added p50 / p99 latency vs audit off;
-#   2. saturation: throughput vs audit off.
-# Each round's saturation figures are printed too: on a shared machine they
-# spread by several percent, so compare builds on more rounds (--rounds).
+# server) — and sends each the same load in one run, alternating:
+#   1. a fixed rate (default 1000 req/s, --rounds rounds of --duration s):
+#      added p50 / p99 latency vs audit off;
+#   2. saturation (--sat-rounds rounds of --sat-duration s): throughput vs
+#      audit off. The variants' order is reversed every other round (off,
+#      sqlite, postgres, then postgres, sqlite, off), so a drift in the
+#      machine's speed during the run weighs on every variant alike; each
+#      round's loss is against audit off in the same round, and the median
+#      of those is reported beside the loss of the means: on a shared machine
+#      single rounds spread by several percent either way.
 # Targets (issue 5): <= 10% throughput loss and <= 0.1 ms added p50.
 # Needs oha (`cargo install oha --locked`). Load goes to 127.0.0.1 only.
 #
-# Usage: bench/audit.sh [--rate 1000] [--duration 10] [--rounds 2]
+# Usage: bench/audit.sh [--rate 1000] [--duration 10] [--rounds 2] [--sat-duration 5] [--sat-rounds 8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64 ROUNDS=2
+RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64 ROUNDS=2 SAT_DURATION=5 SAT_ROUNDS=8
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
+    --sat-duration) SAT_DURATION=$2; shift 2 ;;
+    --sat-rounds) SAT_ROUNDS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -91,19 +98,28 @@ echo "warming up…" >&2
 for v in "${VARIANTS[@]}"; do load "warm-$v" "$(port_of "$v")" -z 2s -c 16; done
 for round in $(seq 1 "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
-    echo "round $round: $v at $RATE req/s, then saturation…" >&2
+    echo "round $round: $v at $RATE req/s…" >&2
     load "rate-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction
+  done
+done
+for round in $(seq 1 "$SAT_ROUNDS"); do
+  order=("${VARIANTS[@]}")
+  if [ $((round % 2)) -eq 0 ]; then
+    order=(); for ((i = ${#VARIANTS[@]} - 1; i >= 0; i--)); do order+=("${VARIANTS[$i]}"); done
+  fi
+  for v in "${order[@]}"; do
+    echo "saturation round $round: $v…" >&2
     before=$(cpu_ticks "$v")
-    load "sat-$v-$round" "$(port_of "$v")" -z "${DURATION}s" -c "$SAT_CONNS"
+    load "sat-$v-$round" "$(port_of "$v")" -z "${SAT_DURATION}s" -c "$SAT_CONNS"
     echo "$before $(cpu_ticks "$v")" > "$OUT/sat-$v-$round.cpu"
   done
 done
 sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
-python3 - "$OUT" "$RATE" "$ROUNDS" "${VARIANTS[@]}" <<'PY'
-import json, os, sys
-out, rate, rounds, variants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "${VARIANTS[@]}" <<'PY'
+import json, os, statistics, sys
+out, rate, rounds, sat_rounds, variants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 def load(name):
     d = json.load(open(f"{out}/{name}.json"))
     s, p = d["summary"], d["latencyPercentiles"]
@@ -118,23 +134,28 @@ def load(name):
     except OSError:
         pass
     return r
-def avg(prefix, v, key):
-    return sum(load(f"{prefix}-{v}-{r}")[key] for r in range(1, rounds + 1)) / rounds
-print(f"\n== Audit overhead (mean of {rounds} alternating rounds; {rate} req/s fixed rate, then saturation)")
-print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'sat req/s':>10} {'added p50':>10} {'tput loss':>10} {'squad µs/req':>13} {'db µs/req':>10}")
-base_p50, base_rps = avg("rate", "off", "p50"), avg("sat", "off", "rps")
+def avg(prefix, v, key, n):
+    return sum(load(f"{prefix}-{v}-{r}")[key] for r in range(1, n + 1)) / n
+def losses(v):
+    return [100 * (1 - load(f"sat-{v}-{r}")["rps"] / load(f"sat-off-{r}")["rps"]) for r in range(1, sat_rounds + 1)]
+print(f"\n== Audit overhead ({rate} req/s fixed rate: mean of {rounds} rounds; saturation: {sat_rounds} alternating rounds)")
+print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'added p50':>10} {'sat req/s':>10} {'loss':>7} {'median':>7} {'min..max':>14} {'squad µs/req':>13} {'db µs/req':>10}")
+base_p50, base_rps = avg("rate", "off", "p50", rounds), avg("sat", "off", "rps", sat_rounds)
 for v in variants:
-    p50, p99, ok, rps = avg("rate", v, "p50"), avg("rate", v, "p99"), avg("rate", v, "ok"), avg("sat", v, "rps")
-    cpu, db = avg("sat", v, "cpu"), avg("sat", v, "dbcpu")
-    print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {rps:>10.0f} {p50 - base_p50:>+10.3f} {100 * (1 - rps / base_rps):>9.1f}% {cpu:>13.1f} {db:>10.1f}")
+    p50, p99, ok = avg("rate", v, "p50", rounds), avg("rate", v, "p99", rounds), avg("rate", v, "ok", rounds)
+    rps, cpu, db = avg("sat", v, "rps", sat_rounds), avg("sat", v, "cpu", sat_rounds), avg("sat", v, "dbcpu", sat_rounds)
+    l = losses(v)
+    print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {p50 - base_p50:>+10.3f} {rps:>10.0f} {100 * (1 - rps / base_rps):>6.1f}% "
+          f"{statistics.median(l):>6.1f}% {min(l):>6.1f}..{max(l):<6.1f} {cpu:>13.1f} {db:>10.1f}")
 print("saturation per round (req/s, Squad µs/req):")
 for v in variants:
-    runs = [load(f"sat-{v}-{r}") for r in range(1, rounds + 1)]
+    runs = [load(f"sat-{v}-{r}") for r in range(1, sat_rounds + 1)]
     print(f"  {v:<10} " + "  ".join(f"{x['rps']:.0f} ({x['cpu']:.1f})" for x in runs))
 try:
     print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
 except OSError:
     pass
+print("loss: of the mean req/s; median, min..max: of each round's loss against audit off in that round")
 print("squad µs/req: Squad's CPU time per request at saturation; db µs/req: PostgreSQL's")
 print("targets: added p50 <= 0.1 ms, throughput loss <= 10%")
 PY
