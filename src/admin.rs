@@ -215,7 +215,8 @@ async fn export(store: &Store, rows: Rows, format: ExportFormat, out: Option<Pat
     let mut total = 0usize;
     loop {
         let page = match &rows {
-            // One read: a request has a handful of rows at most.
+            // One read, not paged: fine for the one row a request leaves,
+            // large for an id a client reused on many requests (to page next).
             Rows::Request(id) if after.is_none() => store.audit_by_request(id).await,
             Rows::Request(_) => break,
             Rows::Between(since, until) => store.audit_page(*since, *until, after.clone(), 1000).await,
