@@ -215,10 +215,7 @@ async fn export(store: &Store, rows: Rows, format: ExportFormat, out: Option<Pat
     let mut total = 0usize;
     loop {
         let page = match &rows {
-            // One read, not paged: fine for the one row a request leaves,
-            // large for an id a client reused on many requests (to page next).
-            Rows::Request(id) if after.is_none() => store.audit_by_request(id).await,
-            Rows::Request(_) => break,
+            Rows::Request(id) => store.audit_by_request_page(id, after.clone(), 1000).await,
             Rows::Between(since, until) => store.audit_page(*since, *until, after.clone(), 1000).await,
         }
         .map_err(|e| e.to_string())?;

@@ -214,6 +214,30 @@ async fn store_suite(url: &str) {
     assert_eq!(store.audit_by_request("own-1").await.unwrap(), vec![own, reused], "both, oldest first");
     assert_eq!(store.audit_by_request("dup").await.unwrap(), twice.to_vec());
     assert_eq!(store.audit_by_request("reuse-1").await.unwrap(), vec![], "a record id alone is not a request id");
+
+    // A request id a client reused on many requests reads back page by
+    // page, every row once, oldest first (ties in time broken by id).
+    let reused: Vec<_> = (0..1500)
+        .map(|i| AuditRecord {
+            request_id: "static-id".into(),
+            ..record(&format!("s{i:04}"), "groq", (1, 1), None, now + i / 3)
+        })
+        .collect();
+    for chunk in reused.chunks(500) {
+        store.insert_audit(chunk).await.unwrap();
+    }
+    let mut paged = Vec::new();
+    loop {
+        let after = paged.last().map(|r: &AuditRecord| (r.ts_ms, r.id.clone()));
+        let page = store.audit_by_request_page("static-id", after, 700).await.unwrap();
+        assert!(page.len() <= 700);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, reused, "three pages: 700, 700, 100");
+    assert_eq!(store.audit_by_request("static-id").await.unwrap(), reused);
 }
 
 #[tokio::test]

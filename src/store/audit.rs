@@ -257,18 +257,46 @@ impl Store {
             .await?))
     }
 
-    /// Every record with this request id (clients may reuse ids), oldest
-    /// first. Two lookups, each through an index: a row whose request id
-    /// Squad made has it as its id too (the primary key); the others are in
-    /// the partial index `audit_log_request` (its condition is repeated word
-    /// for word, so that SQLite sees the query may use it).
-    pub async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+    /// Records with this request id (clients may reuse ids), oldest first,
+    /// at most `limit` after the row `after` (as `audit_page` pages). Two
+    /// lookups, each through an index: a row whose request id Squad made has
+    /// it as its id too (the primary key); the others are in the partial
+    /// index `audit_log_request`, in page order (its condition is repeated
+    /// word for word, so that SQLite sees the query may use it).
+    pub async fn audit_by_request_page(
+        &self,
+        request_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (after_ts, after_id) = after.unwrap_or((i64::MIN, String::new()));
         on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(BY_REQUEST.as_str()))
             .bind(request_id)
             .bind(request_id)
+            .bind(after_ts)
+            .bind(after_ts)
+            .bind(after_id.as_str())
             .bind(request_id)
+            .bind(after_ts)
+            .bind(after_ts)
+            .bind(after_id.as_str())
+            .bind(limit)
             .fetch_all(pool)
             .await?))
+    }
+
+    /// Every record with this request id, oldest first.
+    pub async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut rows = Vec::new();
+        loop {
+            let after = rows.last().map(|r: &AuditRecord| (r.ts_ms, r.id.clone()));
+            let page = self.audit_by_request_page(request_id, after, 1000).await?;
+            let done = page.len() < 1000;
+            rows.extend(page);
+            if done {
+                return Ok(rows);
+            }
+        }
     }
 
     pub async fn audit_count(&self) -> Result<i64, StoreError> {
@@ -331,8 +359,10 @@ impl AuditRecord {
 static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM audit_log WHERE id = $1 AND request_id = $2 \
-         UNION ALL SELECT {COLUMNS} FROM audit_log WHERE request_id = $3 AND request_id <> id \
-         ORDER BY ts_ms, id"
+         AND (ts_ms > $3 OR (ts_ms = $4 AND id > $5)) \
+         UNION ALL SELECT {COLUMNS} FROM audit_log WHERE request_id = $6 AND request_id <> id \
+         AND (ts_ms > $7 OR (ts_ms = $8 AND id > $9)) \
+         ORDER BY ts_ms, id LIMIT $10"
     )
 });
 
@@ -426,13 +456,21 @@ mod tests {
             sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", *BY_REQUEST)))
                 .bind("r")
                 .bind("r")
+                .bind(0_i64)
+                .bind(0_i64)
+                .bind("")
                 .bind("r")
+                .bind(0_i64)
+                .bind(0_i64)
+                .bind("")
+                .bind(1000_i64)
                 .fetch_all(pool)
                 .await
                 .unwrap();
         let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
         assert!(steps.iter().any(|s| s.contains("USING INDEX sqlite_autoindex_audit_log_1 (id=?)")), "{steps:?}");
-        assert!(steps.iter().any(|s| s.contains("USING INDEX audit_log_request (request_id=?)")), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("USING INDEX audit_log_request (request_id=?")), "{steps:?}");
+        assert!(!steps.iter().any(|s| s.contains("TEMP B-TREE")), "rows come in page order, unsorted: {steps:?}");
         assert!(!steps.iter().any(|s| s.starts_with("SCAN audit_log")), "no full scan: {steps:?}");
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
