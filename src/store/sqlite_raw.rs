@@ -27,6 +27,9 @@ use super::audit::{COLUMNS, RecordRef};
 /// and 16 × 26 parameters stay far below SQLite's limit of 32,766.
 const ROWS_PER_STATEMENT: usize = 16;
 
+/// Parameters per row: the columns of `COLUMNS`.
+const PARAMS: usize = 26;
+
 /// The insert for `rows` rows, parameters numbered in `COLUMNS` order.
 /// `OR IGNORE` rather than `ON CONFLICT (id) DO NOTHING`: the same for this
 /// table (its only constraints are the id's uniqueness and NOT NULL on
@@ -36,7 +39,7 @@ const ROWS_PER_STATEMENT: usize = 16;
 fn insert_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|row| {
-            let params: Vec<String> = (1..=26).map(|i| format!("?{}", row * 26 + i)).collect();
+            let params: Vec<String> = (1..=PARAMS).map(|i| format!("?{}", row * PARAMS + i)).collect();
             format!("({})", params.join(", "))
         })
         .collect();
@@ -187,28 +190,54 @@ fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<Statement, String> {
     Ok(Statement(NonNull::new(raw).ok_or("prepare returned no statement")?))
 }
 
-fn insert_rows(db: NonNull<ffi::sqlite3>, s: &Statements, rows: &[RecordRef<'_>]) -> Result<u64, String> {
+/// What a parameter holds. Texts compare by content, reals by their bits.
+#[derive(Clone, Copy, PartialEq)]
+enum Bound<'r> {
+    Null,
+    Int(i64),
+    Real(u64),
+    Text(&'r str),
+}
+
+/// Both statements hold only NULLs when a batch starts (never bound yet, or
+/// cleared by the last batch), which is where each one's `Bound`s start.
+fn insert_rows<'r>(db: NonNull<ffi::sqlite3>, s: &Statements, rows: &[RecordRef<'r>]) -> Result<u64, String> {
     let full = rows.len() / ROWS_PER_STATEMENT * ROWS_PER_STATEMENT;
     let (many, rest) = rows.split_at(full);
     let mut inserted = 0;
+    let mut bound = vec![Bound::Null; ROWS_PER_STATEMENT * PARAMS];
     for chunk in many.chunks(ROWS_PER_STATEMENT) {
-        inserted += step(db, &s.many, chunk)?;
+        inserted += step(db, &s.many, &mut bound, chunk)?;
     }
+    let bound = &mut bound[..PARAMS];
+    bound.fill(Bound::Null);
     for row in rest {
-        inserted += step(db, &s.one, std::slice::from_ref(row))?;
+        inserted += step(db, &s.one, bound, std::slice::from_ref(row))?;
     }
     Ok(inserted)
 }
 
 /// Binds `rows` (as many as the statement has rows of parameters) and steps
-/// the statement once; returns how many rows were new.
-fn step(db: NonNull<ffi::sqlite3>, statement: &Statement, rows: &[RecordRef<'_>]) -> Result<u64, String> {
-    let mut binder = Binder { db, stmt: statement.0, index: 0 };
+/// the statement once; returns how many rows were new. `bound` is what the
+/// statement's parameters hold (from its last step in this batch): a
+/// parameter that already holds its value is left alone. Most columns repeat
+/// from row to row (NULLs, method, route, status, provider, model…), and a
+/// bind costs about a hundred instructions against a dozen for the comparison
+/// (`Binder::row` says which columns are worth comparing).
+fn step<'r>(
+    db: NonNull<ffi::sqlite3>,
+    statement: &Statement,
+    bound: &mut [Bound<'r>],
+    rows: &[RecordRef<'r>],
+) -> Result<u64, String> {
+    let mut binder = Binder { db, stmt: statement.0, index: 0, bound };
     for row in rows {
         binder.row(row)?;
     }
     // SAFETY: every parameter is bound, and every text bound refers to
-    // `rows`, which outlive the step and the reset below.
+    // `rows` or to rows bound earlier in the batch, all of which outlive the
+    // step and the reset below (`Writer::insert` clears the bindings before
+    // the batch can go).
     let rc = unsafe { ffi::sqlite3_step(statement.0.as_ptr()) };
     let outcome = if rc == ffi::SQLITE_DONE {
         // SAFETY: `db` is open.
@@ -217,105 +246,95 @@ fn step(db: NonNull<ffi::sqlite3>, statement: &Statement, rows: &[RecordRef<'_>]
         Err(format!("insert: {} (code {rc})", message(db)))
     };
     // SAFETY: the statement is valid. Reset keeps the bindings, which still
-    // point into `rows`: every one is rebound before the next step, and
+    // point into the batch's rows: the next step rebinds each one or keeps
+    // it (the same value, from a row that still lives), and
     // `Writer::insert` clears them before the batch can go.
     unsafe { ffi::sqlite3_reset(statement.0.as_ptr()) };
     outcome
 }
 
 /// Binds one record's columns, in `COLUMNS` order.
-struct Binder {
+struct Binder<'b, 'r> {
     db: NonNull<ffi::sqlite3>,
     stmt: NonNull<ffi::sqlite3_stmt>,
     index: c_int,
+    /// What each parameter of `stmt` holds.
+    bound: &'b mut [Bound<'r>],
 }
 
-impl Binder {
-    fn row(&mut self, r: &RecordRef<'_>) -> Result<(), String> {
-        self.text(Some(r.id))?;
-        self.text(Some(r.request_id))?;
-        self.int(r.ts_ms)?;
-        self.text(r.key_id)?;
-        self.text(r.client_addr)?;
-        self.text(Some(r.method))?;
-        self.text(Some(r.route))?;
-        self.text(r.agent)?;
-        self.text(r.user_id)?;
-        self.text(r.conversation_id)?;
-        self.int(r.status)?;
-        self.text(r.error_kind)?;
-        self.text(Some(r.attempts))?;
-        self.text(r.provider)?;
-        self.text(r.model)?;
-        self.int(r.tokens_in)?;
-        self.int(r.tokens_out)?;
-        self.real_or_null(r.cost_usd)?;
-        self.real(r.latency_ms)?;
-        self.real(r.upstream_ms)?;
-        self.real(r.overhead_ms)?;
-        // As sqlx stores a bool in SQLite: INTEGER 0 or 1.
-        self.int(i64::from(r.streamed))?;
-        self.int(i64::from(r.cancelled))?;
-        self.text(r.prompt)?;
-        self.text(r.response)?;
-        self.text(r.metadata)
-    }
-
-    fn next(&mut self, rc: c_int) -> Result<(), String> {
-        if rc == ffi::SQLITE_OK { Ok(()) } else { check(self.db, rc, &format!("bind column {}", self.index)) }
-    }
-
-    fn text(&mut self, value: Option<&str>) -> Result<(), String> {
-        self.index += 1;
-        let stmt = self.stmt.as_ptr();
-        let rc = match value {
-            // SAFETY: SQLITE_STATIC: SQLite reads the bytes in place until
-            // the statement is reset, which happens while `value` still lives.
-            // (An empty text points at a static "", not at a dangling pointer.)
-            Some(s) => unsafe {
-                let bytes = if s.is_empty() { c"".as_ptr() } else { s.as_ptr().cast::<c_char>() };
-                ffi::sqlite3_bind_text64(
-                    stmt,
-                    self.index,
-                    bytes,
-                    s.len() as u64,
-                    ffi::SQLITE_STATIC(),
-                    ffi::SQLITE_UTF8 as u8,
-                )
-            },
-            // SAFETY: a valid statement and parameter index.
-            None => unsafe { ffi::sqlite3_bind_null(stmt, self.index) },
-        };
-        self.next(rc)
-    }
-
-    fn int(&mut self, value: i64) -> Result<(), String> {
-        self.index += 1;
-        // SAFETY: a valid statement and parameter index.
-        let rc = unsafe { ffi::sqlite3_bind_int64(self.stmt.as_ptr(), self.index, value) };
-        self.next(rc)
-    }
-
-    /// A NOT NULL column. SQLite stores NaN as NULL, which `OR IGNORE`
-    /// would turn into a silently skipped row: refused here, loudly, instead
-    /// (no record Squad makes has one).
-    fn real(&mut self, value: f64) -> Result<(), String> {
-        if value.is_nan() {
-            self.index += 1;
-            return Err(format!("bind column {}: NaN in a NOT NULL column", self.index));
+impl<'r> Binder<'_, 'r> {
+    fn row(&mut self, r: &RecordRef<'r>) -> Result<(), String> {
+        // Columns that differ from row to row are bound without comparing
+        // (ids, times, prompt and response); the rest only when they change.
+        const CHANGES: bool = false;
+        const REPEATS: bool = true;
+        let text = |t: Option<&'r str>| t.map_or(Bound::Null, Bound::Text);
+        self.bind(Bound::Text(r.id), CHANGES)?;
+        self.bind(Bound::Text(r.request_id), CHANGES)?;
+        self.bind(Bound::Int(r.ts_ms), CHANGES)?;
+        self.bind(text(r.key_id), REPEATS)?;
+        self.bind(text(r.client_addr), REPEATS)?;
+        self.bind(Bound::Text(r.method), REPEATS)?;
+        self.bind(Bound::Text(r.route), REPEATS)?;
+        self.bind(text(r.agent), REPEATS)?;
+        self.bind(text(r.user_id), REPEATS)?;
+        self.bind(text(r.conversation_id), REPEATS)?;
+        self.bind(Bound::Int(r.status), REPEATS)?;
+        self.bind(text(r.error_kind), REPEATS)?;
+        self.bind(Bound::Text(r.attempts), REPEATS)?;
+        self.bind(text(r.provider), REPEATS)?;
+        self.bind(text(r.model), REPEATS)?;
+        self.bind(Bound::Int(r.tokens_in), REPEATS)?;
+        self.bind(Bound::Int(r.tokens_out), REPEATS)?;
+        // NaN is stored as NULL, as SQLite stores it.
+        self.bind(r.cost_usd.map_or(Bound::Null, |c| Bound::Real(c.to_bits())), REPEATS)?;
+        for ms in [r.latency_ms, r.upstream_ms, r.overhead_ms] {
+            // A NOT NULL column: SQLite would store NaN as NULL, which `OR
+            // IGNORE` would turn into a silently skipped row. Refused here,
+            // loudly, instead (no record Squad makes has one).
+            if ms.is_nan() {
+                return Err(format!("bind column {}: NaN in a NOT NULL column", self.index + 1));
+            }
+            self.bind(Bound::Real(ms.to_bits()), CHANGES)?;
         }
-        self.real_or_null(Some(value))
+        // As sqlx stores a bool in SQLite: INTEGER 0 or 1.
+        self.bind(Bound::Int(i64::from(r.streamed)), REPEATS)?;
+        self.bind(Bound::Int(i64::from(r.cancelled)), REPEATS)?;
+        self.bind(text(r.prompt), CHANGES)?;
+        self.bind(text(r.response), CHANGES)?;
+        self.bind(text(r.metadata), REPEATS)
     }
 
-    /// A nullable column (NaN is stored as NULL, as SQLite stores it).
-    fn real_or_null(&mut self, value: Option<f64>) -> Result<(), String> {
+    /// Binds `value` to the next parameter, unless `repeats` and the
+    /// parameter already holds it; `bound` follows what every parameter holds.
+    fn bind(&mut self, value: Bound<'r>, repeats: bool) -> Result<(), String> {
         self.index += 1;
-        let stmt = self.stmt.as_ptr();
-        // SAFETY: a valid statement and parameter index.
-        let rc = match value {
-            Some(v) => unsafe { ffi::sqlite3_bind_double(stmt, self.index, v) },
-            None => unsafe { ffi::sqlite3_bind_null(stmt, self.index) },
+        let slot = self.index as usize - 1;
+        if repeats && self.bound[slot] == value {
+            return Ok(());
+        }
+        let (stmt, index) = (self.stmt.as_ptr(), self.index);
+        // SAFETY: a valid statement and parameter index. SQLITE_STATIC:
+        // SQLite reads a text's bytes in place until the parameter is bound
+        // again or cleared, which happens while the batch's rows, `value`
+        // among them, still live. (An empty text points at a static "", not
+        // at a dangling pointer.)
+        let rc = unsafe {
+            match value {
+                Bound::Null => ffi::sqlite3_bind_null(stmt, index),
+                Bound::Int(v) => ffi::sqlite3_bind_int64(stmt, index, v),
+                Bound::Real(bits) => ffi::sqlite3_bind_double(stmt, index, f64::from_bits(bits)),
+                Bound::Text(s) => {
+                    let bytes = if s.is_empty() { c"".as_ptr() } else { s.as_ptr().cast::<c_char>() };
+                    let (len, utf8) = (s.len() as u64, ffi::SQLITE_UTF8 as u8);
+                    ffi::sqlite3_bind_text64(stmt, index, bytes, len, ffi::SQLITE_STATIC(), utf8)
+                }
+            }
         };
-        self.next(rc)
+        if rc != ffi::SQLITE_OK {
+            return check(self.db, rc, &format!("bind column {index}"));
+        }
+        self.bound[slot] = value;
+        Ok(())
     }
 }
