@@ -555,6 +555,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A new SQLite file gets 16 KiB pages; a file made with another page
+    /// size keeps it, and the audit writer's own connection works on either.
+    #[tokio::test]
+    async fn new_sqlite_files_get_16k_pages_and_old_ones_keep_theirs() {
+        let dir = std::env::temp_dir().join(format!("squad-pages-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join("old.db");
+        {
+            use sqlx::ConnectOptions;
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&old).create_if_missing(true);
+            let mut conn = options.page_size(4096).connect().await.unwrap();
+            sqlx::query("CREATE TABLE t (x)").execute(&mut conn).await.unwrap();
+        }
+        for (file, pages) in [(dir.join("new.db"), 16 * 1024), (old, 4096)] {
+            let url = format!("sqlite://{}", file.display());
+            let store = Store::open(&crate::config::DatabaseConfig { url, ..Default::default() }).unwrap();
+            store.migrate().await.unwrap();
+            let super::super::Db::Sqlite(pool) = &store.db else { unreachable!("a sqlite URL") };
+            let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(pool).await.unwrap();
+            assert_eq!(size, pages, "{}", file.display());
+            let rows: Vec<AuditRecord> =
+                (0..40).map(|i| crate::store::writer::tests::record(&format!("{i:02}"))).collect();
+            assert_eq!(store.insert_audit(&rows).await.unwrap(), 40);
+            assert_eq!(store.audit_page(i64::MIN, i64::MAX, None, 100).await.unwrap().len(), 40);
+            store.close().await;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// Both halves of the lookup by request id go through an index on
     /// SQLite: the primary key's, and the partial request-id index (which
     /// SQLite uses only when the query repeats its condition).

@@ -25,6 +25,9 @@ pub use audit::{AuditRecord, GroupBy, UsageRow};
 pub use keys::{ApiKey, KeyCache, KeyCheck, NewKey};
 pub use writer::{AuditLog, Draft};
 
+/// The page size of a new SQLite file.
+const SQLITE_PAGE_SIZE: u32 = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -119,6 +122,13 @@ impl Store {
                 // With WAL, NORMAL survives a process crash (not a power cut);
                 // the audit journal covers the window either way.
                 .synchronous(SqliteSynchronous::Normal)
+                // For a new file (an existing one keeps its own): SQLite
+                // writes each page to the WAL, and again at checkpoint, in
+                // system calls of its own, and 16 KiB pages took a tenth off
+                // the audit writer's CPU per record at saturation (4 KiB: 3.1
+                // µs, 16 KiB: 2.8 µs; 64 KiB saved no more, and a commit
+                // rewrites the last, partly filled page of each b-tree whole).
+                .page_size(SQLITE_PAGE_SIZE)
                 .busy_timeout(config.connect_timeout);
             sqlite_file = Some((options.get_filename().to_owned(), config.connect_timeout));
             Db::Sqlite(
