@@ -84,15 +84,21 @@ load() { # name port extra-args...
   oha --no-tui --output-format json -m POST -T application/json -d "$BODY" "$@" \
       "http://127.0.0.1:$port/v1/chat/completions" > "$OUT/$name.json"
 }
-# CPU time (clock ticks) of a variant's Squad, and for postgres of every
-# PostgreSQL server process too: "squad db".
+# CPU time (clock ticks) of a variant's Squad, of its serving threads
+# (squad-core-N) alone, and for postgres of every PostgreSQL server process
+# too: "squad serving db". The rest of Squad's time is its background
+# threads': the audit writer's above all.
 cpu_ticks() {
-  local squad db=0
-  squad=$(awk '{print $14 + $15}' "/proc/$(cat "$OUT/$1/pid")/stat")
+  local pid squad serving db=0
+  pid=$(cat "$OUT/$1/pid")
+  squad=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  serving=$(for t in /proc/"$pid"/task/*; do
+    case $(cat "$t/comm" 2>/dev/null) in squad-core-*) awk '{print $14 + $15}' "$t/stat" 2>/dev/null ;; esac
+  done | awk '{s += $1} END {print s + 0}')
   if [ "$1" = postgres ]; then
     db=$(for p in $(pgrep -x postgres 2>/dev/null); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done | awk '{s += $1} END {print s + 0}')
   fi
-  echo "$squad $db"
+  echo "$squad $serving $db"
 }
 echo "warming up…" >&2
 for v in "${VARIANTS[@]}"; do load "warm-$v" "$(port_of "$v")" -z 2s -c 16; done
@@ -127,9 +133,10 @@ def load(name):
     ok = sum(v for k, v in codes.items() if k.startswith("2")); total = sum(codes.values()) or 1
     r = {"rps": s["requestsPerSec"], "p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "ok": ok / total * 100, "n": total}
     try:
-        b_squad, b_db, a_squad, a_db = map(float, open(f"{out}/{name}.cpu").read().split())
+        b_squad, b_serving, b_db, a_squad, a_serving, a_db = map(float, open(f"{out}/{name}.cpu").read().split())
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         r["cpu"] = (a_squad - b_squad) * tick_us / total
+        r["serving"] = (a_serving - b_serving) * tick_us / total
         r["dbcpu"] = (a_db - b_db) * tick_us / total
     except OSError:
         pass
@@ -139,14 +146,15 @@ def avg(prefix, v, key, n):
 def losses(v):
     return [100 * (1 - load(f"sat-{v}-{r}")["rps"] / load(f"sat-off-{r}")["rps"]) for r in range(1, sat_rounds + 1)]
 print(f"\n== Audit overhead ({rate} req/s fixed rate: mean of {rounds} rounds; saturation: {sat_rounds} alternating rounds)")
-print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'added p50':>10} {'sat req/s':>10} {'loss':>7} {'median':>7} {'min..max':>14} {'squad µs/req':>13} {'db µs/req':>10}")
+print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'added p50':>10} {'sat req/s':>10} {'loss':>7} {'median':>7} {'min..max':>14} {'squad µs/req':>13} {'serving':>8} {'other':>6} {'db µs/req':>10}")
 base_p50, base_rps = avg("rate", "off", "p50", rounds), avg("sat", "off", "rps", sat_rounds)
 for v in variants:
     p50, p99, ok = avg("rate", v, "p50", rounds), avg("rate", v, "p99", rounds), avg("rate", v, "ok", rounds)
     rps, cpu, db = avg("sat", v, "rps", sat_rounds), avg("sat", v, "cpu", sat_rounds), avg("sat", v, "dbcpu", sat_rounds)
+    serving = avg("sat", v, "serving", sat_rounds)
     l = losses(v)
     print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {p50 - base_p50:>+10.3f} {rps:>10.0f} {100 * (1 - rps / base_rps):>6.1f}% "
-          f"{statistics.median(l):>6.1f}% {min(l):>6.1f}..{max(l):<6.1f} {cpu:>13.1f} {db:>10.1f}")
+          f"{statistics.median(l):>6.1f}% {min(l):>6.1f}..{max(l):<6.1f} {cpu:>13.1f} {serving:>8.1f} {cpu - serving:>6.1f} {db:>10.1f}")
 print("saturation per round (req/s, Squad µs/req):")
 for v in variants:
     runs = [load(f"sat-{v}-{r}") for r in range(1, sat_rounds + 1)]
@@ -156,7 +164,8 @@ try:
 except OSError:
     pass
 print("loss: of the mean req/s; median, min..max: of each round's loss against audit off in that round")
-print("squad µs/req: Squad's CPU time per request at saturation; db µs/req: PostgreSQL's")
+print("squad µs/req: Squad's CPU time per request at saturation: serving threads, other threads (the audit")
+print("writer's above all); db µs/req: every PostgreSQL server process's, the bench database's and the rest")
 print("targets: added p50 <= 0.1 ms, throughput loss <= 10%")
 PY
 if [ -n "$PG_DB" ]; then
