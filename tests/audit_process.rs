@@ -75,6 +75,49 @@ async fn sigkill_under_load_loses_no_answered_request() {
     assert_eq!(journal, 0, "a clean shutdown leaves an empty journal");
 }
 
+/// Every audit stage counter counts every record, with both serving threads
+/// appending: N concurrent requests, then `/metrics` shows N journaled, N
+/// queued and N written (the writer counts the first two in bulk, at most a
+/// batch late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_stage_counters_count_every_record() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let dir = temp_dir();
+    let (mut child, url) = serve(&dir, &fake.url());
+    let client = reqwest::Client::new();
+    let n = 41;
+    let requests = (0..n).map(|_| {
+        client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    });
+    for resp in futures::future::join_all(requests).await {
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+    let stage = |metrics: &str, stage: &str| -> u64 {
+        let label = format!("stage=\"{stage}\"");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("squad_audit_records_total{") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+        if stage(&metrics, "written") >= n || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for name in ["journaled", "queued", "written"] {
+        assert_eq!(stage(&metrics, name), n, "{name}: {metrics}");
+    }
+    assert_eq!(stage(&metrics, "replayed"), 0);
+    support::process::stop(&mut child);
+}
+
 /// A response's `x-request-id` finds its audit rows: `squad audit export
 /// --request-id`. An id Squad made is the row's own id too; an id a client
 /// chose may repeat (and may even be one Squad made for another request),

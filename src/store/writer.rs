@@ -143,10 +143,8 @@ impl AuditLog {
             return self.allowed(AuditUnavailable);
         }
         let seq = match self.journal.append(frame.bytes()) {
-            Ok(seq) => {
-                metrics::audit_journaled();
-                Some(seq)
-            }
+            // Counted by the writer, in bulk (`count_taken`).
+            Ok(seq) => Some(seq),
             Err(e) => {
                 tracing::error!(request_id = %record.request_id, error = %e, "audit journal write failed");
                 metrics::audit_failure("journal");
@@ -164,8 +162,8 @@ impl AuditLog {
             }
         }
         match self.tx.try_send(Queued { seq, frame }) {
+            // Counted as queued when the writer takes it (`count_taken`).
             Ok(()) => {
-                metrics::audit_queued();
                 // Half the queue when that is less than a batch, so a small
                 // queue does not overflow into the journal while the writer lingers.
                 let ring_at = self.batch_size.min(self.tx.max_capacity() / 2).max(1);
@@ -236,12 +234,16 @@ impl AuditLog {
                 () = self.stop.cancelled() => break,
                 // Before the queue: under steady load the queue is never
                 // empty, and replay must still get its turn.
-                _ = tick.tick() => self.replay().await,
+                _ = tick.tick() => {
+                    self.count_taken(0);
+                    self.replay().await;
+                }
                 n = rx.recv_many(&mut batch, self.batch_size) => {
                     if n == 0 {
                         break;
                     }
                     self.fill(&mut rx, &mut batch).await;
+                    self.count_taken(batch.len());
                     self.write(&mut batch).await;
                     self.prepare_spare();
                 }
@@ -250,9 +252,27 @@ impl AuditLog {
         // Shutdown: what is queued is written, or stays in the journal.
         rx.close();
         while rx.recv_many(&mut batch, self.batch_size).await > 0 {
+            self.count_taken(batch.len());
             self.write(&mut batch).await;
         }
+        self.count_taken(0);
         self.replay().await;
+    }
+
+    /// Counts records journaled since the last count, and `queued` records
+    /// the writer just took from the queue. Counted here rather than in
+    /// `submit`: shared counters bumped there for every request passed their
+    /// cache lines between the serving threads. `/metrics` shows both at
+    /// most a batch (`flush_interval`, or `replay_interval` while the queue
+    /// is full) late.
+    fn count_taken(&self, queued: usize) {
+        let journaled = self.journal.take_appended();
+        if journaled > 0 {
+            metrics::audit_records("journaled", journaled);
+        }
+        if queued > 0 {
+            metrics::audit_records("queued", queued as u64);
+        }
     }
 
     /// Has the journal's next segment made ready on a blocking thread, when

@@ -225,16 +225,6 @@ fn status_label(status: u16) -> &'static str {
 /// An audit record reached a stage: `journaled`, `queued`, `written`, `replayed`.
 /// Once per request each: the counter is looked up once (after `install`,
 /// which runs before any request is served).
-pub fn audit_journaled() {
-    static HANDLE: OnceLock<Counter> = OnceLock::new();
-    HANDLE.get_or_init(|| counter!(AUDIT_RECORDS, "stage" => "journaled")).increment(1);
-}
-
-pub fn audit_queued() {
-    static HANDLE: OnceLock<Counter> = OnceLock::new();
-    HANDLE.get_or_init(|| counter!(AUDIT_RECORDS, "stage" => "queued")).increment(1);
-}
-
 pub fn audit_records(stage: &'static str, n: u64) {
     counter!(AUDIT_RECORDS, "stage" => stage).increment(n);
 }
