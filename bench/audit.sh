@@ -124,7 +124,7 @@ sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
 python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "${VARIANTS[@]}" <<'PY'
-import json, os, statistics, sys
+import json, os, random, statistics, sys
 out, rate, rounds, sat_rounds, variants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 def load(name):
     d = json.load(open(f"{out}/{name}.json"))
@@ -143,10 +143,16 @@ def load(name):
     return r
 def avg(prefix, v, key, n):
     return sum(load(f"{prefix}-{v}-{r}")[key] for r in range(1, n + 1)) / n
+def median_ci(xs, resamples=4000):
+    # 95% interval of the median by bootstrap (resampling the rounds), seeded
+    # so that the same rounds always print the same interval.
+    rng = random.Random(5)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 def losses(v):
     return [100 * (1 - load(f"sat-{v}-{r}")["rps"] / load(f"sat-off-{r}")["rps"]) for r in range(1, sat_rounds + 1)]
 print(f"\n== Audit overhead ({rate} req/s fixed rate: mean of {rounds} rounds; saturation: {sat_rounds} alternating rounds)")
-print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'added p50':>10} {'sat req/s':>10} {'loss':>7} {'median':>7} {'min..max':>14} {'squad µs/req':>13} {'serving':>8} {'other':>6} {'db µs/req':>10}")
+print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'added p50':>10} {'sat req/s':>10} {'loss':>7} {'median':>7} {'95% CI':>13} {'min..max':>14} {'squad µs/req':>13} {'serving':>8} {'other':>6} {'db µs/req':>10}")
 base_p50, base_rps = avg("rate", "off", "p50", rounds), avg("sat", "off", "rps", sat_rounds)
 for v in variants:
     p50, p99, ok = avg("rate", v, "p50", rounds), avg("rate", v, "p99", rounds), avg("rate", v, "ok", rounds)
@@ -154,7 +160,7 @@ for v in variants:
     serving = avg("sat", v, "serving", sat_rounds)
     l = losses(v)
     print(f"{v:<10} {p50:>8.3f} {p99:>8.3f} {ok:>7.2f} {p50 - base_p50:>+10.3f} {rps:>10.0f} {100 * (1 - rps / base_rps):>6.1f}% "
-          f"{statistics.median(l):>6.1f}% {min(l):>6.1f}..{max(l):<6.1f} {cpu:>13.1f} {serving:>8.1f} {cpu - serving:>6.1f} {db:>10.1f}")
+          f"{statistics.median(l):>6.1f}% {'%.1f..%.1f' % median_ci(l):>13} {min(l):>6.1f}..{max(l):<6.1f} {cpu:>13.1f} {serving:>8.1f} {cpu - serving:>6.1f} {db:>10.1f}")
 print("saturation per round (req/s, Squad µs/req):")
 for v in variants:
     runs = [load(f"sat-{v}-{r}") for r in range(1, sat_rounds + 1)]
@@ -163,7 +169,8 @@ try:
     print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
 except OSError:
     pass
-print("loss: of the mean req/s; median, min..max: of each round's loss against audit off in that round")
+print("loss: of the mean req/s; median, min..max: of each round's loss against audit off in that round;")
+print("95% CI: of that median, by bootstrap over the rounds (more rounds, a narrower interval)")
 print("squad µs/req: Squad's CPU time per request at saturation: serving threads, other threads (the audit")
 print("writer's above all); db µs/req: every PostgreSQL server process's, the bench database's and the rest")
 print("targets: added p50 <= 0.1 ms, throughput loss <= 10%")
