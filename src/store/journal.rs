@@ -707,9 +707,8 @@ impl Journal {
     }
 
     /// Records appended since the last call. Counted under the lock an
-    /// append holds anyway, and read in bulk by the audit writer: a shared
-    /// metrics counter bumped on every append was one more cache line passed
-    /// between the serving threads for each request.
+    /// append holds anyway, and read in bulk by the audit writer (see
+    /// `AuditLog::count_taken`).
     pub fn take_appended(&self) -> u64 {
         std::mem::take(&mut self.lock().appended)
     }

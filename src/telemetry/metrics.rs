@@ -222,9 +222,8 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// An audit record reached a stage: `journaled`, `queued`, `written`, `replayed`.
-/// Once per request each: the counter is looked up once (after `install`,
-/// which runs before any request is served).
+/// `n` audit records reached a stage: `journaled`, `queued`, `written`,
+/// `replayed`. Called by the audit writer, once per batch.
 pub fn audit_records(stage: &'static str, n: u64) {
     counter!(AUDIT_RECORDS, "stage" => stage).increment(n);
 }
