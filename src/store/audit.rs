@@ -355,10 +355,10 @@ impl AuditRecord {
 }
 
 /// Whether `bytes` holds a zero byte: eight bytes at a time, with no branch
-/// per chunk (a NUL is rare, so the whole text is read anyway), which the
-/// compiler turns into vector code. `contains(&0)` went byte by byte through
-/// the unaligned ends of each of a record's dozen short texts: about a
-/// thousand instructions a record.
+/// per chunk (a NUL is rare, so the whole text is read anyway). Against
+/// `contains(&0)`, which went byte by byte through the unaligned ends of each
+/// of a record's dozen short texts, `scrub_nul` went from about 950 to 820
+/// instructions a record (callgrind); the rest is the walk over the texts.
 fn has_nul(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
