@@ -222,8 +222,10 @@ fn insert_rows<'r>(db: NonNull<ffi::sqlite3>, s: &Statements, rows: &[RecordRef<
 /// statement's parameters hold (from its last step in this batch): a
 /// parameter that already holds its value is left alone. Most columns repeat
 /// from row to row (NULLs, method, route, status, provider, model…), and a
-/// bind costs about a hundred instructions against a dozen for the comparison
-/// (`Binder::row` says which columns are worth comparing).
+/// bind cost SQLite over a hundred instructions, more than the comparison
+/// (`Binder::row` says which columns are worth comparing). Measured with
+/// callgrind: SQLite's bind functions went from about 3.1k to 1.0k
+/// instructions a row, the binder's own work from 0.8k to 1.4k.
 fn step<'r>(
     db: NonNull<ffi::sqlite3>,
     statement: &Statement,
