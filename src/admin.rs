@@ -126,10 +126,7 @@ pub async fn audit(path: Option<PathBuf>, command: AuditCommand) -> ExitCode {
                 Some(id) => Ok(Rows::Request(id)),
                 None => between(since.as_deref(), until.as_deref()),
             };
-            match rows {
-                Ok(rows) => export(&store, rows, format, out).await,
-                Err(e) => Err(e),
-            }
+            async { export(&store, rows?, format, out).await }.await
         }
     };
     result.map(|()| ExitCode::SUCCESS).unwrap_or_else(|e| fail(&e))

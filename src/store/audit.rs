@@ -364,13 +364,12 @@ fn has_nul(bytes: &[u8]) -> bool {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // Nonzero exactly when some byte of `w` is zero.
     let zero_byte = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    let found = chunks.fold(0, |acc, c| acc | zero_byte(u64::from_le_bytes(c.try_into().unwrap_or([1; 8]))));
+    let (chunks, tail) = bytes.as_chunks::<8>();
+    let found = chunks.iter().fold(0, |acc, &c| acc | zero_byte(u64::from_le_bytes(c)));
     found != 0 || tail.contains(&0)
 }
 
-/// `Store::audit_by_request`'s query.
+/// `Store::audit_by_request_page`'s query.
 static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM audit_log WHERE id = $1 AND request_id = $2 \
@@ -456,6 +455,13 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A new directory for a test's SQLite files.
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("squad-{name}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     proptest::proptest! {
         #[test]
         fn the_nul_search_agrees_with_a_plain_one(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
@@ -480,8 +486,7 @@ mod tests {
     #[test]
     fn sqlite_rows_read_back_as_written_whatever_repeats_between_them() {
         use proptest::prelude::*;
-        let dir = std::env::temp_dir().join(format!("squad-binds-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("binds");
         let url = format!("sqlite://{}", dir.join("binds.db").display());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _entered = rt.enter();
@@ -559,8 +564,7 @@ mod tests {
     /// size keeps it, and the audit writer's own connection works on either.
     #[tokio::test]
     async fn new_sqlite_files_get_16k_pages_and_old_ones_keep_theirs() {
-        let dir = std::env::temp_dir().join(format!("squad-pages-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("pages");
         let old = dir.join("old.db");
         {
             use sqlx::ConnectOptions;
@@ -589,8 +593,7 @@ mod tests {
     /// SQLite uses only when the query repeats its condition).
     #[tokio::test]
     async fn sqlite_finds_a_request_through_two_indexes_without_a_scan() {
-        let dir = std::env::temp_dir().join(format!("squad-plan-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("plan");
         let url = format!("sqlite://{}", dir.join("plan.db").display());
         let store = Store::open(&crate::config::DatabaseConfig { url, ..Default::default() }).unwrap();
         store.migrate().await.unwrap();

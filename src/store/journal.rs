@@ -301,8 +301,8 @@ fn too_large() -> io::Error {
 /// wrote, every text from a `&str` at the offset this reads it from, so its
 /// texts are not checked for UTF-8 again; a payload read from disk is.
 fn decode<const FROM_ENCODE: bool>(payload: &[u8]) -> Option<RecordRef<'_>> {
-    struct Cursor<'a, const TRUSTED: bool>(&'a [u8]);
-    impl<'a, const TRUSTED: bool> Cursor<'a, TRUSTED> {
+    struct Cursor<'a, const FROM_ENCODE: bool>(&'a [u8]);
+    impl<'a, const FROM_ENCODE: bool> Cursor<'a, FROM_ENCODE> {
         fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
             let (head, rest) = self.0.split_first_chunk::<N>()?;
             self.0 = rest;
@@ -331,7 +331,7 @@ fn decode<const FROM_ENCODE: bool>(payload: &[u8]) -> Option<RecordRef<'_>> {
             }
             let (bytes, rest) = self.0.split_at_checked(len as usize)?;
             self.0 = rest;
-            if TRUSTED {
+            if FROM_ENCODE {
                 // SAFETY: a `Frame`'s bytes are `encode`'s output, which no
                 // one else can write: this cursor visits its fields in the
                 // order `encode` wrote them, so `bytes` is exactly one of the
