@@ -203,15 +203,17 @@ async fn store_suite(url: &str) {
     assert_eq!(store.audit_count().await.unwrap(), 2500 + 2 + 16);
     assert_eq!(store.audit_by_request("req-m15").await.unwrap(), vec![fresh(15)]);
 
-    // By request id: a row whose id is its request id (Squad made it) and
-    // rows whose request id a client chose, even one equal to such an id.
-    let own = AuditRecord { request_id: "own-1".into(), ..record("own-1", "groq", (1, 1), None, now - 20) };
-    let reused = AuditRecord { request_id: "own-1".into(), ..record("reuse-1", "groq", (1, 1), None, now - 10) };
+    // By request id: a row whose id is its request id (Squad made it: a
+    // UUIDv7 of the row's time) and rows whose request id a client chose,
+    // even one equal to such an id.
+    let own_id = uuid::Builder::from_unix_timestamp_millis((now - 20) as u64, &[7; 10]).into_uuid().to_string();
+    let own = AuditRecord { request_id: own_id.clone(), ..record(&own_id, "groq", (1, 1), None, now - 20) };
+    let reused = AuditRecord { request_id: own_id.clone(), ..record("reuse-1", "groq", (1, 1), None, now - 10) };
     let twice = [("dup-a", now - 5), ("dup-b", now - 4)]
         .map(|(id, ts)| AuditRecord { request_id: "dup".into(), ..record(id, "groq", (1, 1), None, ts) });
     store.insert_audit(&[reused.clone(), own.clone()]).await.unwrap();
     store.insert_audit(&twice).await.unwrap();
-    assert_eq!(store.audit_by_request("own-1").await.unwrap(), vec![own, reused], "both, oldest first");
+    assert_eq!(store.audit_by_request(&own_id).await.unwrap(), vec![own, reused], "both, oldest first");
     assert_eq!(store.audit_by_request("dup").await.unwrap(), twice.to_vec());
     assert_eq!(store.audit_by_request("reuse-1").await.unwrap(), vec![], "a record id alone is not a request id");
 
@@ -261,10 +263,11 @@ async fn a_nan_in_a_sqlite_batch_fails_it_loudly() {
 }
 
 /// The SQLite insert is `INSERT OR IGNORE`, which skips a row that breaks
-/// any constraint, not only a duplicate id: the table must have no other
-/// (a CHECK, a UNIQUE or a foreign key would make rows vanish silently).
+/// any constraint, not only a duplicate: the table must have no other than
+/// its unique `(ts_ms, id)` (a CHECK, another UNIQUE or a foreign key would
+/// make rows vanish silently).
 #[tokio::test]
-async fn the_sqlite_audit_table_has_no_constraint_but_the_id() {
+async fn the_sqlite_audit_table_has_no_constraint_but_time_and_id() {
     let url = sqlite_url(&temp_dir());
     open(&url).migrate().await.unwrap();
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
@@ -274,16 +277,63 @@ async fn the_sqlite_audit_table_has_no_constraint_but_the_id() {
             .await
             .unwrap();
     let upper = table.to_uppercase();
-    for word in ["CHECK", "UNIQUE", "REFERENCES"] {
+    for word in ["CHECK", "UNIQUE", "REFERENCES", "PRIMARY KEY"] {
         assert!(!upper.contains(word), "audit_log has a {word} constraint: {table}");
     }
-    let unique: Vec<(String, String)> =
-        sqlx::query_as("SELECT name, origin FROM pragma_index_list('audit_log') WHERE \"unique\" = 1")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(unique.len(), 1, "{unique:?}");
-    assert_eq!(unique[0].1, "pk", "the only unique index is the primary key's: {unique:?}");
+    let unique: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_index_list('audit_log') WHERE \"unique\" = 1")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(unique, vec![("audit_log_time".to_owned(),)], "one unique index");
+    let columns: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_index_info('audit_log_time') ORDER BY seqno")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(columns, vec![("ts_ms".to_owned(),), ("id".to_owned(),)]);
+}
+
+/// Migration 0004 rebuilds an existing SQLite audit table (its primary key
+/// cannot be dropped in place): every row survives as it was, a replay of
+/// them adds nothing, and rows written before a record's time was its id's
+/// time are still found by request id.
+#[tokio::test]
+async fn an_old_sqlite_audit_table_is_rebuilt_with_every_row() {
+    let url = sqlite_url(&temp_dir());
+    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc")).await.unwrap();
+    let all = sqlx::migrate!("./migrations/sqlite");
+    let before = all.iter().filter(|m| m.version < 4).cloned().collect();
+    sqlx::migrate::Migrator::with_migrations(before).run(&pool).await.unwrap();
+    pool.close().await;
+
+    let v7 = |ms: u64, n: u8| uuid::Builder::from_unix_timestamp_millis(ms, &[n; 10]).into_uuid().to_string();
+    let ms = 1_780_000_000_000_u64;
+    // Squad made the request id; the record's clock read came 3 ms later.
+    let mut squads = record(&v7(ms, 1), "groq", (1, 2), Some(0.1), ms as i64 + 3);
+    squads.request_id = squads.id.clone();
+    // A client's request id, used twice.
+    let mut first = record(&v7(ms + 10, 2), "groq", (1, 2), None, ms as i64 + 10);
+    first.request_id = "client-1".into();
+    let mut second = record(&v7(ms + 20, 3), "gemini", (3, 4), None, ms as i64 + 20);
+    second.request_id = "client-1".into();
+    let rows = vec![squads.clone(), first.clone(), second.clone()];
+    let store = open(&url);
+    assert_eq!(store.insert_audit(&rows).await.unwrap(), 3);
+    store.close().await;
+
+    let store = open(&url);
+    store.migrate().await.unwrap();
+    assert_eq!(store.audit_page(i64::MIN, i64::MAX, None, 10).await.unwrap(), rows, "every row, as it was");
+    assert_eq!(store.insert_audit(&rows).await.unwrap(), 0, "a replay adds nothing");
+    assert_eq!(store.audit_by_request(&squads.id).await.unwrap(), vec![squads.clone()]);
+    assert_eq!(store.audit_by_request("client-1").await.unwrap(), vec![first, second]);
+    // Beyond the slack, an id's time no longer finds the row.
+    let mut far = squads;
+    far.id = v7(ms + 100_000, 4);
+    far.request_id = far.id.clone();
+    far.ts_ms = ms as i64 + 100_000 + 1_001;
+    assert_eq!(store.insert_audit(std::slice::from_ref(&far)).await.unwrap(), 1);
+    assert!(store.audit_by_request(&far.id).await.unwrap().is_empty());
+    store.close().await;
 }
 
 #[tokio::test]

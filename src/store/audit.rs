@@ -8,9 +8,12 @@ use super::{Store, StoreError, on_db};
 /// One API request, as kept in `audit_log` and in the journal (one JSON line).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AuditRecord {
-    /// Squad's own id for the record (UUIDv7): inserts are idempotent on it.
+    /// Squad's own id for the record (UUIDv7): inserts are idempotent on it
+    /// (on PostgreSQL its primary key; on SQLite the unique `(ts_ms, id)`,
+    /// the same for a replayed record, which keeps its time).
     pub id: String,
     pub request_id: String,
+    /// When the request arrived: the time of `id`, in Unix milliseconds.
     pub ts_ms: i64,
     pub key_id: Option<String>,
     pub client_addr: Option<String>,
@@ -185,9 +188,10 @@ pub struct UsageRow {
 }
 
 impl Store {
-    /// Inserts `rows` in one transaction; rows already present (same `id`)
-    /// are skipped, so replaying a journal twice changes nothing. Returns the
-    /// number of new rows.
+    /// Inserts `rows` in one transaction; rows already present (same `id`,
+    /// and on SQLite the same `ts_ms`, as a replayed record has) are skipped,
+    /// so replaying a journal twice changes nothing. Returns the number of
+    /// new rows.
     pub async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<u64, StoreError> {
         // Records from the writer are scrubbed at submit; these (replay,
         // tools) may not be.
@@ -259,10 +263,14 @@ impl Store {
 
     /// Records with this request id (clients may reuse ids), oldest first,
     /// at most `limit` after the row `after` (as `audit_page` pages). Two
-    /// lookups, each through an index: a row whose request id Squad made has
-    /// it as its id too (the primary key); the others are in the partial
-    /// index `audit_log_request`, in page order (its condition is repeated
-    /// word for word, so that SQLite sees the query may use it).
+    /// lookups, each through an index. A row whose request id Squad made
+    /// has it as its id too: a UUIDv7, whose time is the row's `ts_ms`, so
+    /// it is sought at that time (SQLite's only unique index is on
+    /// `(ts_ms, id)`), give or take `ID_TIME_SLACK_MS` for rows written
+    /// before the time was taken from the id. A request id that is no
+    /// UUIDv7 was the client's, and only the second lookup can find it: the
+    /// partial index `audit_log_request`, in page order (its condition is
+    /// repeated word for word, so that SQLite sees the query may use it).
     pub async fn audit_by_request_page(
         &self,
         request_id: &str,
@@ -270,7 +278,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let (after_ts, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        // An empty range when the id has no time: no such row.
+        let (from, to) =
+            super::uuid7_ms(request_id).map_or((0, -1), |ms| (ms - ID_TIME_SLACK_MS, ms + ID_TIME_SLACK_MS));
         on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(BY_REQUEST.as_str()))
+            .bind(from)
+            .bind(to)
             .bind(request_id)
             .bind(request_id)
             .bind(after_ts)
@@ -369,14 +382,19 @@ fn has_nul(bytes: &[u8]) -> bool {
     found != 0 || tail.contains(&0)
 }
 
+/// How far a row's `ts_ms` may be from its id's time and still be found by
+/// id. Squad takes a record's time from its id since migration 0004; before,
+/// it read the clock again a few microseconds after making the id.
+const ID_TIME_SLACK_MS: i64 = 1_000;
+
 /// `Store::audit_by_request_page`'s query.
 static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE id = $1 AND request_id = $2 \
-         AND (ts_ms > $3 OR (ts_ms = $4 AND id > $5)) \
-         UNION ALL SELECT {COLUMNS} FROM audit_log WHERE request_id = $6 AND request_id <> id \
-         AND (ts_ms > $7 OR (ts_ms = $8 AND id > $9)) \
-         ORDER BY ts_ms, id LIMIT $10"
+        "SELECT {COLUMNS} FROM audit_log WHERE ts_ms >= $1 AND ts_ms <= $2 AND id = $3 AND request_id = $4 \
+         AND (ts_ms > $5 OR (ts_ms = $6 AND id > $7)) \
+         UNION ALL SELECT {COLUMNS} FROM audit_log WHERE request_id = $8 AND request_id <> id \
+         AND (ts_ms > $9 OR (ts_ms = $10 AND id > $11)) \
+         ORDER BY ts_ms, id LIMIT $12"
     )
 });
 
@@ -589,8 +607,9 @@ mod tests {
     }
 
     /// Both halves of the lookup by request id go through an index on
-    /// SQLite: the primary key's, and the partial request-id index (which
-    /// SQLite uses only when the query repeats its condition).
+    /// SQLite: the time-and-id index (a range of times, then the id within
+    /// it), and the partial request-id index (which SQLite uses only when the
+    /// query repeats its condition).
     #[tokio::test]
     async fn sqlite_finds_a_request_through_two_indexes_without_a_scan() {
         let dir = temp_dir("plan");
@@ -600,6 +619,8 @@ mod tests {
         let super::super::Db::Sqlite(pool) = &store.db else { unreachable!("a sqlite URL") };
         let plan: Vec<(i64, i64, i64, String)> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", *BY_REQUEST)))
+                .bind(0_i64)
+                .bind(2000_i64)
                 .bind("r")
                 .bind("r")
                 .bind(0_i64)
@@ -614,7 +635,7 @@ mod tests {
                 .await
                 .unwrap();
         let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
-        assert!(steps.iter().any(|s| s.contains("USING INDEX sqlite_autoindex_audit_log_1 (id=?)")), "{steps:?}");
+        assert!(steps.iter().any(|s| s.contains("USING INDEX audit_log_time (ts_ms>? AND ts_ms<?)")), "{steps:?}");
         assert!(steps.iter().any(|s| s.contains("USING INDEX audit_log_request (request_id=?")), "{steps:?}");
         assert!(!steps.iter().any(|s| s.contains("TEMP B-TREE")), "rows come in page order, unsorted: {steps:?}");
         assert!(!steps.iter().any(|s| s.starts_with("SCAN audit_log")), "no full scan: {steps:?}");

@@ -230,6 +230,32 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// The time of a UUIDv7 in its canonical text form (what Squad makes for
+/// request and record ids): Unix milliseconds. `None` for any other text.
+/// A record's `ts_ms` is its id's time, so a row is found by id alone
+/// through the `(ts_ms, id)` index.
+pub fn uuid7_ms(id: &str) -> Option<i64> {
+    let b = id.as_bytes();
+    if b.len() != 36 || b[14] != b'7' || !matches!(b[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B') {
+        return None;
+    }
+    let mut ms = 0_i64;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let digit = (c as char).to_digit(16)?;
+        // The first twelve digits (before the second hyphen) are the time.
+        if i < 13 {
+            ms = ms << 4 | i64::from(digit);
+        }
+    }
+    Some(ms)
+}
+
 /// `2026-11-29`, `2026-11-29T10:00:00Z` or a Unix time in seconds → Unix milliseconds.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let s = s.trim();
@@ -272,5 +298,58 @@ mod tests {
         assert_eq!(parse_time("5").unwrap(), 5000);
         assert!(parse_time("yesterday").is_err());
         assert_eq!(format_time(1000), "1970-01-01T00:00:01.000Z");
+    }
+
+    proptest::proptest! {
+        /// The time the uuid crate put in, for any millisecond a UUIDv7 can
+        /// hold, whatever its random bits, in either case.
+        #[test]
+        fn a_uuid7_gives_back_its_time(ms in 0..(1_u64 << 48), rand in proptest::prelude::any::<[u8; 10]>()) {
+            let id = uuid::Builder::from_unix_timestamp_millis(ms, &rand).into_uuid();
+            let text = id.hyphenated().to_string();
+            proptest::prop_assert_eq!(uuid7_ms(&text), Some(ms as i64));
+            proptest::prop_assert_eq!(uuid7_ms(&text.to_uppercase()), Some(ms as i64));
+        }
+
+        /// A UUIDv7's text with one character changed has a time exactly
+        /// when the uuid crate still reads it as a UUIDv7 of the RFC's variant.
+        #[test]
+        fn a_changed_character_is_judged_as_the_uuid_crate_judges_it(
+            ms in 0..(1_u64 << 48),
+            rand in proptest::prelude::any::<[u8; 10]>(),
+            at in 0..36_usize,
+            to in proptest::sample::select(b"0123456789abcdefABCDEFgz-{ ".to_vec()),
+        ) {
+            let mut text = uuid::Builder::from_unix_timestamp_millis(ms, &rand).into_uuid().to_string().into_bytes();
+            text[at] = to;
+            let text = String::from_utf8(text).unwrap();
+            let v7 = uuid::Uuid::try_parse(&text)
+                .is_ok_and(|u| u.get_version_num() == 7 && u.get_variant() == uuid::Variant::RFC4122);
+            proptest::prop_assert_eq!(uuid7_ms(&text).is_some(), v7, "{}", text);
+            if v7 {
+                let parsed = uuid::Uuid::try_parse(&text).unwrap();
+                let (secs, nanos) = parsed.get_timestamp().unwrap().to_unix();
+                proptest::prop_assert_eq!(uuid7_ms(&text), Some((secs * 1000 + u64::from(nanos) / 1_000_000) as i64));
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_canonical_uuid7_has_a_time() {
+        let v7 = uuid::Uuid::now_v7();
+        let ms = uuid7_ms(&v7.to_string()).unwrap();
+        assert!((now_ms() - ms).abs() < 5_000, "{ms}");
+        assert_eq!(uuid7_ms(&uuid::Uuid::new_v4().to_string()), None, "a v4");
+        assert_eq!(uuid7_ms(&v7.simple().to_string()), None, "no hyphens");
+        assert_eq!(uuid7_ms(&v7.braced().to_string()), None, "braced");
+        assert_eq!(uuid7_ms("req-1"), None);
+        // Version 7, but an other variant (the 19th character).
+        let mut text = v7.to_string().into_bytes();
+        text[19] = b'c';
+        assert_eq!(uuid7_ms(std::str::from_utf8(&text).unwrap()), None);
+        // A non-hex digit in the time.
+        text[19] = b'8';
+        text[0] = b'g';
+        assert_eq!(uuid7_ms(std::str::from_utf8(&text).unwrap()), None);
     }
 }

@@ -514,10 +514,13 @@ impl Draft {
         } else {
             uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
         };
+        // The id's time: when the request arrived (or, for a fresh id, now),
+        // and what a lookup by id seeks.
+        let ts_ms = super::uuid7_ms(&id).unwrap_or_else(super::now_ms);
         let record = AuditRecord {
             id,
             request_id: start.request_id,
-            ts_ms: super::now_ms(),
+            ts_ms,
             client_addr: start.client_addr,
             method: start.method,
             route: start.route,
