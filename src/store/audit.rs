@@ -401,7 +401,7 @@ impl Cursor {
 /// seeks to; only rows of that one millisecond are read and skipped. With
 /// the cursor as `ts_ms > t OR (ts_ms = t AND id > i)` alone, each page read
 /// the index from `since` up to its cursor: an export of n rows read about
-/// n²/2000 index entries (four million rows took over ten minutes).
+/// n²/2000 index entries (four million rows had not finished in ten minutes).
 static PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM audit_log WHERE ts_ms >= $1 AND ts_ms < $2 AND (ts_ms > $3 OR id > $4) \
@@ -742,8 +742,8 @@ mod tests {
                 .chain([id(), Ok(c.after_ts), Ok(c.after_ts), Err(c.after_id), Ok(100)])
                 .collect()
         }
-        let cases: [(&str, &str, fn(&AuditRecord) -> Vec<Result<i64, String>>); 2] =
-            [("export", &PAGE, export), ("by request", &BY_REQUEST, by_request)];
+        type Params = fn(&AuditRecord) -> Vec<Result<i64, String>>;
+        let cases: [(&str, &str, Params); 2] = [("export", &PAGE, export), ("by request", &BY_REQUEST, by_request)];
         for (what, sql, params) in cases {
             let (early_rows, early) = page_steps(&file, sql, &params(&rows[1_001]));
             let (late_rows, late) = page_steps(&file, sql, &params(&rows[19_001]));
