@@ -158,6 +158,8 @@ async fn a_request_is_found_by_the_id_its_response_carried() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows.iter().all(|r| r["request_id"] == made.as_str()), "{rows:?}");
     assert_eq!(rows[0]["id"], made.as_str(), "the first request's row has the id Squad made as its own");
+    let made_time = squad::store::format_time(squad::store::uuid7_ms(&made).unwrap());
+    assert_eq!(rows[0]["time"], made_time.as_str(), "its time is the id's");
     assert_ne!(rows[1]["id"], made.as_str(), "the client's reuse has an id of its own");
     let rows = rows_of("client-7");
     assert_eq!(rows.len(), 2, "{rows:?}");

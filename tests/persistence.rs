@@ -415,6 +415,7 @@ async fn every_request_leaves_exactly_one_audit_row() {
             assert_eq!(r.status, i64::from(*status), "{id}");
             assert!(r.latency_ms > 0.0 && r.overhead_ms >= 0.0 && r.upstream_ms <= r.latency_ms + 0.001, "{r:?}");
             assert_eq!(r.client_addr.as_deref(), Some("127.0.0.1"));
+            assert_eq!(squad::store::uuid7_ms(&r.id), Some(r.ts_ms), "a record's time is its id's: {r:?}");
             let n: usize = id.trim_start_matches("load-").parse().unwrap();
             match n % 4 {
                 0 => {

@@ -27,7 +27,7 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
     let request_id = req.extensions().get::<RequestId>();
     let start = DraftStart {
         request_id: request_id.map(|r| r.id.clone()).unwrap_or_default(),
-        request_id_unique: request_id.is_some_and(|r| r.generated),
+        request_id_time: request_id.and_then(|r| r.generated),
         method: req.method().as_str().to_owned(),
         route: req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default(),
         client_addr: req

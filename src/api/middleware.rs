@@ -18,12 +18,12 @@ use crate::telemetry::metrics;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request id of the current request, for handlers. `generated`: Squad
-/// made it (a UUIDv7, unique), because the client sent none that was well
-/// formed; a client's own id may repeat.
+/// made it (a UUIDv7, unique, of this Unix millisecond), because the client
+/// sent none that was well formed; a client's own id may repeat.
 #[derive(Debug, Clone)]
 pub struct RequestId {
     pub id: String,
-    pub generated: bool,
+    pub generated: Option<i64>,
 }
 
 /// Who is asking, for per-client budgets: `key:<id>` for an API key (with its
@@ -177,8 +177,13 @@ impl Drop for Finish {
 pub async fn request_context(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let client_id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| well_formed(v));
-    let generated = client_id.is_none();
-    let id = client_id.map(str::to_owned).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let (id, generated) = match client_id {
+        Some(id) => (id.to_owned(), None),
+        None => {
+            let id = uuid::Uuid::now_v7();
+            (id.to_string(), Some(crate::store::uuid7_time(&id)))
+        }
+    };
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let method = method_label(req.method());

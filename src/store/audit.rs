@@ -245,10 +245,10 @@ impl Store {
         after: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let Cursor { from, to: _, after_ts, after_id } = Cursor::new((since, until), after);
+        let Cursor { from, to, after_ts, after_id } = Cursor::new((since, until), after);
         on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(PAGE.as_str()))
             .bind(from)
-            .bind(until)
+            .bind(to)
             .bind(after_ts)
             .bind(after_id.as_str())
             .bind(limit)

@@ -256,6 +256,13 @@ pub fn uuid7_ms(id: &str) -> Option<i64> {
     Some(ms)
 }
 
+/// The time of a UUIDv7 Squad has just made (as `uuid7_ms` reads it from
+/// its text): its first 48 bits, Unix milliseconds.
+pub fn uuid7_time(id: &uuid::Uuid) -> i64 {
+    let b = id.as_bytes();
+    i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
 /// `2026-11-29`, `2026-11-29T10:00:00Z` or a Unix time in seconds → Unix milliseconds.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let s = s.trim();
@@ -309,6 +316,7 @@ mod tests {
             let text = id.hyphenated().to_string();
             proptest::prop_assert_eq!(uuid7_ms(&text), Some(ms as i64));
             proptest::prop_assert_eq!(uuid7_ms(&text.to_uppercase()), Some(ms as i64));
+            proptest::prop_assert_eq!(uuid7_time(&id), ms as i64);
         }
 
         /// A UUIDv7's text with one character changed has a time exactly

@@ -497,11 +497,11 @@ struct DraftInner {
 
 pub struct DraftStart {
     pub request_id: String,
-    /// Squad made the request id, so no other request has it: the record
-    /// takes it as its own id too (one id to look a request up by; and the
-    /// request-id index, which holds only rows whose two ids differ, is not
-    /// written).
-    pub request_id_unique: bool,
+    /// Squad made the request id (a UUIDv7 of this millisecond), so no other
+    /// request has it: the record takes it as its own id too (one id to look
+    /// a request up by; and the request-id index, which holds only rows whose
+    /// two ids differ, is not written).
+    pub request_id_time: Option<i64>,
     pub method: String,
     pub route: String,
     pub client_addr: Option<String>,
@@ -509,14 +509,16 @@ pub struct DraftStart {
 
 impl Draft {
     pub fn new(log: Arc<AuditLog>, start: DraftStart, started: Instant) -> Self {
-        let id = if start.request_id_unique && !start.request_id.is_empty() {
-            start.request_id.clone()
-        } else {
-            uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+        // The record's time is its id's: when the request arrived (or, for a
+        // fresh id, now), and what a lookup by id seeks. Taken from the UUID
+        // itself: reading it back from the text cost 800 instructions.
+        let (id, ts_ms) = match start.request_id_time {
+            Some(ms) if !start.request_id.is_empty() => (start.request_id.clone(), ms),
+            _ => {
+                let id = uuid::Uuid::now_v7();
+                (id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned(), super::uuid7_time(&id))
+            }
         };
-        // The id's time: when the request arrived (or, for a fresh id, now),
-        // and what a lookup by id seeks.
-        let ts_ms = super::uuid7_ms(&id).unwrap_or_else(super::now_ms);
         let record = AuditRecord {
             id,
             request_id: start.request_id,
