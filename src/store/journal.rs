@@ -223,6 +223,36 @@ impl Frame {
     }
 }
 
+/// The bytes `encode` makes of `record`, or at most 8 more (a cost it
+/// does not have).
+pub fn frame_len(record: &AuditRecord) -> usize {
+    // Header, format, a length for each of the 16 texts, the time, status
+    // and token counts, four reals with their presence bytes, two flags.
+    const FIXED: usize = HEADER + 1 + 16 * 4 + 8 + 8 + 2 * 8 + 4 * 9 + 2;
+    let texts: usize = [&record.id, &record.request_id, &record.method, &record.route, &record.attempts]
+        .into_iter()
+        .map(String::len)
+        .chain(
+            [
+                &record.key_id,
+                &record.client_addr,
+                &record.agent,
+                &record.user_id,
+                &record.conversation_id,
+                &record.error_kind,
+                &record.provider,
+                &record.model,
+                &record.prompt,
+                &record.response,
+                &record.metadata,
+            ]
+            .into_iter()
+            .map(|t| t.as_ref().map_or(0, String::len)),
+        )
+        .sum();
+    FIXED + texts
+}
+
 /// `record` as one journal frame, in `out` (replacing what it held). Fails
 /// only for a record over 4 GiB, which the body limit rules out; `out` is
 /// then left empty.
@@ -768,6 +798,22 @@ mod tests {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         for len in [0, 1, 7, 8, 9, 63, 64, 65, 1000] {
             assert_eq!(checksum(&data[..len]), CRC.checksum(&data[..len]), "length {len}");
+        }
+    }
+
+    /// The capacity `submit` gives a frame fits it exactly, or with the 8
+    /// bytes of an absent cost to spare: encoding never regrows it.
+    #[test]
+    fn frame_len_is_what_encode_makes() {
+        let full = full();
+        let mut no_cost = full.clone();
+        no_cost.cost_usd = None;
+        for (r, spare) in [(&full, 0), (&no_cost, 8), (&crate::store::writer::tests::record("sparse"), 8)] {
+            let mut frame = Frame::with_capacity(frame_len(r));
+            let capacity = frame.0.capacity();
+            encode(r, &mut frame).unwrap();
+            assert_eq!(frame_len(r), frame.bytes().len() + spare, "{}", r.id);
+            assert_eq!(frame.0.capacity(), capacity, "{}: the frame grew", r.id);
         }
     }
 
