@@ -12,14 +12,26 @@
 #      round's loss is against audit off in the same round, and the median
 #      of those is reported beside the loss of the means: on a shared machine
 #      single rounds spread by several percent either way.
+#   3. paired (--paired-rounds rounds of --paired-duration s): each audited
+#      variant loaded at the same time as auditing off (32 connections each),
+#      so that a change in the machine's speed reaches both alike; what the
+#      variant's Squad (and PostgreSQL) spent in CPU per request is compared
+#      with auditing off's in the same round. (All three at once put so many
+#      busy threads on two CPUs that PostgreSQL's processes spent 3.5 times
+#      their CPU per request of the saturation rounds.) The difference is far steadier than throughput
+#      between rounds (about ±0.5 µs/req over 12 rounds, A/A, against several
+#      percent for saturation), and it gives an implied loss: the same share
+#      of Squad's CPU at saturation, as part of the whole machine's CPU per
+#      request then (two cores, the load generator and upstream included).
 # Targets (issue 5): <= 10% throughput loss and <= 0.1 ms added p50.
 # Needs oha (`cargo install oha --locked`). Load goes to 127.0.0.1 only.
 #
 # Usage: bench/audit.sh [--rate 1000] [--duration 10] [--rounds 2] [--sat-duration 5] [--sat-rounds 8]
+#                       [--paired-duration 6] [--paired-rounds 12]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64 ROUNDS=2 SAT_DURATION=5 SAT_ROUNDS=8
+RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64 ROUNDS=2 SAT_DURATION=5 SAT_ROUNDS=8 PAIRED_DURATION=6 PAIRED_ROUNDS=12
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
@@ -27,6 +39,8 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --sat-duration) SAT_DURATION=$2; shift 2 ;;
     --sat-rounds) SAT_ROUNDS=$2; shift 2 ;;
+    --paired-duration) PAIRED_DURATION=$2; shift 2 ;;
+    --paired-rounds) PAIRED_ROUNDS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -120,12 +134,28 @@ for round in $(seq 1 "$SAT_ROUNDS"); do
     echo "$before $(cpu_ticks "$v")" > "$OUT/sat-$v-$round.cpu"
   done
 done
+for round in $(seq 1 "$PAIRED_ROUNDS"); do
+  for v in "${VARIANTS[@]:1}"; do
+    echo "paired round $round: off and $v at once…" >&2
+    sleep 1  # the last round's audit batches written
+    for w in off "$v"; do cpu_ticks "$w" > "$OUT/pair-$v-$w-$round.before"; done
+    # Started in turn first, so that neither always gets its load first.
+    order=(off "$v"); [ $((round % 2)) -eq 0 ] && order=("$v" off)
+    loads=()
+    for w in "${order[@]}"; do
+      load "pair-$v-$w-$round" "$(port_of "$w")" -z "${PAIRED_DURATION}s" -c 32 & loads+=($!)
+    done
+    wait "${loads[@]}"
+    for w in off "$v"; do echo "$(cat "$OUT/pair-$v-$w-$round.before") $(cpu_ticks "$w")" > "$OUT/pair-$v-$w-$round.cpu"; done
+  done
+done
 sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
-python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "${VARIANTS[@]}" <<'PY'
+python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "$PAIRED_ROUNDS" "${VARIANTS[@]}" <<'PY'
 import json, os, random, statistics, sys
-out, rate, rounds, sat_rounds, variants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+out, rate, rounds, sat_rounds, paired_rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+variants = sys.argv[6:]
 def load(name):
     d = json.load(open(f"{out}/{name}.json"))
     s, p = d["summary"], d["latencyPercentiles"]
@@ -165,6 +195,29 @@ print("saturation per round (req/s, Squad µs/req):")
 for v in variants:
     runs = [load(f"sat-{v}-{r}") for r in range(1, sat_rounds + 1)]
     print(f"  {v:<10} " + "  ".join(f"{x['rps']:.0f} ({x['cpu']:.1f})" for x in runs))
+if paired_rounds > 1:
+    # Squad's CPU per request, plus PostgreSQL's processes' for postgres.
+    spent = lambda x: x["cpu"] + x["dbcpu"]
+    se = lambda xs: statistics.stdev(xs) / len(xs) ** 0.5
+    ncpu = os.cpu_count() or 1
+    off_squad = avg("sat", "off", "cpu", sat_rounds)
+    machine = ncpu * 1e6 / base_rps  # the whole machine's CPU µs per request at saturation, auditing off
+    print(f"\n== Paired ({paired_rounds} rounds of each variant loaded at once with auditing off; CPU per request against off's in the same round)")
+    print(f"{'variant':<10} {'req/s':>7} {'µs/req':>7} {'added µs/req':>14} {'of it db':>9} {'added share':>13} {'implied loss':>13}")
+    for v in variants[1:]:
+        runs = [(load(f"pair-{v}-off-{r}"), load(f"pair-{v}-{v}-{r}")) for r in range(1, paired_rounds + 1)]
+        rps = statistics.mean(b["rps"] for _, b in runs)
+        added = [spent(b) - spent(a) for a, b in runs]
+        share = [100 * (spent(b) / spent(a) - 1) for a, b in runs]
+        # The same share of Squad's CPU at saturation (auditing off), as part
+        # of what a request cost the whole machine then.
+        extra = statistics.mean(share) / 100 * off_squad
+        implied = 100 * extra / (machine + extra)
+        db = statistics.mean(b["dbcpu"] for _, b in runs)
+        print(f"{v:<10} {rps:>7.0f} {statistics.mean(spent(b) for _, b in runs):>7.1f} "
+              f"{statistics.mean(added):>+8.2f} ±{se(added):<4.2f} {db:>9.2f} {statistics.mean(share):>+7.1f}% ±{se(share):<3.1f} {implied:>12.1f}%")
+    print(f"added: mean ± standard error over the rounds (of it db: PostgreSQL's processes); implied loss: the added share of Squad's {off_squad:.1f} µs/req")
+    print(f"at saturation, against the machine's {machine:.1f} µs/req then ({ncpu} CPUs at {base_rps:.0f} req/s, auditing off)")
 try:
     print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
 except OSError:
