@@ -18,7 +18,11 @@
 #      variant's Squad (and PostgreSQL) spent in CPU per request is compared
 #      with auditing off's in the same round. (All three at once put so many
 #      busy threads on two CPUs that PostgreSQL's processes spent 3.5 times
-#      their CPU per request of the saturation rounds.) The difference is far steadier than throughput
+#      their CPU per request of the saturation rounds.) For PostgreSQL even a
+#      pair reads high: its processes' CPU includes work paced by time, not
+#      by requests (checkpoints, WAL writer, autovacuum of the growing
+#      table), here shared by about half the requests of a saturation round;
+#      its figure in the saturation rounds is the one to compare. The difference is far steadier than throughput
 #      between rounds (about ±0.5 µs/req over 12 rounds, A/A, against several
 #      percent for saturation), and it gives an implied loss: the same share
 #      of Squad's CPU at saturation, as part of the whole machine's CPU per
