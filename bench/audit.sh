@@ -16,17 +16,19 @@
 #      variant loaded at the same time as auditing off (32 connections each),
 #      so that a change in the machine's speed reaches both alike; what the
 #      variant's Squad (and PostgreSQL) spent in CPU per request is compared
-#      with auditing off's in the same round. (All three at once put so many
-#      busy threads on two CPUs that PostgreSQL's processes spent 3.5 times
-#      their CPU per request of the saturation rounds.) For PostgreSQL even a
-#      pair reads high: its processes' CPU includes work paced by time, not
-#      by requests (checkpoints, WAL writer, autovacuum of the growing
-#      table), here shared by about half the requests of a saturation round;
-#      its figure in the saturation rounds is the one to compare. The difference is far steadier than throughput
-#      between rounds (about ±0.5 µs/req over 12 rounds, A/A, against several
-#      percent for saturation), and it gives an implied loss: the same share
-#      of Squad's CPU at saturation, as part of the whole machine's CPU per
-#      request then (two cores, the load generator and upstream included).
+#      with auditing off's in the same round. The difference is far steadier
+#      than throughput between rounds (about ±0.5 µs/req standard error over
+#      12 rounds, against several percent for saturation), and it gives an
+#      implied loss: the same share of Squad's CPU at saturation, as part of
+#      the whole machine's CPU per request then (two cores, the load
+#      generator and upstream included). Pairs, not all variants at once:
+#      three at once put so many busy threads on two CPUs that PostgreSQL's
+#      processes spent 3.5 times their CPU per request of the saturation
+#      rounds. Even a pair reads high for PostgreSQL: its processes' CPU
+#      includes work paced by time, not by requests (checkpoints, WAL writer,
+#      autovacuum of the growing table), here shared by about half the
+#      requests of a saturation round; its saturation figures are the ones
+#      to compare.
 # Targets (issue 5): <= 10% throughput loss and <= 0.1 ms added p50.
 # Needs oha (`cargo install oha --locked`). Load goes to 127.0.0.1 only.
 #
