@@ -201,6 +201,8 @@ print("saturation per round (req/s, Squad µs/req):")
 for v in variants:
     runs = [load(f"sat-{v}-{r}") for r in range(1, sat_rounds + 1)]
     print(f"  {v:<10} " + "  ".join(f"{x['rps']:.0f} ({x['cpu']:.1f})" for x in runs))
+if paired_rounds == 1:
+    print("\n(paired phase: one round gives no standard error; use --paired-rounds 2 or more)")
 if paired_rounds > 1:
     # Squad's CPU per request, plus PostgreSQL's processes' for postgres.
     spent = lambda x: x["cpu"] + x["dbcpu"]

@@ -351,12 +351,18 @@ impl AuditRecord {
     /// Replaces U+0000 with U+FFFD: PostgreSQL refuses it in text, and one
     /// refused row would fail its whole batch, again at every replay. Done to
     /// every record before it is journaled, so both dialects keep the same text.
-    pub fn scrub_nul(&mut self) {
+    /// Returns the bytes of text the record then holds (what its journal
+    /// frame needs besides its fixed fields: `journal::frame_len`), counted
+    /// on this walk over its texts rather than on a second one.
+    pub fn scrub_nul(&mut self) -> usize {
+        let mut bytes = 0;
         for t in self.texts_mut() {
             if has_nul(t.as_bytes()) {
                 *t = t.replace('\0', "\u{fffd}");
             }
+            bytes += t.len();
         }
+        bytes
     }
 }
 

@@ -223,34 +223,13 @@ impl Frame {
     }
 }
 
-/// The bytes `encode` makes of `record`, or at most 8 more (a cost it
-/// does not have).
-pub fn frame_len(record: &AuditRecord) -> usize {
+/// The bytes `encode` makes of a record holding `text_bytes` of text (as
+/// `AuditRecord::scrub_nul` counts them), or 8 more when it has no cost.
+pub fn frame_len(text_bytes: usize) -> usize {
     // Header, format, a length for each of the 16 texts, the time, status
     // and token counts, four reals with their presence bytes, two flags.
     const FIXED: usize = HEADER + 1 + 16 * 4 + 8 + 8 + 2 * 8 + 4 * 9 + 2;
-    let texts: usize = [&record.id, &record.request_id, &record.method, &record.route, &record.attempts]
-        .into_iter()
-        .map(String::len)
-        .chain(
-            [
-                &record.key_id,
-                &record.client_addr,
-                &record.agent,
-                &record.user_id,
-                &record.conversation_id,
-                &record.error_kind,
-                &record.provider,
-                &record.model,
-                &record.prompt,
-                &record.response,
-                &record.metadata,
-            ]
-            .into_iter()
-            .map(|t| t.as_ref().map_or(0, String::len)),
-        )
-        .sum();
-    FIXED + texts
+    FIXED + text_bytes
 }
 
 /// `record` as one journal frame, in `out` (replacing what it held). Fails
@@ -809,10 +788,11 @@ mod tests {
         let mut no_cost = full.clone();
         no_cost.cost_usd = None;
         for (r, spare) in [(&full, 0), (&no_cost, 8), (&crate::store::writer::tests::record("sparse"), 8)] {
-            let mut frame = Frame::with_capacity(frame_len(r));
+            let len = frame_len(r.clone().scrub_nul());
+            let mut frame = Frame::with_capacity(len);
             let capacity = frame.0.capacity();
             encode(r, &mut frame).unwrap();
-            assert_eq!(frame_len(r), frame.bytes().len() + spare, "{}", r.id);
+            assert_eq!(len, frame.bytes().len() + spare, "{}", r.id);
             assert_eq!(frame.0.capacity(), capacity, "{}: the frame grew", r.id);
         }
     }

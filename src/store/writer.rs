@@ -134,10 +134,10 @@ impl AuditLog {
     /// Journal, then queue. `Err` only when the journal failed and the policy
     /// is `reject`; every other failure is logged and counted.
     pub fn submit(&self, mut record: AuditRecord) -> Result<(), AuditUnavailable> {
-        record.scrub_nul();
+        let text_bytes = record.scrub_nul();
         // Sized to the record, so encoding does not regrow the buffer and a
         // queue of frames takes no more memory (and cache) than it must.
-        let mut frame = super::journal::Frame::with_capacity(super::journal::frame_len(&record));
+        let mut frame = super::journal::Frame::with_capacity(super::journal::frame_len(text_bytes));
         if let Err(e) = super::journal::encode(&record, &mut frame) {
             tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
             metrics::audit_failure("encode");
