@@ -8,6 +8,8 @@
 # 127.0.0.1 only. Needs valgrind and oha (`cargo install oha --locked`).
 #
 # Usage: bench/instructions.sh [--requests 2000]
+# CALLGRIND_OPTS adds options to callgrind's (say `--cache-sim=yes`, for
+# cache misses per function beside the instructions).
 # The annotated profiles stay in the printed directory (callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +54,7 @@ providers:
   groq: { base_url: "http://127.0.0.1:$UP_PORT/openai/v1" }
 YAML
   # `exec`: $! must be valgrind itself, for callgrind_control and the SIGINT.
-  (cd "$dir" && GROQ_API_KEY=bench-key exec valgrind --tool=callgrind --instr-atstart=no \
+  (cd "$dir" && GROQ_API_KEY=bench-key exec valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --instr-atstart=no \
     --callgrind-out-file="$dir/callgrind.out" "$BIN" serve --config "$dir/squad.yaml" >/dev/null 2>"$dir/valgrind.log") &
   local vg=$!
   wait_port "$SQ_PORT"

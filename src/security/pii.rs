@@ -166,7 +166,21 @@ impl Detector {
 
     /// Every PII match in `text`, sorted, non-overlapping.
     pub fn find(&self, text: &str) -> Vec<Found> {
+        if self.cannot_match(text) {
+            return Vec::new();
+        }
         self.find_where(text, |_| true)
+    }
+
+    /// Whether no detector can match anywhere in `text`: no user pattern,
+    /// no run long enough for a secret, nothing a built-in detector starts
+    /// from. The same tests `find_where` makes before each search, made
+    /// first: a clean text (most of them) costs two quick passes and
+    /// little code, where `find_where`'s whole path cost a clean prompt
+    /// and response over 40 instruction-cache misses a request (callgrind).
+    pub fn cannot_match(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        self.patterns.is_empty() && !may_match(bytes) && !has_token_run(bytes)
     }
 
     /// The matches of the types `keep` accepts. Other types do not compete
@@ -988,6 +1002,19 @@ mod tests {
                 longest = longest.max(current);
             }
             prop_assert_eq!(has_token_run(text.as_bytes()), longest >= 16, "{:?}", text);
+        }
+
+        /// `find`'s early answer for a text nothing can match is the full
+        /// search's: over printable ASCII with PII and secret-shaped pieces
+        /// mixed in, whenever `cannot_match` says so, `find_where` finds nothing.
+        #[test]
+        fn a_text_that_cannot_match_has_no_matches(
+            text in "( ana@example.com | 4111 1111 1111 1111 |sk-[a-z0-9]{16}|::1|[ -~]){0,40}"
+        ) {
+            let detector = Detector::new();
+            let full = detector.find_where(&text, |_| true);
+            prop_assert!(!detector.cannot_match(&text) || full.is_empty(), "{text:?}: {full:?}");
+            prop_assert_eq!(detector.find(&text), full);
         }
 
         #[test]

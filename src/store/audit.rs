@@ -350,19 +350,14 @@ impl AuditRecord {
 
     /// Replaces U+0000 with U+FFFD: PostgreSQL refuses it in text, and one
     /// refused row would fail its whole batch, again at every replay. Done to
-    /// every record before it is journaled, so both dialects keep the same text.
-    /// Returns the bytes of text the record then holds (what its journal
-    /// frame needs besides its fixed fields: `journal::frame_len`), counted
-    /// on this walk over its texts rather than on a second one.
-    pub fn scrub_nul(&mut self) -> usize {
-        let mut bytes = 0;
+    /// every record before it is journaled (`journal::encode` does it when
+    /// it meets a NUL), so both dialects keep the same text.
+    pub fn scrub_nul(&mut self) {
         for t in self.texts_mut() {
             if has_nul(t.as_bytes()) {
                 *t = t.replace('\0', "\u{fffd}");
             }
-            bytes += t.len();
         }
-        bytes
     }
 }
 
@@ -371,7 +366,7 @@ impl AuditRecord {
 /// `contains(&0)`, which went byte by byte through the unaligned ends of each
 /// of a record's dozen short texts, `scrub_nul` went from about 950 to 820
 /// instructions a record (callgrind); the rest is the walk over the texts.
-fn has_nul(bytes: &[u8]) -> bool {
+pub(super) fn has_nul(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // Nonzero exactly when some byte of `w` is zero.

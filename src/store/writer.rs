@@ -134,11 +134,10 @@ impl AuditLog {
     /// Journal, then queue. `Err` only when the journal failed and the policy
     /// is `reject`; every other failure is logged and counted.
     pub fn submit(&self, mut record: AuditRecord) -> Result<(), AuditUnavailable> {
-        let text_bytes = record.scrub_nul();
         // Sized to the record, so encoding does not regrow the buffer and a
         // queue of frames takes no more memory (and cache) than it must.
-        let mut frame = super::journal::Frame::with_capacity(super::journal::frame_len(text_bytes));
-        if let Err(e) = super::journal::encode(&record, &mut frame) {
+        let mut frame = super::journal::Frame::with_capacity(super::journal::frame_len(&record));
+        if let Err(e) = super::journal::encode(&mut record, &mut frame) {
             tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
             metrics::audit_failure("encode");
             return self.allowed(AuditUnavailable);
@@ -157,7 +156,7 @@ impl AuditLog {
             // The client gets a 503: the row says so.
             record.status = 503;
             record.error_kind = Some("audit_unavailable".into());
-            if super::journal::encode(&record, &mut frame).is_err() {
+            if super::journal::encode(&mut record, &mut frame).is_err() {
                 self.keep_unjournaled(record);
                 return Err(AuditUnavailable);
             }
