@@ -446,6 +446,7 @@ async fn every_request_leaves_exactly_one_audit_row() {
                 _ => {
                     assert_eq!(r.status, 404);
                     assert_eq!(r.error_kind.as_deref(), Some("model_not_found"));
+                    assert_eq!(r.attempts, "[]", "no provider was tried");
                 }
             }
         }

@@ -526,7 +526,10 @@ impl Draft {
             client_addr: start.client_addr,
             method: start.method,
             route: start.route,
-            attempts: "[]".into(),
+            // Filled in by the handler (`note_served`) or the error; a
+            // request that made no attempt gets `[]` at submit, so that a
+            // served one allocates no placeholder.
+            attempts: String::new(),
             ..AuditRecord::default()
         };
         let inner =
@@ -584,6 +587,9 @@ impl DraftInner {
         r.overhead_ms = (r.latency_ms - r.upstream_ms).max(0.0);
         if r.tokens_in > 0 || r.tokens_out > 0 {
             r.cost_usd = self.log.cost(r.provider.as_deref(), r.model.as_deref(), r.tokens_in, r.tokens_out);
+        }
+        if r.attempts.is_empty() {
+            r.attempts.push_str("[]");
         }
         r.prompt = self.log.content(self.prompt.take());
         r.response = self.log.content(self.response.take());
