@@ -179,7 +179,7 @@ impl Detector {
     /// little code. For the benchmark's clean prompt and response, `find`
     /// went from 1,250 instructions and 42 simulated instruction-cache
     /// misses a request to 1,080 and 31 (`bench/instructions.sh`).
-    pub fn cannot_match(&self, text: &str) -> bool {
+    fn cannot_match(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
         self.patterns.is_empty() && !may_match(bytes) && !has_token_run(bytes)
     }

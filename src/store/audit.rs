@@ -364,8 +364,9 @@ impl AuditRecord {
 /// Whether `bytes` holds a zero byte: eight bytes at a time, with no branch
 /// per chunk (a NUL is rare, so the whole text is read anyway). Against
 /// `contains(&0)`, which went byte by byte through the unaligned ends of each
-/// of a record's dozen short texts, `scrub_nul` went from about 950 to 820
-/// instructions a record (callgrind); the rest is the walk over the texts.
+/// of a record's dozen short texts, the check cost a record about 130
+/// instructions less (callgrind). Journal encoding runs it on each text it
+/// copies; `scrub_nul` on records that did not come through encoding.
 pub(super) fn has_nul(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;

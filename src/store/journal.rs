@@ -834,7 +834,9 @@ mod tests {
     /// bytes of an absent cost to spare: encoding never regrows it.
     #[test]
     fn frame_len_is_what_encode_makes() {
-        let full = full();
+        // Every text non-empty (`full`'s conversation id is empty), so a text
+        // `frame_len` left out would show.
+        let full = AuditRecord { conversation_id: Some("c-9".into()), ..full() };
         let mut no_cost = full.clone();
         no_cost.cost_usd = None;
         for (r, spare) in [(&full, 0), (&no_cost, 8), (&crate::store::writer::tests::record("sparse"), 8)] {
