@@ -292,48 +292,102 @@ async fn the_sqlite_audit_table_has_no_constraint_but_time_and_id() {
     assert_eq!(columns, vec![("ts_ms".to_owned(),), ("id".to_owned(),)]);
 }
 
-/// Migration 0004 rebuilds an existing SQLite audit table (its primary key
-/// cannot be dropped in place): every row survives as it was, a replay of
-/// them adds nothing, and rows written before a record's time was its id's
-/// time are still found by request id.
+/// The PostgreSQL audit table after migration 0004: no primary key, one
+/// unique index, on `(ts_ms, id)` (what `ON CONFLICT` names), and ids that
+/// compare bytewise, as SQLite's do.
 #[tokio::test]
-async fn an_old_sqlite_audit_table_is_rebuilt_with_every_row() {
-    let url = sqlite_url(&temp_dir());
-    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc")).await.unwrap();
-    let all = sqlx::migrate!("./migrations/sqlite");
-    let before = all.iter().filter(|m| m.version < 4).cloned().collect();
-    sqlx::migrate::Migrator::with_migrations(before).run(&pool).await.unwrap();
+async fn the_postgres_audit_table_has_one_unique_index_on_time_and_id() {
+    let Some(url) = pg_database("the_postgres_audit_table_has_one_unique_index_on_time_and_id").await else { return };
+    open(&url).migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let unique: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE i.indrelid = 'audit_log'::regclass AND i.indisunique",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unique.len(), 1, "one unique index: {unique:?}");
+    assert_eq!(unique[0].0, "audit_log_time");
+    assert!(unique[0].1.ends_with("USING btree (ts_ms, id)"), "{unique:?}");
+    let (keys,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM pg_constraint WHERE conrelid = 'audit_log'::regclass AND contype = 'p'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, 0, "no primary key");
+    let collations: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT column_name::text, collation_name::text FROM information_schema.columns \
+         WHERE table_name = 'audit_log' AND column_name IN ('id', 'request_id') ORDER BY column_name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(collations, vec![("id".into(), Some("C".into())), ("request_id".into(), Some("C".into()))]);
     pool.close().await;
+    drop_pg(&url).await;
+}
 
-    let v7 = |ms: u64, n: u8| uuid::Builder::from_unix_timestamp_millis(ms, &[n; 10]).into_uuid().to_string();
-    let ms = 1_780_000_000_000_u64;
-    // Squad made the request id; the record's clock read came 3 ms later.
-    let mut squads = record(&v7(ms, 1), "groq", (1, 2), Some(0.1), ms as i64 + 3);
-    squads.request_id = squads.id.clone();
-    // A client's request id, used twice.
-    let mut first = record(&v7(ms + 10, 2), "groq", (1, 2), None, ms as i64 + 10);
-    first.request_id = "client-1".into();
-    let mut second = record(&v7(ms + 20, 3), "gemini", (3, 4), None, ms as i64 + 20);
-    second.request_id = "client-1".into();
-    let rows = vec![squads.clone(), first.clone(), second.clone()];
-    let store = open(&url);
-    assert_eq!(store.insert_audit(&rows).await.unwrap(), 3);
-    store.close().await;
+/// Applies the dialect's migrations before 0004 to a new store at `url`.
+async fn migrate_before_0004(url: &str) {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let before = sqlx::migrate!("./migrations/postgres").iter().filter(|m| m.version < 4).cloned().collect();
+        sqlx::migrate::Migrator::with_migrations(before).run(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc")).await.unwrap();
+        let before = sqlx::migrate!("./migrations/sqlite").iter().filter(|m| m.version < 4).cloned().collect();
+        sqlx::migrate::Migrator::with_migrations(before).run(&pool).await.unwrap();
+        pool.close().await;
+    }
+}
 
-    let store = open(&url);
-    store.migrate().await.unwrap();
-    assert_eq!(store.audit_page(i64::MIN, i64::MAX, None, 10).await.unwrap(), rows, "every row, as it was");
-    assert_eq!(store.insert_audit(&rows).await.unwrap(), 0, "a replay adds nothing");
-    assert_eq!(store.audit_by_request(&squads.id).await.unwrap(), vec![squads.clone()]);
-    assert_eq!(store.audit_by_request("client-1").await.unwrap(), vec![first, second]);
-    // Beyond the slack, an id's time no longer finds the row.
-    let mut far = squads;
-    far.id = v7(ms + 100_000, 4);
-    far.request_id = far.id.clone();
-    far.ts_ms = ms as i64 + 100_000 + 1_001;
-    assert_eq!(store.insert_audit(std::slice::from_ref(&far)).await.unwrap(), 1);
-    assert!(store.audit_by_request(&far.id).await.unwrap().is_empty());
-    store.close().await;
+/// Migration 0004 trades an existing audit table's primary key and time
+/// index for one unique index on `(ts_ms, id)` (SQLite rebuilds the table,
+/// whose primary key cannot be dropped in place; PostgreSQL rebuilds only
+/// the indexes): every row survives as it was, a replay of them adds
+/// nothing, and rows written before a record's time was its id's time are
+/// still found by request id.
+#[tokio::test]
+async fn an_old_audit_table_keeps_every_row_through_migration_0004() {
+    for url in databases("an_old_audit_table_keeps_every_row_through_migration_0004").await {
+        migrate_before_0004(&url).await;
+
+        let v7 = |ms: u64, n: u8| uuid::Builder::from_unix_timestamp_millis(ms, &[n; 10]).into_uuid().to_string();
+        let ms = 1_780_000_000_000_u64;
+        // Squad made the request id; the record's clock read came 3 ms later.
+        let mut squads = record(&v7(ms, 1), "groq", (1, 2), Some(0.1), ms as i64 + 3);
+        squads.request_id = squads.id.clone();
+        // A client's request id, used twice.
+        let mut first = record(&v7(ms + 10, 2), "groq", (1, 2), None, ms as i64 + 10);
+        first.request_id = "client-1".into();
+        let mut second = record(&v7(ms + 20, 3), "gemini", (3, 4), None, ms as i64 + 20);
+        second.request_id = "client-1".into();
+        let rows = vec![squads.clone(), first.clone(), second.clone()];
+        let store = open(&url);
+        // Today's insert against yesterday's table (a Squad whose migration
+        // has not run yet): it writes, and skips a replay there too.
+        assert_eq!(store.insert_audit(&rows).await.unwrap(), 3, "{url}");
+        assert_eq!(store.insert_audit(&rows).await.unwrap(), 0, "a replay adds nothing before 0004: {url}");
+        store.close().await;
+
+        let store = open(&url);
+        store.migrate().await.unwrap();
+        assert_eq!(store.audit_page(i64::MIN, i64::MAX, None, 10).await.unwrap(), rows, "every row, as it was: {url}");
+        assert_eq!(store.insert_audit(&rows).await.unwrap(), 0, "a replay adds nothing: {url}");
+        assert_eq!(store.audit_by_request(&squads.id).await.unwrap(), vec![squads.clone()], "{url}");
+        assert_eq!(store.audit_by_request("client-1").await.unwrap(), vec![first, second], "{url}");
+        // Beyond the slack, an id's time no longer finds the row.
+        let mut far = squads;
+        far.id = v7(ms + 100_000, 4);
+        far.request_id = far.id.clone();
+        far.ts_ms = ms as i64 + 100_000 + 1_001;
+        assert_eq!(store.insert_audit(std::slice::from_ref(&far)).await.unwrap(), 1, "{url}");
+        assert!(store.audit_by_request(&far.id).await.unwrap().is_empty(), "{url}");
+        store.close().await;
+        drop_pg(&url).await;
+    }
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use super::{Store, StoreError, on_db};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct AuditRecord {
     /// Squad's own id for the record (UUIDv7): inserts are idempotent on it
-    /// (on PostgreSQL its primary key; on SQLite the unique `(ts_ms, id)`,
-    /// the same for a replayed record, which keeps its time).
+    /// (through the unique index on `(ts_ms, id)`, the same for a replayed
+    /// record, which keeps its time).
     pub id: String,
     pub request_id: String,
     /// When the request arrived: the time of `id`, in Unix milliseconds.
@@ -425,7 +425,10 @@ static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// One statement whatever the batch size: each column goes as one array
 /// parameter and `unnest` turns the arrays back into rows (26 parameters a
-/// row cost more than the insert itself).
+/// row cost more than the insert itself). `ON CONFLICT` names no index: the
+/// table's one unique index is on `(ts_ms, id)` since migration 0004, and
+/// on `id` before it, and the same statement skips a replayed row in both
+/// (so a Squad started before its migration has run still writes).
 async fn insert_postgres(pool: &sqlx::PgPool, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
     fn column<'r, T>(rows: &[RecordRef<'r>], f: impl Fn(&RecordRef<'r>) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
@@ -436,7 +439,7 @@ async fn insert_postgres(pool: &sqlx::PgPool, rows: &[RecordRef<'_>]) -> Result<
              $1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
              $9::text[], $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], \
              $17::int8[], $18::float8[], $19::float8[], $20::float8[], $21::float8[], $22::bool[], $23::bool[], \
-             $24::text[], $25::text[], $26::text[]) ON CONFLICT (id) DO NOTHING"
+             $24::text[], $25::text[], $26::text[]) ON CONFLICT DO NOTHING"
         )
     });
     let done = sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))

@@ -31,8 +31,8 @@ const ROWS_PER_STATEMENT: usize = 16;
 const PARAMS: usize = 26;
 
 /// The insert for `rows` rows, parameters numbered in `COLUMNS` order.
-/// `OR IGNORE` rather than `ON CONFLICT (id) DO NOTHING`: the same for this
-/// table (its only constraints are the id's uniqueness and NOT NULL on
+/// `OR IGNORE` rather than `ON CONFLICT DO NOTHING`: the same for this
+/// table (its only constraints are the uniqueness of `(ts_ms, id)` and NOT NULL on
 /// columns every record fills), and a statement that can no longer abort
 /// half-way needs no statement journal, which copied every page a
 /// statement touched (2.4k instructions a record).
