@@ -384,7 +384,7 @@ async fn demo_banner(addr: SocketAddr) {
          -d '{{\"model\":\"groq/openai/gpt-oss-120b\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n    \
          curl -sN {base}/v1/chat/completions -H 'content-type: application/json' \\\n      \
          -d '{{\"model\":\"deepseek/deepseek-flash\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'\n    \
-         curl -s {base}/v1/models    curl -s {base}/health    curl -s {base}/metrics\n\n  \
+         curl -s {base}/v1/models\n    curl -s {base}/health\n    curl -s {base}/metrics\n\n  \
          Simulate failures with a model name: groq/fault-503, groq/fault-429, groq/fault-cut\n"
     );
 }

@@ -234,6 +234,64 @@ fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, S
     panic!("squad serve did not start");
 }
 
+/// What a newcomer sees first (`serve --demo`, the README's first command):
+/// a round trip that went through the gateway to the simulated upstream, and
+/// commands to try, one to a line so that each can be pasted as it is, whose
+/// plain GETs answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_banner_shows_a_round_trip_and_one_runnable_command_a_line() {
+    let config = temp_config("server:\n  bind: 127.0.0.1\n  port: 0\n");
+    let mut cmd = squad();
+    cmd.args(["serve", "--demo", "--config"]).arg(&config);
+    // The banner goes to stderr, the JSON log to stdout.
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Killed however the test ends, so that a failed assertion leaves no server behind.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !banner.iter().any(|l: &String| l.contains("Simulate failures")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            banner.push(line);
+        }
+    }
+    let text = banner.join("\n");
+    assert!(text.contains("Simulate failures"), "no banner within 20 s:\n{text}");
+    assert!(
+        text.contains("Round trip just now: ") && text.contains(" answered: Hello from Squad's simulated upstream"),
+        "{text}"
+    );
+
+    let commands: Vec<&str> = banner.iter().map(|l| l.trim()).filter(|l| l.starts_with("curl ")).collect();
+    assert!(commands.len() >= 5, "{text}");
+    let mut fetched = 0;
+    for command in commands {
+        assert_eq!(command.matches("curl ").count(), 1, "one command a line: {command}");
+        let words: Vec<&str> = command.split_whitespace().collect();
+        if let ["curl", "-s", url] = words[..] {
+            let resp = reqwest::get(url).await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}");
+            fetched += 1;
+        }
+    }
+    assert_eq!(fetched, 3, "/v1/models, /health and /metrics:\n{text}");
+    sigterm(&child.0);
+    assert!(wait_exit(&mut child.0, Duration::from_secs(30)).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_sharing_redis_see_the_same_conversation() {
     let Ok(redis_url) = std::env::var("REDIS_URL") else {
