@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -210,15 +209,9 @@ fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, S
         cmd.env(k, v);
     }
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        // Keep draining even when nobody listens: a closed pipe would make
-        // squad's log writes fail.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    // Drained even when nobody listens: a closed pipe would make squad's log
+    // writes fail.
+    let rx = support::process::lines(child.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -254,13 +247,7 @@ async fn the_demo_banner_shows_a_round_trip_and_one_runnable_command_a_line() {
         }
     }
     let mut child = Killed(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = support::process::lines(child.0.stderr.take().unwrap());
     let mut banner = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && !banner.iter().any(|l: &String| l.contains("Simulate failures")) {

@@ -1,7 +1,7 @@
 //! The real binary: `squad …` in a temporary directory, `squad serve` started
 //! until it logs that it listens (its log lines kept), and the audit rows it wrote.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +19,19 @@ pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("squad-audit-proc-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The lines of `reader` (a child's stdout or stderr), read on a thread of
+/// their own until it closes: the child never blocks on a full pipe, whether
+/// or not anyone takes them.
+pub fn lines(reader: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 /// `squad serve` in `dir` (auth off), once it logs that it listens.
@@ -60,13 +73,7 @@ pub fn serve_yaml(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> (Child, Strin
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines(child.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
