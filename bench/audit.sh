@@ -33,11 +33,14 @@
 # Needs oha (`cargo install oha --locked`). Load goes to 127.0.0.1 only.
 #
 # Usage: bench/audit.sh [--rate 1000] [--duration 10] [--rounds 2] [--sat-duration 5] [--sat-rounds 8]
-#                       [--paired-duration 6] [--paired-rounds 12]
+#                       [--paired-duration 6] [--paired-rounds 12] [--audit-options 'batch_size: 256']
+# --audit-options: more `audit:` settings for the audited variants (YAML flow
+# mapping entries), to measure a setting against auditing off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RATE=1000 DURATION=10 CONNS=50 SAT_CONNS=64 ROUNDS=2 SAT_DURATION=5 SAT_ROUNDS=8 PAIRED_DURATION=6 PAIRED_ROUNDS=12
+AUDIT_ON="audit: { enabled: true }"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     --sat-rounds) SAT_ROUNDS=$2; shift 2 ;;
     --paired-duration) PAIRED_DURATION=$2; shift 2 ;;
     --paired-rounds) PAIRED_ROUNDS=$2; shift 2 ;;
+    --audit-options) AUDIT_ON="audit: { enabled: true, $2 }"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -83,14 +87,14 @@ YAML
 wait_port "$UP_PORT"
 VARIANTS=(off sqlite)
 start_squad off 18912 "audit: { enabled: false }"
-start_squad sqlite 18913 "audit: { enabled: true }
+start_squad sqlite 18913 "$AUDIT_ON
 database: { url: \"sqlite://squad.db\" }"
 PG_DB=""
 if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null; then
   PG_DB="squad_bench_$$"
   psql "$DATABASE_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
   PG_URL="${DATABASE_URL%/*}/$PG_DB"
-  start_squad postgres 18914 "audit: { enabled: true }
+  start_squad postgres 18914 "$AUDIT_ON
 database: { url: \"$PG_URL\" }"
   VARIANTS+=(postgres)
 else
@@ -158,7 +162,7 @@ done
 sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 
-python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "$PAIRED_ROUNDS" "${VARIANTS[@]}" <<'PY'
+AUDIT_ON=$AUDIT_ON python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "$PAIRED_ROUNDS" "${VARIANTS[@]}" <<'PY'
 import json, os, random, statistics, sys
 out, rate, rounds, sat_rounds, paired_rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 variants = sys.argv[6:]
@@ -187,7 +191,7 @@ def median_ci(xs, resamples=4000):
     return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
 def losses(v):
     return [100 * (1 - load(f"sat-{v}-{r}")["rps"] / load(f"sat-off-{r}")["rps"]) for r in range(1, sat_rounds + 1)]
-print(f"\n== Audit overhead ({rate} req/s fixed rate: mean of {rounds} rounds; saturation: {sat_rounds} alternating rounds)")
+print(f"\n== Audit overhead ({os.environ['AUDIT_ON']}; {rate} req/s fixed rate: mean of {rounds} rounds; saturation: {sat_rounds} alternating rounds)")
 print(f"{'variant':<10} {'p50 ms':>8} {'p99 ms':>8} {'ok %':>7} {'added p50':>10} {'sat req/s':>10} {'loss':>7} {'median':>7} {'95% CI':>13} {'min..max':>14} {'squad µs/req':>13} {'serving':>8} {'other':>6} {'db µs/req':>10}")
 base_p50, base_rps = avg("rate", "off", "p50", rounds), avg("sat", "off", "rps", sat_rounds)
 for v in variants:

@@ -155,7 +155,7 @@ pub struct AuditConfig {
     pub on_failure: AuditFailurePolicy,
     /// Rows older than this are deleted by a background job (0: keep forever).
     pub retention_days: u32,
-    /// Rows per database write.
+    /// Most rows per database write (`bench/audit_batch.sh` measures it).
     pub batch_size: usize,
     /// Longest a record waits in memory before its batch is written.
     #[serde(with = "humantime_serde")]
@@ -177,7 +177,7 @@ impl Default for AuditConfig {
             journal_dir: "squad-journal".into(),
             on_failure: AuditFailurePolicy::Allow,
             retention_days: 30,
-            batch_size: 256,
+            batch_size: 1000,
             flush_interval: Duration::from_millis(200),
             queue_capacity: 10_000,
             segment_bytes: 16 * 1024 * 1024,

@@ -245,8 +245,8 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         issue("database.connect_timeout".into(), "must be greater than zero and at most 24h");
     }
     let a = &config.audit;
-    if a.batch_size == 0 || a.batch_size > 1000 {
-        issue("audit.batch_size".into(), "must be between 1 and 1000");
+    if a.batch_size == 0 || a.batch_size > 10_000 {
+        issue("audit.batch_size".into(), "must be between 1 and 10000");
     }
     if a.queue_capacity == 0 {
         issue("audit.queue_capacity".into(), "must be at least 1");
@@ -368,6 +368,16 @@ mod tests {
             let mut config = Config::default();
             config.database.url = url.into();
             assert!(config.validate().iter().any(|i| i.to_string().contains("not supported")), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_audit_batch_size_is_between_1_and_10000() {
+        for (size, ok) in [(1, true), (1000, true), (10_000, true), (0, false), (10_001, false)] {
+            let mut config = Config::default();
+            config.audit.batch_size = size;
+            let refused = config.validate().iter().any(|i| i.to_string().contains("audit.batch_size"));
+            assert_eq!(refused, !ok, "{size}");
         }
     }
 
