@@ -161,6 +161,11 @@ for round in $(seq 1 "$PAIRED_ROUNDS"); do
 done
 sleep 2  # let the writers drain before counting rows
 (cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
+# How records reached the database: through the queue, or replayed from the
+# journal because the queue was full (the writer fell behind).
+for v in "${VARIANTS[@]:1}"; do
+  curl -s "http://127.0.0.1:$(port_of "$v")/metrics" | awk '/^squad_audit_records_total/' > "$OUT/$v-audit-counts" || true
+done
 
 AUDIT_ON=$AUDIT_ON python3 - "$OUT" "$RATE" "$ROUNDS" "$SAT_ROUNDS" "$PAIRED_ROUNDS" "${VARIANTS[@]}" <<'PY'
 import json, os, random, statistics, sys
@@ -234,6 +239,14 @@ try:
     print(f"\nrows in the SQLite audit log after the run: {open(f'{out}/sqlite-rows').read().strip()}")
 except OSError:
     pass
+for v in variants[1:]:
+    try:
+        counts = {l.split('"')[1]: float(l.split()[-1]) for l in open(f"{out}/{v}-audit-counts") if '"' in l}
+    except OSError:
+        continue
+    j = counts.get("journaled", 0)
+    print(f"{v}: {j:.0f} records journaled, {counts.get('written', 0):.0f} written through the queue, "
+          f"{counts.get('replayed', 0):.0f} replayed from the journal ({100 * counts.get('replayed', 0) / max(j, 1):.1f}%)")
 print("loss: of the mean req/s; median, min..max: of each round's loss against audit off in that round;")
 print("95% CI: of that median, by bootstrap over the rounds (more rounds, a narrower interval)")
 print("squad µs/req: Squad's CPU time per request at saturation: serving threads, other threads (the audit")
