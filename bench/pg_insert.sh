@@ -6,7 +6,7 @@
 # default collation is a language's, as many production databases' is).
 #
 # Each round, for each variant in turn (the order reversed every other
-# round): empty the table, checkpoint, then --batches statements of 256 rows
+# round): empty the table, checkpoint, then --batches statements of 256 rows (the writer's batch size until it became 1000)
 # each, `INSERT … SELECT … ON CONFLICT DO NOTHING` as Squad's writer sends
 # them (rows made by the server from generate_series, the same for every
 # variant), in one session whose on-CPU time is read from the server's
