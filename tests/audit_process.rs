@@ -95,14 +95,6 @@ async fn the_audit_stage_counters_count_every_record() {
     for resp in futures::future::join_all(requests).await {
         assert_eq!(resp.unwrap().status(), 200);
     }
-    let stage = |metrics: &str, stage: &str| -> u64 {
-        let label = format!("stage=\"{stage}\"");
-        metrics
-            .lines()
-            .find(|l| l.starts_with("squad_audit_records_total{") && l.contains(&label))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
         let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -116,6 +108,96 @@ async fn the_audit_stage_counters_count_every_record() {
     }
     assert_eq!(stage(&metrics, "replayed"), 0);
     support::process::stop(&mut child);
+}
+
+/// Records that miss a full queue wait in the journal and are replayed from
+/// it, each once. The test holds a lock on the audit table while a burst of
+/// requests arrives: the writer's first batch (20 records) waits on it, the
+/// queue (20 more) fills and the rest miss it. When the lock goes, the writer
+/// replays before it drains the queue, and every record must reach the
+/// database by exactly one path: written through the queue + replayed =
+/// journaled = N. (A replay that reread whole segments inserted the 20
+/// records still queued, which the queue then wrote again.) Every request
+/// has its row, once. On SQLite, and on PostgreSQL (where records from the
+/// queue go by `COPY`) when `DATABASE_URL` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_miss_the_queue_are_replayed_once_each() {
+    use sqlx::Connection;
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let mut stores = vec![None];
+    stores.extend(support::pg_database("records_that_miss_the_queue_are_replayed_once_each").await.map(Some));
+    for pg in stores {
+        let what = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
+        let dir = temp_dir();
+        let database = pg.as_ref().map(|url| format!("database: {{ url: \"{url}\" }}\n")).unwrap_or_default();
+        let extra = format!(
+            "{database}auth: {{ mode: disabled }}\naudit: {{ batch_size: 20, queue_capacity: 20, replay_interval: 50ms }}"
+        );
+        let (mut child, url, logs) = serve_with(&dir, &fake.url(), &extra);
+        std::thread::spawn(move || while logs.recv().is_ok() {});
+
+        // Squad has migrated the store by now; writers wait on this lock.
+        let lock: Box<dyn std::any::Any> = match &pg {
+            Some(pg) => {
+                let mut conn = sqlx::PgConnection::connect(pg).await.unwrap();
+                sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut conn).await.unwrap();
+                Box::new(conn)
+            }
+            None => {
+                let file = format!("sqlite://{}", dir.join("squad.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&file).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut conn).await.unwrap();
+                Box::new(conn)
+            }
+        };
+        let client = reqwest::Client::new();
+        let n = 200;
+        let requests = (0..n).map(|i| {
+            client
+                .post(format!("{url}/v1/chat/completions"))
+                .header("x-request-id", format!("miss-{i}"))
+                .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+        });
+        for resp in futures::future::join_all(requests).await {
+            assert_eq!(resp.unwrap().status(), 200, "{what}: answered while the table is locked");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(lock); // The connection closes: its transaction ends.
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let (written, replayed, journaled) = loop {
+            let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+            let counts = (stage(&metrics, "written"), stage(&metrics, "replayed"), stage(&metrics, "journaled"));
+            if counts.0 + counts.1 >= n as u64 || std::time::Instant::now() > deadline {
+                break counts;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!("{what}: {written} written through the queue, {replayed} replayed");
+        assert!(replayed > 0, "{what}: the queue overflowed");
+        assert!(written > 0, "{what}: and some records went through it");
+        assert_eq!(journaled, n as u64, "{what}: every record journaled");
+        assert_eq!(written + replayed, n as u64, "{what}: each record by one path");
+        support::process::stop(&mut child);
+        let rows = export(&dir);
+        let requests: HashSet<String> = rows.iter().map(|r| r["request_id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(rows.len(), n, "{what}: one row a request");
+        assert_eq!(requests, (0..n).map(|i| format!("miss-{i}")).collect(), "{what}");
+        if let Some(pg) = pg {
+            support::drop_pg(&pg).await;
+        }
+    }
+}
+
+/// `squad_audit_records_total{stage}` in a `/metrics` text (0 when absent).
+fn stage(metrics: &str, stage: &str) -> u64 {
+    let label = format!("stage=\"{stage}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("squad_audit_records_total{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A response's `x-request-id` finds its audit rows: `squad audit export

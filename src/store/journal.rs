@@ -19,9 +19,11 @@
 //! A segment is deleted once it is sealed (full, or at shutdown) and every
 //! record in it is known to be in the database. A segment is *dirty* when
 //! some of its records did not reach the database through the in-memory queue
-//! (the queue was full, or the write failed): it is then replayed from the
-//! file, in order, and deleted. Segments found at start-up are replayed too;
-//! inserts are idempotent, so replaying a record twice is harmless.
+//! (the queue was full, or the write failed): the journal keeps where those
+//! frames start, and only they are replayed from the file, in order; the
+//! segment's other records are on their way through the queue. Segments
+//! found at start-up are replayed whole; inserts are idempotent, so
+//! replaying a record twice is harmless.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -123,12 +125,39 @@ fn allocate(file: &File, size: u64) -> io::Result<()> {
 
 #[derive(Default)]
 struct Segment {
-    /// Records appended and not yet confirmed in the database.
+    /// Records appended and not yet confirmed in the database (those in
+    /// `missed` included).
     pending: u64,
-    /// Some record must be replayed from the file.
-    dirty: bool,
+    /// Found at start-up: every record is replayed from the file.
+    whole: bool,
+    /// Where the frames start that missed the queue (or whose write failed),
+    /// in the order they were marked: replayed from the file.
+    missed: Vec<u64>,
     sealed: bool,
     bytes: u64,
+}
+
+impl Segment {
+    /// Some record must be replayed from the file.
+    fn dirty(&self) -> bool {
+        self.whole || !self.missed.is_empty()
+    }
+}
+
+/// Where `Journal::append` put a frame: its segment, and its offset there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// What a replay of a dirty segment reads (`Journal::replay_plan`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Every frame: a segment found at start-up.
+    Whole,
+    /// The frames at these offsets, and no others.
+    Frames(Vec<u64>),
 }
 
 #[derive(Default)]
@@ -473,6 +502,17 @@ fn read_frames(bytes: &[u8], contents: &mut SegmentContents) {
 /// The record framed at the start of `bytes` and the frame's length, when
 /// its length, CRC and fields all check out.
 fn frame_at(bytes: &[u8]) -> Option<(AuditRecord, usize)> {
+    frame_ref(bytes).map(|(record, len)| (record.to_record(), len))
+}
+
+/// The record framed at `offset` of a segment's bytes, its texts borrowed
+/// from them, when the frame checks out.
+pub fn frame_ref_at(bytes: &[u8], offset: u64) -> Option<RecordRef<'_>> {
+    frame_ref(bytes.get(usize::try_from(offset).ok()?..)?).map(|(record, _)| record)
+}
+
+/// As `frame_at`, the texts borrowed.
+fn frame_ref(bytes: &[u8]) -> Option<(RecordRef<'_>, usize)> {
     let (header, body) = bytes.split_first_chunk::<HEADER>()?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len == 0 {
@@ -482,7 +522,7 @@ fn frame_at(bytes: &[u8]) -> Option<(AuditRecord, usize)> {
     // The format byte first: while resynchronizing, most offsets fail here,
     // before a checksum over `len` bytes.
     let payload = body.get(..len).filter(|p| p[0] == FORMAT && checksum(p) == crc)?;
-    Some((decode::<false>(payload)?.to_record(), HEADER + len))
+    Some((decode::<false>(payload)?, HEADER + len))
 }
 
 /// What a segment file held.
@@ -508,7 +548,7 @@ impl Journal {
             for entry in entries.flatten() {
                 let Some(seq) = entry.file_name().to_str().and_then(parse_name) else { continue };
                 let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                inner.segments.insert(seq, Segment { pending: 0, dirty: true, sealed: true, bytes });
+                inner.segments.insert(seq, Segment { whole: true, sealed: true, bytes, ..Segment::default() });
                 inner.next_seq = inner.next_seq.max(seq + 1);
             }
         }
@@ -526,8 +566,8 @@ impl Journal {
 
     /// Appends one frame (from `encode`), copied into the mapped
     /// segment (a new segment is allocated when it does not fit); returns
-    /// the segment it went to.
-    pub fn append(&self, line: &[u8]) -> io::Result<u64> {
+    /// where it went.
+    pub fn append(&self, line: &[u8]) -> io::Result<Slot> {
         let mut inner = self.lock();
         let result = self.append_locked(&mut inner, line);
         match &result {
@@ -541,16 +581,17 @@ impl Journal {
         result
     }
 
-    fn append_locked(&self, inner: &mut Inner, line: &[u8]) -> io::Result<u64> {
-        if let Some(active) = inner.active.as_mut()
-            && active.append(line)
-        {
-            let seq = active.seq;
-            let segment = inner.segments.entry(seq).or_default();
-            segment.pending += 1;
-            segment.bytes += line.len() as u64;
-            inner.appended += 1;
-            return Ok(seq);
+    fn append_locked(&self, inner: &mut Inner, line: &[u8]) -> io::Result<Slot> {
+        if let Some(active) = inner.active.as_mut() {
+            let offset = active.len as u64;
+            if active.append(line) {
+                let seq = active.seq;
+                let segment = inner.segments.entry(seq).or_default();
+                segment.pending += 1;
+                segment.bytes += line.len() as u64;
+                inner.appended += 1;
+                return Ok(Slot { seq, offset });
+            }
         }
         // No room (or no segment): the next one, big enough for this line:
         // the spare, unless the line is larger than a segment (it gets one of
@@ -577,7 +618,7 @@ impl Journal {
         inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
         inner.active = Some(active);
         inner.appended += 1;
-        Ok(seq)
+        Ok(Slot { seq, offset: 0 })
     }
 
     /// Makes the next segment ready (created, allocated, mapped and faulted
@@ -652,9 +693,11 @@ impl Journal {
         self.lock().failed_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
     }
 
-    pub fn mark_dirty(&self, seq: u64) {
-        if let Some(s) = self.lock().segments.get_mut(&seq) {
-            s.dirty = true;
+    /// The frame at `slot` did not reach the database through the queue:
+    /// it is to be replayed from the file.
+    pub fn mark_missed(&self, slot: Slot) {
+        if let Some(s) = self.lock().segments.get_mut(&slot.seq) {
+            s.missed.push(slot.offset);
         }
     }
 
@@ -673,7 +716,7 @@ impl Journal {
         let clean: Vec<u64> = inner
             .segments
             .iter()
-            .filter(|(_, s)| s.sealed && s.pending == 0 && !s.dirty)
+            .filter(|(_, s)| s.sealed && s.pending == 0 && !s.dirty())
             .map(|(seq, _)| *seq)
             .collect();
         for seq in clean {
@@ -695,19 +738,37 @@ impl Journal {
         inner.segments.remove(&seq);
     }
 
-    /// Sealed dirty segments, oldest first. A dirty active segment is sealed
-    /// first (new records go to a new one), so it can be replayed whole.
+    /// Dirty segments, oldest first (the active one among them: the frames
+    /// it is to replay are whole, and nothing rewrites them).
     pub fn dirty_segments(&self) -> Vec<u64> {
-        let mut inner = self.lock();
-        if let Some(active) = &inner.active
-            && inner.segments.get(&active.seq).is_some_and(|s| s.dirty)
-        {
-            self.seal_active(&mut inner);
-        }
-        inner.segments.iter().filter(|(_, s)| s.sealed && s.dirty).map(|(seq, _)| *seq).collect()
+        self.lock().segments.iter().filter(|(_, s)| s.dirty()).map(|(seq, _)| *seq).collect()
     }
 
-    /// Reads a sealed segment (nothing appends to it any more).
+    /// What replaying `seq` reads, as of now (`None`: nothing).
+    pub fn replay_plan(&self, seq: u64) -> Option<Replay> {
+        let inner = self.lock();
+        let segment = inner.segments.get(&seq).filter(|s| s.dirty())?;
+        Some(if segment.whole { Replay::Whole } else { Replay::Frames(segment.missed.clone()) })
+    }
+
+    /// The segment file's bytes, to read frames of `Replay::Frames` from
+    /// (`frame_ref_at`).
+    pub fn read_bytes(&self, seq: u64) -> io::Result<Vec<u8>> {
+        std::fs::read(self.dir.join(segment_name(seq)))
+    }
+
+    /// The first `n` frames of `seq`'s `Replay::Frames` are in the database.
+    pub fn replayed_frames(&self, seq: u64, n: usize) {
+        let mut inner = self.lock();
+        if let Some(s) = inner.segments.get_mut(&seq) {
+            let n = n.min(s.missed.len());
+            s.missed.drain(..n);
+            s.pending = s.pending.saturating_sub(n as u64);
+            self.remove_clean(&mut inner);
+        }
+    }
+
+    /// Reads a whole segment (`Replay::Whole`: one found at start-up).
     pub fn read(&self, seq: u64) -> io::Result<SegmentContents> {
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
         let found = |r: io::Result<()>| match r {
@@ -743,7 +804,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Every record of `seq` is in the database: the segment goes.
+    /// Every record of `seq` (`Replay::Whole`) is in the database: the
+    /// segment goes.
     pub fn replayed(&self, seq: u64) {
         let mut inner = self.lock();
         self.delete(&mut inner, seq);
@@ -774,7 +836,7 @@ impl Journal {
 
     /// Segments still on disk that hold records not known to be in the database.
     pub fn backlog(&self) -> usize {
-        self.lock().segments.values().filter(|s| s.dirty || s.pending > 0).count()
+        self.lock().segments.values().filter(|s| s.dirty() || s.pending > 0).count()
     }
 }
 
@@ -912,12 +974,12 @@ mod tests {
         assert_eq!(j.dirty_segments(), vec![7]);
         let read = j.read(7).unwrap();
         assert_eq!((read.records, read.corrupt), (vec![old], 1));
-        assert_eq!(j.append(&record("new")).unwrap(), 8, "new segments number on after the old ones");
+        assert_eq!(j.append(&record("new")).unwrap().seq, 8, "new segments number on after the old ones");
         j.replayed(7);
         assert!(!dir.join(legacy_name(7)).exists());
 
         // Both kinds under one number (an older Squad ran in between): both read.
-        let both = j.append(&record("binary")).unwrap();
+        let both = j.append(&record("binary")).unwrap().seq;
         j.seal();
         let mut line = serde_json::to_vec(&crate::store::writer::tests::record("legacy")).unwrap();
         line.push(b'\n');
@@ -932,23 +994,39 @@ mod tests {
     }
 
     #[test]
-    fn committed_sealed_segments_are_deleted_and_dirty_ones_replayed() {
+    fn committed_sealed_segments_are_deleted_and_only_missed_frames_replayed() {
         let dir = tempdir();
         let j = Journal::open(&dir, 4096);
         let a = j.append(&record("a")).unwrap();
         let b = j.append(&record("b")).unwrap();
-        assert_eq!(a, b);
-        j.committed([a]);
-        j.mark_dirty(b);
-        assert_eq!(j.dirty_segments(), vec![a], "a dirty active segment is sealed for replay");
         let c = j.append(&record("c")).unwrap();
-        assert_ne!(c, a, "new records go to a new segment");
-        let read = j.read(a).unwrap();
-        assert_eq!(read.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        j.replayed(a);
-        j.committed([c]);
+        assert_eq!((a.seq, b.seq), (c.seq, c.seq));
+        assert_eq!((a.offset, b.offset), (0, record("a").len() as u64));
+        j.committed([a.seq]);
+        j.mark_missed(c);
+        j.mark_missed(b);
+        assert_eq!(j.dirty_segments(), vec![a.seq], "the active segment, not sealed");
+        assert_eq!(j.replay_plan(a.seq), Some(Replay::Frames(vec![c.offset, b.offset])));
+        let d = j.append(&record("d")).unwrap();
+        assert_eq!(d.seq, a.seq, "appends go on in the same segment");
+        let bytes = j.read_bytes(a.seq).unwrap();
+        let id = |offset| frame_ref_at(&bytes, offset).map(|r| r.id.to_owned());
+        assert_eq!([id(c.offset), id(b.offset)], [Some("c".into()), Some("b".into())]);
+        assert_eq!(id(b.offset + 1), None, "not where a frame starts");
+        assert_eq!(id(1 << 20), None, "past the end");
+        // Only c is in: b stays to replay, and the segment stays dirty.
+        j.replayed_frames(a.seq, 1);
+        assert_eq!(j.replay_plan(a.seq), Some(Replay::Frames(vec![b.offset])));
+        assert_eq!(j.backlog(), 1);
+        j.replayed_frames(a.seq, 1);
+        assert_eq!(j.replay_plan(a.seq), None);
+        assert!(j.dirty_segments().is_empty());
+        assert_eq!(j.backlog(), 1, "d is not in the database yet");
         j.seal();
+        assert_eq!(files(&dir), 1, "a sealed segment with a record still queued stays");
+        j.committed([d.seq]);
         assert_eq!(files(&dir), 0, "everything reached the database");
+        assert_eq!(j.backlog(), 0);
     }
 
     #[test]
@@ -957,7 +1035,7 @@ mod tests {
         let dir = tempdir();
         let j = Journal::open(&dir, 1 << 20);
         let line = record("x");
-        let seq = j.append(&line).unwrap();
+        let seq = j.append(&line).unwrap().seq;
         // A crash: the segment is never trimmed, and a record is cut short
         // after the last complete one, zeros after it.
         std::mem::forget(j);
@@ -968,9 +1046,10 @@ mod tests {
         f.write_at(&torn[..torn.len() / 2], line.len() as u64).unwrap();
         let j = Journal::open(&dir, 1 << 20);
         assert_eq!(j.dirty_segments(), vec![seq]);
+        assert_eq!(j.replay_plan(seq), Some(Replay::Whole));
         let read = j.read(seq).unwrap();
         assert_eq!((read.records.len(), read.corrupt), (1, 1));
-        assert_ne!(j.append(&record("y")).unwrap(), seq, "a restarted journal never appends to an old segment");
+        assert_ne!(j.append(&record("y")).unwrap().seq, seq, "a restarted journal never appends to an old segment");
     }
 
     #[test]
@@ -978,7 +1057,7 @@ mod tests {
         let dir = tempdir();
         let j = Journal::open(&dir, 1 << 20);
         let (a, b) = (record("a"), record("b"));
-        let seq = j.append(&a).unwrap();
+        let seq = j.append(&a).unwrap().seq;
         j.append(&b).unwrap();
         j.seal();
         let bytes = std::fs::read(dir.join(segment_name(seq))).unwrap();
@@ -991,19 +1070,21 @@ mod tests {
         let j = Journal::open(&dir, 64);
         let big = record(&"x".repeat(500));
         let first = j.append(&record("a")).unwrap();
-        let seq = j.append(&big).unwrap();
-        assert_ne!(first, seq);
-        j.mark_dirty(seq);
-        assert_eq!(j.dirty_segments(), vec![seq]);
-        assert_eq!(j.read(seq).unwrap().records.len(), 1);
+        let slot = j.append(&big).unwrap();
+        assert_ne!(first.seq, slot.seq);
+        assert_eq!(slot.offset, 0);
+        j.mark_missed(slot);
+        assert_eq!(j.dirty_segments(), vec![slot.seq]);
+        let bytes = j.read_bytes(slot.seq).unwrap();
+        assert_eq!(frame_ref_at(&bytes, 0).map(|r| r.id.len()), Some(500));
     }
 
     #[test]
     fn full_segments_rotate() {
         let dir = tempdir();
         let j = Journal::open(&dir, 1);
-        let a = j.append(&record("a")).unwrap();
-        let b = j.append(&record("b")).unwrap();
+        let a = j.append(&record("a")).unwrap().seq;
+        let b = j.append(&record("b")).unwrap().seq;
         assert_ne!(a, b);
         j.committed([a]);
         assert_eq!(files(&dir), 1, "the sealed, committed segment is gone");
@@ -1028,21 +1109,21 @@ mod tests {
         j.prepare_spare();
         assert!(!j.wants_spare(), "a spare is ready");
         assert_eq!(files(&dir), 1, "the spare is on disk before any append");
-        let first = j.append(&frame).unwrap();
+        let first = j.append(&frame).unwrap().seq;
         assert_eq!(files(&dir), 1, "the append made no file: it went to the spare");
-        assert_eq!(j.append(&frame).unwrap(), first, "the spare became the active segment");
+        assert_eq!(j.append(&frame).unwrap().seq, first, "the spare became the active segment");
         assert!(j.wants_spare(), "and a new spare is wanted");
         j.prepare_spare();
-        let second = j.append(&frame).unwrap();
+        let second = j.append(&frame).unwrap().seq;
         assert!(second > first, "the next spare is numbered after the active segment");
         // Without a spare, a full segment is replaced on the spot.
         j.append(&frame).unwrap();
-        let third = j.append(&frame).unwrap();
+        let third = j.append(&frame).unwrap().seq;
         assert!(third > second);
         // A spare made now, then a frame too large for it: it is removed
         // and the frame gets a segment of its own, numbered after it.
         j.prepare_spare();
-        let big = j.append(&[frame.clone(), frame.clone(), frame.clone()].concat()).unwrap();
+        let big = j.append(&[frame.clone(), frame.clone(), frame.clone()].concat()).unwrap().seq;
         assert!(big > third + 1, "{big} after the discarded spare");
         assert!(!dir.join(segment_name(third + 1)).exists(), "the unused spare is gone");
         j.prepare_spare();
@@ -1057,7 +1138,7 @@ mod tests {
         let j = Journal::open(&dir, 1 << 16);
         j.prepare_spare();
         std::fs::remove_dir_all(&dir).unwrap();
-        let seq = j.append(&record("after")).unwrap();
+        let seq = j.append(&record("after")).unwrap().seq;
         assert!(dir.join(segment_name(seq)).exists(), "a new segment, in a recreated directory");
         j.seal();
         let ids: Vec<String> = j.read(seq).unwrap().records.into_iter().map(|r| r.id).collect();

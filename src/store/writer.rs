@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::journal::Journal;
+use super::journal::{Journal, Replay, Slot};
 use super::{AuditRecord, Store};
 use crate::config::{AuditConfig, AuditContent, AuditFailurePolicy, Price, PriceTable};
 use crate::telemetry::metrics;
@@ -20,14 +20,14 @@ use crate::telemetry::metrics;
 #[error("the audit journal cannot be written")]
 pub struct AuditUnavailable;
 
-/// A submitted record, as its journal frame, and the journal segment it
-/// reached (if it did). The frame, not the record: the writer binds the
+/// A submitted record, as its journal frame, and where it went in the
+/// journal (if it did). The frame, not the record: the writer binds the
 /// record's texts where they lie in it, and the record itself is freed on the
 /// thread that built it. (Each of its dozen strings freed on the writer's
 /// thread instead cost the serving threads more, in allocator work and cache
 /// misses, than the writer saved by not decoding.)
 struct Queued {
-    seq: Option<u64>,
+    slot: Option<Slot>,
     frame: super::journal::Frame,
 }
 
@@ -142,16 +142,16 @@ impl AuditLog {
             metrics::audit_failure("encode");
             return self.allowed(AuditUnavailable);
         }
-        let seq = match self.journal.append(frame.bytes()) {
+        let slot = match self.journal.append(frame.bytes()) {
             // Counted by the writer, in bulk (`count_taken`).
-            Ok(seq) => Some(seq),
+            Ok(slot) => Some(slot),
             Err(e) => {
                 tracing::error!(request_id = %record.request_id, error = %e, "audit journal write failed");
                 metrics::audit_failure("journal");
                 None
             }
         };
-        let journaled = seq.is_some();
+        let journaled = slot.is_some();
         if !journaled && self.policy == AuditFailurePolicy::Reject {
             // The client gets a 503: the row says so.
             record.status = 503;
@@ -161,7 +161,7 @@ impl AuditLog {
                 return Err(AuditUnavailable);
             }
         }
-        match self.tx.try_send(Queued { seq, frame }) {
+        match self.tx.try_send(Queued { slot, frame }) {
             // Counted as queued when the writer takes it (`count_taken`).
             Ok(()) => {
                 // Half the queue when that is less than a batch, so a small
@@ -173,9 +173,9 @@ impl AuditLog {
             }
             Err(e) => {
                 let (mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) = e;
-                match q.seq {
+                match q.slot {
                     // Waits in the journal for replay.
-                    Some(seq) => self.journal.mark_dirty(seq),
+                    Some(slot) => self.journal.mark_missed(slot),
                     None => self.keep_unjournaled(record),
                 }
             }
@@ -348,17 +348,21 @@ impl AuditLog {
             return;
         }
         let mut records = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
         for q in &items {
             match q.frame.record() {
-                Some(r) => records.push(r),
+                Some(r) => {
+                    records.push(r);
+                    slots.extend(q.slot);
+                }
                 // Cannot happen (`submit` encoded it); if it did, the copy in
                 // the journal is the one left to replay, and without one the
                 // record is lost, loudly.
-                None => match q.seq {
-                    Some(seq) => {
-                        tracing::error!(segment = seq, "a queued audit frame does not decode; left to replay");
+                None => match q.slot {
+                    Some(slot) => {
+                        tracing::error!(segment = slot.seq, "a queued audit frame does not decode; left to replay");
                         metrics::audit_failure("encode");
-                        self.journal.mark_dirty(seq);
+                        self.journal.mark_missed(slot);
                     }
                     None => {
                         tracing::error!("audit record lost: a queued frame that was never journaled does not decode");
@@ -368,27 +372,31 @@ impl AuditLog {
             }
         }
         let result = match self.store.migrate().await {
-            Ok(()) => self.store.insert_scrubbed(&records).await,
+            Ok(()) => self.store.insert_fresh(&records).await,
             Err(e) => Err(e),
         };
         match result {
             Ok(_) => {
                 self.mark_up();
-                metrics::audit_records("written", items.len() as u64);
-                self.journal.committed(items.iter().filter_map(|q| q.seq));
+                metrics::audit_records("written", records.len() as u64);
+                self.journal.committed(slots.iter().map(|s| s.seq));
                 metrics::audit_journal_bytes(self.journal.bytes());
             }
             Err(e) => {
                 self.mark_down(&e);
+                drop(records);
+                // Those that did not decode are marked already.
+                let mut items = items;
+                items.retain(|q| q.frame.record().is_some());
                 self.leave_in_journal(items);
             }
         }
     }
 
     fn leave_in_journal(&self, items: Vec<Queued>) {
-        for Queued { seq, frame } in items {
-            match seq {
-                Some(seq) => self.journal.mark_dirty(seq),
+        for Queued { slot, frame } in items {
+            match slot {
+                Some(slot) => self.journal.mark_missed(slot),
                 None => match frame.record() {
                     Some(r) => self.keep_unjournaled(r.to_record()),
                     None => {
@@ -423,34 +431,97 @@ impl AuditLog {
             metrics::audit_records("written", unjournaled.len() as u64);
         }
         for seq in dirty {
-            let contents = match self.journal.read(seq) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
-                    metrics::audit_failure("journal_read");
-                    continue;
-                }
+            let went_on = match self.journal.replay_plan(seq) {
+                None => continue,
+                Some(Replay::Whole) => self.replay_whole(seq).await,
+                Some(Replay::Frames(offsets)) => self.replay_frames(seq, &offsets).await,
             };
-            if contents.corrupt > 0 {
-                tracing::warn!(segment = seq, lines = contents.corrupt, "unreadable audit journal lines skipped");
-                metrics::audit_failure("journal_corrupt");
+            metrics::audit_journal_bytes(self.journal.bytes());
+            if !went_on {
+                return;
             }
-            let mut inserted = 0;
-            for chunk in contents.records.chunks(self.batch_size) {
-                match self.store.insert_audit(chunk).await {
-                    Ok(n) => inserted += n,
-                    Err(e) => {
-                        self.mark_down(&e);
-                        return;
-                    }
+        }
+    }
+
+    /// Replays every record of a segment found at start-up (some may be in
+    /// the database already: a crash came between their write and the
+    /// segment's deletion). False when the database failed.
+    async fn replay_whole(&self, seq: u64) -> bool {
+        let contents = match self.journal.read(seq) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
+                metrics::audit_failure("journal_read");
+                return true;
+            }
+        };
+        if contents.corrupt > 0 {
+            tracing::warn!(segment = seq, lines = contents.corrupt, "unreadable audit journal lines skipped");
+            metrics::audit_failure("journal_corrupt");
+        }
+        let mut inserted = 0;
+        for chunk in contents.records.chunks(self.batch_size) {
+            match self.store.insert_audit(chunk).await {
+                Ok(n) => inserted += n,
+                Err(e) => {
+                    self.mark_down(&e);
+                    return false;
                 }
             }
-            self.mark_up();
-            metrics::audit_records("replayed", inserted);
-            tracing::info!(segment = seq, records = contents.records.len(), inserted, "audit journal segment replayed");
-            self.journal.replayed(seq);
-            metrics::audit_journal_bytes(self.journal.bytes());
         }
+        self.mark_up();
+        metrics::audit_records("replayed", inserted);
+        tracing::info!(segment = seq, records = contents.records.len(), inserted, "audit journal segment replayed");
+        self.journal.replayed(seq);
+        true
+    }
+
+    /// Replays the frames of a segment that missed the queue (or whose write
+    /// failed), and no others: the rest are on their way through the queue.
+    /// Each chunk is struck off the segment's list once it is in, so a
+    /// failure part-way repeats none of them. False when the database failed.
+    async fn replay_frames(&self, seq: u64, offsets: &[u64]) -> bool {
+        let bytes = match self.journal.read_bytes(seq) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
+                metrics::audit_failure("journal_read");
+                return true;
+            }
+        };
+        let (mut inserted, mut corrupt) = (0, 0);
+        let mut rows = Vec::with_capacity(offsets.len().min(self.batch_size));
+        for chunk in offsets.chunks(self.batch_size) {
+            rows.clear();
+            for &offset in chunk {
+                match super::journal::frame_ref_at(&bytes, offset) {
+                    Some(r) => rows.push(r),
+                    None => corrupt += 1,
+                }
+            }
+            match self.store.insert_fresh(&rows).await {
+                Ok(n) => inserted += n,
+                Err(e) => {
+                    self.mark_down(&e);
+                    metrics::audit_records("replayed", inserted);
+                    return false;
+                }
+            }
+            self.journal.replayed_frames(seq, chunk.len());
+        }
+        if corrupt > 0 {
+            tracing::warn!(segment = seq, frames = corrupt, "unreadable audit journal frames skipped");
+            metrics::audit_failure("journal_corrupt");
+        }
+        self.mark_up();
+        metrics::audit_records("replayed", inserted);
+        tracing::info!(
+            segment = seq,
+            records = offsets.len(),
+            inserted,
+            "audit records that missed the queue replayed"
+        );
+        true
     }
 
     /// Text as `audit.content` says to keep it.

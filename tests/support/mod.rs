@@ -344,3 +344,31 @@ pub fn assert_hardened(headers: &reqwest::header::HeaderMap, what: &str) {
     assert!(csp.contains("default-src 'none'"), "{what}: CSP {csp:?}");
     assert!(!headers.contains_key("strict-transport-security"), "{what}: no HSTS without TLS");
 }
+
+/// A fresh PostgreSQL database on the server `DATABASE_URL` names, or `None`
+/// (said loudly) when it is unset.
+pub async fn pg_database(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("DATABASE_URL") else {
+        eprintln!("\n*** SKIPPED the PostgreSQL half of {test}: DATABASE_URL is not set ***\n");
+        return None;
+    };
+    let admin = sqlx::PgPool::connect(&base).await.expect("DATABASE_URL is set but PostgreSQL does not answer");
+    let name = format!("squad_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some(format!("{prefix}/{name}"))
+}
+
+/// Drops a database made by `pg_database` (sessions still open are ended).
+pub async fn drop_pg(url: &str) {
+    if !url.starts_with("postgres") {
+        return;
+    }
+    let (_, name) = url.rsplit_once('/').unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let _ =
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await;
+    admin.close().await;
+}
