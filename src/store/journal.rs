@@ -133,6 +133,8 @@ struct Segment {
     /// Where the frames start that missed the queue (or whose write failed),
     /// in the order they were marked: replayed from the file.
     missed: Vec<u64>,
+    /// Records appended.
+    records: u64,
     sealed: bool,
     bytes: u64,
 }
@@ -141,6 +143,19 @@ impl Segment {
     /// Some record must be replayed from the file.
     fn dirty(&self) -> bool {
         self.whole || !self.missed.is_empty()
+    }
+
+    /// A sealed segment whose records not yet in the database all missed
+    /// the queue, and at least half of all its records, is replayed whole
+    /// instead (the rest are skipped as rows already stored): while the
+    /// database is away every record misses, and a list of every offset of
+    /// every segment would grow for as long as the outage lasts.
+    fn settle(&mut self) {
+        let missed = self.missed.len() as u64;
+        if self.sealed && !self.whole && missed > 0 && missed == self.pending && missed * 2 >= self.records {
+            self.whole = true;
+            self.missed = Vec::new();
+        }
     }
 }
 
@@ -154,7 +169,8 @@ pub struct Slot {
 /// What a replay of a dirty segment reads (`Journal::replay_plan`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Replay {
-    /// Every frame: a segment found at start-up.
+    /// Every frame: a segment found at start-up, or a sealed one whose
+    /// records not yet in the database all missed the queue (`settle`).
     Whole,
     /// The frames at these offsets, and no others.
     Frames(Vec<u64>),
@@ -588,6 +604,7 @@ impl Journal {
                 let seq = active.seq;
                 let segment = inner.segments.entry(seq).or_default();
                 segment.pending += 1;
+                segment.records += 1;
                 segment.bytes += line.len() as u64;
                 inner.appended += 1;
                 return Ok(Slot { seq, offset });
@@ -615,7 +632,7 @@ impl Journal {
         };
         let seq = active.seq;
         active.append(line);
-        inner.segments.insert(seq, Segment { pending: 1, bytes: line.len() as u64, ..Segment::default() });
+        inner.segments.insert(seq, Segment { pending: 1, records: 1, bytes: line.len() as u64, ..Segment::default() });
         inner.active = Some(active);
         inner.appended += 1;
         Ok(Slot { seq, offset: 0 })
@@ -683,6 +700,7 @@ impl Journal {
         if let Some(active) = inner.active.take() {
             if let Some(s) = inner.segments.get_mut(&active.seq) {
                 s.sealed = true;
+                s.settle();
             }
             drop(active);
         }
@@ -698,6 +716,7 @@ impl Journal {
     pub fn mark_missed(&self, slot: Slot) {
         if let Some(s) = self.lock().segments.get_mut(&slot.seq) {
             s.missed.push(slot.offset);
+            s.settle();
         }
     }
 
@@ -707,6 +726,7 @@ impl Journal {
         for seq in seqs {
             if let Some(s) = inner.segments.get_mut(&seq) {
                 s.pending = s.pending.saturating_sub(1);
+                s.settle();
             }
         }
         self.remove_clean(&mut inner);
@@ -1027,6 +1047,43 @@ mod tests {
         j.committed([d.seq]);
         assert_eq!(files(&dir), 0, "everything reached the database");
         assert_eq!(j.backlog(), 0);
+    }
+
+    #[test]
+    fn a_sealed_segment_whose_records_all_missed_is_replayed_whole() {
+        let dir = tempdir();
+        let frame = record("f");
+        // Room for exactly four frames a segment.
+        let j = Journal::open(&dir, 4 * frame.len() as u64);
+        // The database is away: every record misses.
+        let first: Vec<Slot> = (0..4).map(|_| j.append(&frame).unwrap()).collect();
+        first.iter().for_each(|&s| j.mark_missed(s));
+        assert!(matches!(j.replay_plan(first[0].seq), Some(Replay::Frames(f)) if f.len() == 4), "open: frames");
+        let next = j.append(&frame).unwrap();
+        assert_ne!(next.seq, first[0].seq);
+        assert_eq!(j.replay_plan(first[0].seq), Some(Replay::Whole), "sealed, every record missed: no list kept");
+
+        // One record of four missed, the others went through the queue: its
+        // frame alone is replayed.
+        let second: Vec<Slot> = [next].into_iter().chain((0..3).map(|_| j.append(&frame).unwrap())).collect();
+        assert!(second.iter().all(|s| s.seq == next.seq));
+        j.mark_missed(second[1]);
+        j.committed([next.seq, next.seq, next.seq]);
+        let third = j.append(&frame).unwrap();
+        assert_ne!(third.seq, next.seq);
+        assert_eq!(j.replay_plan(next.seq), Some(Replay::Frames(vec![second[1].offset])));
+
+        // Half missed, and the other half still on its way when the segment
+        // is sealed: whole once those are in, not before (a whole replay
+        // deletes the segment).
+        let mut third_slots = vec![third];
+        third_slots.extend((0..3).map(|_| j.append(&frame).unwrap()));
+        j.mark_missed(third_slots[0]);
+        j.mark_missed(third_slots[1]);
+        j.append(&frame).unwrap();
+        assert_eq!(j.replay_plan(third.seq), Some(Replay::Frames(vec![third_slots[0].offset, third_slots[1].offset])));
+        j.committed([third.seq, third.seq]);
+        assert_eq!(j.replay_plan(third.seq), Some(Replay::Whole));
     }
 
     #[test]

@@ -445,7 +445,9 @@ impl AuditLog {
 
     /// Replays every record of a segment found at start-up (some may be in
     /// the database already: a crash came between their write and the
-    /// segment's deletion). False when the database failed.
+    /// segment's deletion), or of a sealed one whose records not yet in the
+    /// database all missed the queue (those that went through it are
+    /// skipped). False when the database failed.
     async fn replay_whole(&self, seq: u64) -> bool {
         let contents = match self.journal.read(seq) {
             Ok(c) => c,
