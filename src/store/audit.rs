@@ -76,6 +76,27 @@ pub struct RecordRef<'a> {
 }
 
 impl RecordRef<'_> {
+    /// Bytes in the record's texts, all of them.
+    pub fn text_len(&self) -> usize {
+        let opt = |t: Option<&str>| t.map_or(0, str::len);
+        self.id.len()
+            + self.request_id.len()
+            + self.method.len()
+            + self.route.len()
+            + self.attempts.len()
+            + opt(self.key_id)
+            + opt(self.client_addr)
+            + opt(self.agent)
+            + opt(self.user_id)
+            + opt(self.conversation_id)
+            + opt(self.error_kind)
+            + opt(self.provider)
+            + opt(self.model)
+            + opt(self.prompt)
+            + opt(self.response)
+            + opt(self.metadata)
+    }
+
     pub fn to_record(&self) -> AuditRecord {
         let own = |t: Option<&str>| t.map(str::to_owned);
         AuditRecord {
@@ -491,28 +512,7 @@ fn copy_binary(rows: &[RecordRef<'_>]) -> Vec<u8> {
             self.0.push(u8::from(v));
         }
     }
-    let texts: usize = rows
-        .iter()
-        .map(|r| {
-            let opt = |t: Option<&str>| t.map_or(0, str::len);
-            r.id.len()
-                + r.request_id.len()
-                + r.method.len()
-                + r.route.len()
-                + r.attempts.len()
-                + opt(r.key_id)
-                + opt(r.client_addr)
-                + opt(r.agent)
-                + opt(r.user_id)
-                + opt(r.conversation_id)
-                + opt(r.error_kind)
-                + opt(r.provider)
-                + opt(r.model)
-                + opt(r.prompt)
-                + opt(r.response)
-                + opt(r.metadata)
-        })
-        .sum();
+    let texts: usize = rows.iter().map(RecordRef::text_len).sum();
     // 26 lengths, 8 numbers, 2 flags and the field count a row.
     let mut out = Out(Vec::with_capacity(19 + 2 + texts + rows.len() * (2 + 26 * 4 + 8 * 8 + 2)));
     out.0.extend_from_slice(b"PGCOPY\n\xff\r\n\0");

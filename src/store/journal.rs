@@ -274,25 +274,7 @@ pub fn frame_len(record: &AuditRecord) -> usize {
     // Header, format, a length for each of the 16 texts, the time, status
     // and token counts, four reals with their presence bytes, two flags.
     const FIXED: usize = HEADER + 1 + 16 * 4 + 8 + 8 + 2 * 8 + 4 * 9 + 2;
-    let r = record;
-    let opt = |t: &Option<String>| t.as_ref().map_or(0, String::len);
-    FIXED
-        + r.id.len()
-        + r.request_id.len()
-        + r.method.len()
-        + r.route.len()
-        + r.attempts.len()
-        + opt(&r.key_id)
-        + opt(&r.client_addr)
-        + opt(&r.agent)
-        + opt(&r.user_id)
-        + opt(&r.conversation_id)
-        + opt(&r.error_kind)
-        + opt(&r.provider)
-        + opt(&r.model)
-        + opt(&r.prompt)
-        + opt(&r.response)
-        + opt(&r.metadata)
+    FIXED + record.borrowed().text_len()
 }
 
 /// `record` as one journal frame, in `out` (replacing what it held). A text

@@ -451,11 +451,7 @@ impl AuditLog {
     async fn replay_whole(&self, seq: u64) -> bool {
         let contents = match self.journal.read(seq) {
             Ok(c) => c,
-            Err(e) => {
-                tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
-                metrics::audit_failure("journal_read");
-                return true;
-            }
+            Err(e) => return unreadable(seq, &e),
         };
         if contents.corrupt > 0 {
             tracing::warn!(segment = seq, lines = contents.corrupt, "unreadable audit journal lines skipped");
@@ -485,11 +481,7 @@ impl AuditLog {
     async fn replay_frames(&self, seq: u64, offsets: &[u64]) -> bool {
         let bytes = match self.journal.read_bytes(seq) {
             Ok(b) => b,
-            Err(e) => {
-                tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
-                metrics::audit_failure("journal_read");
-                return true;
-            }
+            Err(e) => return unreadable(seq, &e),
         };
         let (mut inserted, mut corrupt) = (0, 0);
         let mut rows = Vec::with_capacity(offsets.len().min(self.batch_size));
@@ -550,6 +542,14 @@ impl AuditLog {
         let price = self.pricing.get(provider?, model?)?;
         Some(price.cost(tokens_in.max(0) as u64, tokens_out.max(0) as u64))
     }
+}
+
+/// A journal segment could not be read: said and counted, and the replay
+/// goes on with the next one (this one is tried again at the next replay).
+fn unreadable(seq: u64, e: &std::io::Error) -> bool {
+    tracing::error!(segment = seq, error = %e, "cannot read an audit journal segment");
+    metrics::audit_failure("journal_read");
+    true
 }
 
 /// A record being filled in while its request runs. Cheap to clone; the
