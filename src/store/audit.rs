@@ -483,33 +483,29 @@ static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 fn copy_binary(rows: &[RecordRef<'_>]) -> Vec<u8> {
     struct Out(Vec<u8>);
     impl Out {
-        fn text(&mut self, t: Option<&str>) {
-            match t {
-                Some(t) => {
-                    // Frames hold at most 4 GiB in all, and the body limit
-                    // far less: a text fits an i32 length.
-                    self.0.extend_from_slice(&(t.len() as i32).to_be_bytes());
-                    self.0.extend_from_slice(t.as_bytes());
+        /// A field: its length and bytes, or −1 for NULL. Frames hold at
+        /// most 4 GiB in all, and the body limit far less: a field fits an
+        /// i32 length.
+        fn field(&mut self, bytes: Option<&[u8]>) {
+            match bytes {
+                Some(b) => {
+                    self.0.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                    self.0.extend_from_slice(b);
                 }
                 None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
             }
+        }
+        fn text(&mut self, t: Option<&str>) {
+            self.field(t.map(str::as_bytes));
         }
         fn int(&mut self, v: i64) {
-            self.0.extend_from_slice(&8i32.to_be_bytes());
-            self.0.extend_from_slice(&v.to_be_bytes());
+            self.field(Some(&v.to_be_bytes()));
         }
         fn real(&mut self, v: Option<f64>) {
-            match v {
-                Some(v) => {
-                    self.0.extend_from_slice(&8i32.to_be_bytes());
-                    self.0.extend_from_slice(&v.to_be_bytes());
-                }
-                None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
+            self.field(v.map(f64::to_be_bytes).as_ref().map(|b| &b[..]));
         }
         fn flag(&mut self, v: bool) {
-            self.0.extend_from_slice(&1i32.to_be_bytes());
-            self.0.push(u8::from(v));
+            self.field(Some(&[u8::from(v)]));
         }
     }
     let texts: usize = rows.iter().map(RecordRef::text_len).sum();
@@ -895,5 +891,59 @@ mod tests {
             assert!(late < early * 2, "{what}: {early} steps for a page near the start, {late} near the end");
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The binary `COPY` itself, not its fallback (which would hide a
+    /// malformed buffer behind an INSERT): every field, NULLs included,
+    /// reads back as written; a row already stored makes the server refuse
+    /// the whole batch (what `insert_fresh` falls back on).
+    #[tokio::test]
+    async fn postgres_takes_the_copy_buffer_as_it_is() {
+        let Ok(base) = std::env::var("DATABASE_URL") else {
+            eprintln!("\n*** SKIPPED postgres_takes_the_copy_buffer_as_it_is: DATABASE_URL is not set ***\n");
+            return;
+        };
+        let admin = sqlx::PgPool::connect(&base).await.expect("DATABASE_URL is set but PostgreSQL does not answer");
+        let name = format!("squad_copy_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let store = Store::open(&crate::config::DatabaseConfig { url, ..Default::default() }).unwrap();
+        store.migrate().await.unwrap();
+        let super::super::Db::Postgres(pool) = &store.db else { panic!("a PostgreSQL store") };
+        let full = AuditRecord {
+            key_id: Some("k".into()),
+            client_addr: Some("::1".into()),
+            agent: Some("dev".into()),
+            user_id: Some("u".into()),
+            conversation_id: Some("c".into()),
+            status: 502,
+            error_kind: Some("upstream_error".into()),
+            provider: Some("groq".into()),
+            model: Some("m".into()),
+            tokens_in: i64::MAX,
+            tokens_out: -1,
+            cost_usd: Some(1.5e-5),
+            latency_ms: 12.75,
+            upstream_ms: 12.5,
+            overhead_ms: 0.25,
+            streamed: true,
+            cancelled: true,
+            prompt: Some("user: é 😀\n".into()),
+            response: Some(String::new()),
+            metadata: Some(r#"{"a":1}"#.into()),
+            ..crate::store::writer::tests::record("full")
+        };
+        let bare = crate::store::writer::tests::record("bare");
+        let rows = [full.borrowed(), bare.borrowed()];
+        assert_eq!(copy_postgres(pool, &rows).await.unwrap(), 2);
+        assert_eq!(store.audit_by_request("req-full").await.unwrap(), vec![full.clone()]);
+        assert_eq!(store.audit_by_request("req-bare").await.unwrap(), vec![bare.clone()]);
+        let again = copy_postgres(pool, &rows[1..]).await;
+        assert!(matches!(again, Err(sqlx::Error::Database(_))), "a stored row: {again:?}");
+        assert_eq!(store.audit_count().await.unwrap(), 2, "the refused batch left nothing");
+        store.close().await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&admin)
+            .await;
     }
 }

@@ -22,8 +22,9 @@
 //! (the queue was full, or the write failed): the journal keeps where those
 //! frames start, and only they are replayed from the file, in order; the
 //! segment's other records are on their way through the queue. Segments
-//! found at start-up are replayed whole; inserts are idempotent, so
-//! replaying a record twice is harmless.
+//! found at start-up are replayed whole, and so is a sealed one whose records
+//! not yet in the database all missed the queue (`Segment::settle`); inserts
+//! are idempotent, so replaying a record twice is harmless.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -128,7 +129,8 @@ struct Segment {
     /// Records appended and not yet confirmed in the database (those in
     /// `missed` included).
     pending: u64,
-    /// Found at start-up: every record is replayed from the file.
+    /// Every record is replayed from the file (found at start-up, or
+    /// `settle`d).
     whole: bool,
     /// Where the frames start that missed the queue (or whose write failed),
     /// in the order they were marked: replayed from the file.
@@ -770,7 +772,7 @@ impl Journal {
         }
     }
 
-    /// Reads a whole segment (`Replay::Whole`: one found at start-up).
+    /// Reads a whole segment (`Replay::Whole`).
     pub fn read(&self, seq: u64) -> io::Result<SegmentContents> {
         let mut contents = SegmentContents { records: Vec::new(), corrupt: 0 };
         let found = |r: io::Result<()>| match r {
