@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::AuditRecord;
@@ -39,7 +39,9 @@ use super::audit::RecordRef;
 struct Active {
     seq: u64,
     file: File,
-    map: memmap2::MmapMut,
+    /// Shared with the segment's entry in `Inner::segments` while queued
+    /// records may be read from it (`Journal::mapping`).
+    map: Arc<memmap2::MmapRaw>,
     /// Bytes of records in `map`; the rest is zeros.
     len: usize,
 }
@@ -48,16 +50,14 @@ impl Active {
     /// Creates segment `seq` with room for `size` bytes, allocated on disk.
     fn create(path: &Path, seq: u64, size: u64) -> io::Result<Self> {
         let file = OpenOptions::new().create_new(true).read(true).write(true).open(path)?;
-        let allocated = allocate(&file, size).and_then(|()| {
-            // SAFETY: the mapping is only ever used through `Active`, which
-            // this journal owns, and the file is its own (created just now,
-            // `create_new`); nothing else truncates it while it is mapped.
-            // The blocks are allocated, so stores into the mapping cannot
-            // fault for lack of disk space.
-            unsafe { memmap2::MmapMut::map_mut(&file) }
-        });
+        // The file is the journal's own (created just now, `create_new`),
+        // and nothing else writes or truncates it while it is mapped; its
+        // blocks are allocated, so stores into the mapping cannot fault for
+        // lack of disk space. Only `append` writes through the mapping, and
+        // only past the frames it handed out (see `Mapped::record_at`).
+        let allocated = allocate(&file, size).and_then(|()| memmap2::MmapRaw::map_raw(&file));
         match allocated {
-            Ok(map) => Ok(Self { seq, file, map, len: 0 }),
+            Ok(map) => Ok(Self { seq, file, map: Arc::new(map), len: 0 }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 Err(e)
@@ -93,10 +93,15 @@ impl Active {
     }
 
     fn append(&mut self, line: &[u8]) -> bool {
-        let end = self.len + line.len();
-        let Some(room) = self.map.get_mut(self.len..end) else { return false };
-        room.copy_from_slice(line);
-        self.len = end;
+        if !self.fits(line) {
+            return false;
+        }
+        // SAFETY: `len + line.len()` is within the mapping (just checked).
+        // Those bytes are past every frame handed out so far, so nothing
+        // reads them, and nothing else writes the mapping: `append` runs
+        // with `&mut self`, under the journal's lock.
+        unsafe { std::ptr::copy_nonoverlapping(line.as_ptr(), self.map.as_mut_ptr().add(self.len), line.len()) };
+        self.len += line.len();
         true
     }
 }
@@ -139,6 +144,10 @@ struct Segment {
     records: u64,
     sealed: bool,
     bytes: u64,
+    /// The segment's mapping, while records queued for the writer may be
+    /// read from it (`Journal::mapping`): dropped once it is sealed and
+    /// every record not yet in the database missed the queue.
+    map: Option<Arc<memmap2::MmapRaw>>,
 }
 
 impl Segment {
@@ -157,6 +166,17 @@ impl Segment {
         if self.sealed && !self.whole && missed > 0 && missed == self.pending && missed * 2 >= self.records {
             self.whole = true;
             self.missed = Vec::new();
+        }
+        self.release_map();
+    }
+
+    /// Lets go of the mapping of a sealed segment none of whose records is
+    /// in the queue any more (each one not yet in the database missed it):
+    /// an outage that seals segment after segment does not keep them all
+    /// mapped.
+    fn release_map(&mut self) {
+        if self.sealed && (self.whole || self.pending <= self.missed.len() as u64) {
+            self.map = None;
         }
     }
 }
@@ -247,15 +267,22 @@ const HEADER: usize = 8;
 /// A text's length field for `None`.
 const ABSENT: u32 = u32::MAX;
 
-/// A journal frame that `encode` made, in memory: what the writer binds
-/// from. Only `encode` writes one, so every text in it is a whole `&str`
-/// where `decode` finds it, and reading it back skips the UTF-8 check (about
-/// 1,000 instructions a record) and the checksum.
+/// A journal frame that `encode` made, in memory: what `append` copies into
+/// the journal, and what the writer binds from when the journal could not
+/// take a record. Only `encode` writes one, so every text in it is a whole
+/// `&str` where `decode` finds it, and reading it back skips the UTF-8 check
+/// (about 1,000 instructions a record) and the checksum.
+#[derive(Clone, Default)]
 pub struct Frame(Vec<u8>);
 
 impl Frame {
     pub fn with_capacity(bytes: usize) -> Self {
         Self(Vec::with_capacity(bytes))
+    }
+
+    /// Lets go of capacity beyond `bytes` (or the frame's length).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        self.0.shrink_to(bytes);
     }
 
     /// The bytes a journal segment gets.
@@ -268,15 +295,6 @@ impl Frame {
     pub fn record(&self) -> Option<RecordRef<'_>> {
         decode::<true>(self.0.get(HEADER..)?)
     }
-}
-
-/// The bytes `encode` makes of `record` (when its texts hold no NUL), or 8
-/// more when it has no cost: what `submit` sizes a frame to.
-pub fn frame_len(record: &AuditRecord) -> usize {
-    // Header, format, a length for each of the 16 texts, the time, status
-    // and token counts, four reals with their presence bytes, two flags.
-    const FIXED: usize = HEADER + 1 + 16 * 4 + 8 + 8 + 2 * 8 + 4 * 9 + 2;
-    FIXED + record.borrowed().text_len()
 }
 
 /// `record` as one journal frame, in `out` (replacing what it held). A text
@@ -505,6 +523,45 @@ fn frame_at(bytes: &[u8]) -> Option<(AuditRecord, usize)> {
     frame_ref(bytes).map(|(record, len)| (record.to_record(), len))
 }
 
+/// A segment's mapping, as far as it held records when `Journal::mapping`
+/// was called: where the writer reads queued records from.
+pub struct Mapped {
+    map: Arc<memmap2::MmapRaw>,
+    /// Bytes of records in the mapping then: a sealed segment's file is cut
+    /// to them, and a page past its end cannot be read.
+    len: usize,
+}
+
+impl Mapped {
+    /// The record that `Journal::append` put at `offset`, its texts
+    /// borrowed from the mapping: how the writer reads a queued record,
+    /// without a copy of its own. `None` when the frame there does not
+    /// check out (its length or CRC), which a `Slot` from `append`, appended
+    /// before this mapping was taken, rules out.
+    pub fn record_at(&self, offset: u64) -> Option<RecordRef<'_>> {
+        let start = usize::try_from(offset).ok()?;
+        let header_end = start.checked_add(HEADER).filter(|&end| end <= self.len)?;
+        // SAFETY: within the records of the mapping (just checked, and
+        // `len` is within the mapping), which lives as long as `self`: bytes
+        // that `append` wrote before it returned the slot, which reached
+        // this thread after that (through the queue), and that nothing
+        // writes again.
+        let header = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), HEADER) };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        header_end.checked_add(len).filter(|&end| len > 0 && end <= self.len)?;
+        // SAFETY: as for the header: the rest of the same frame.
+        let payload = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(header_end), len) };
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if checksum(payload) != crc {
+            return None;
+        }
+        // Unchecked UTF-8: the frame is one `encode` made (its checksum
+        // says so), copied there by `append`; the mapping's file is the
+        // journal's own and nothing else writes it (see `Active::create`).
+        decode::<true>(payload)
+    }
+}
+
 /// The record framed at `offset` of a segment's bytes, its texts borrowed
 /// from them, when the frame checks out.
 pub fn frame_ref_at(bytes: &[u8], offset: u64) -> Option<RecordRef<'_>> {
@@ -616,7 +673,10 @@ impl Journal {
         };
         let seq = active.seq;
         active.append(line);
-        inner.segments.insert(seq, Segment { pending: 1, records: 1, bytes: line.len() as u64, ..Segment::default() });
+        let map = Some(active.map.clone());
+        inner
+            .segments
+            .insert(seq, Segment { pending: 1, records: 1, bytes: line.len() as u64, map, ..Segment::default() });
         inner.active = Some(active);
         inner.appended += 1;
         Ok(Slot { seq, offset: 0 })
@@ -695,6 +755,17 @@ impl Journal {
         self.lock().failed_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
     }
 
+    /// The mapping of segment `seq`, to read queued records from
+    /// (`Mapped::record_at`): there from the segment's first append until it
+    /// is sealed and no record of it is left in the queue. Hold it until the
+    /// records read from it are done with.
+    pub fn mapping(&self, seq: u64) -> Option<Mapped> {
+        let inner = self.lock();
+        let segment = inner.segments.get(&seq)?;
+        let len = usize::try_from(segment.bytes).ok()?;
+        segment.map.clone().map(|map| Mapped { len: len.min(map.len()), map })
+    }
+
     /// The frame at `slot` did not reach the database through the queue:
     /// it is to be replayed from the file.
     pub fn mark_missed(&self, slot: Slot) {
@@ -768,6 +839,7 @@ impl Journal {
             let n = n.min(s.missed.len());
             s.missed.drain(..n);
             s.pending = s.pending.saturating_sub(n as u64);
+            s.release_map();
             self.remove_clean(&mut inner);
         }
     }
@@ -896,25 +968,6 @@ mod tests {
         }
     }
 
-    /// The capacity `submit` gives a frame fits it exactly, or with the 8
-    /// bytes of an absent cost to spare: encoding never regrows it.
-    #[test]
-    fn frame_len_is_what_encode_makes() {
-        // Every text non-empty (`full`'s conversation id is empty), so a text
-        // `frame_len` left out would show.
-        let full = AuditRecord { conversation_id: Some("c-9".into()), ..full() };
-        let mut no_cost = full.clone();
-        no_cost.cost_usd = None;
-        for (r, spare) in [(&full, 0), (&no_cost, 8), (&crate::store::writer::tests::record("sparse"), 8)] {
-            let len = frame_len(r);
-            let mut frame = Frame::with_capacity(len);
-            let capacity = frame.0.capacity();
-            encode(&mut r.clone(), &mut frame).unwrap();
-            assert_eq!(len, frame.bytes().len() + spare, "{}", r.id);
-            assert_eq!(frame.0.capacity(), capacity, "{}: the frame grew", r.id);
-        }
-    }
-
     /// A NUL met while encoding is scrubbed from the record (PostgreSQL
     /// refuses it), which is then encoded again: the frame, the record and
     /// what a segment reads back all hold U+FFFD, and nothing else changed.
@@ -923,7 +976,7 @@ mod tests {
         let mut record = full();
         record.prompt = Some("user: a\0b\0".into());
         record.user_id = Some("\0".into());
-        let mut frame = Frame::with_capacity(frame_len(&record));
+        let mut frame = Frame::default();
         encode(&mut record, &mut frame).unwrap();
         let expected =
             AuditRecord { prompt: Some("user: a\u{fffd}b\u{fffd}".into()), user_id: Some("\u{fffd}".into()), ..full() };
@@ -1031,6 +1084,53 @@ mod tests {
         j.committed([d.seq]);
         assert_eq!(files(&dir), 0, "everything reached the database");
         assert_eq!(j.backlog(), 0);
+    }
+
+    /// The writer reads queued records from the segment's mapping, also
+    /// after the segment is sealed and trimmed; the journal lets go of the
+    /// mapping once no record of a sealed segment can still be in the
+    /// queue, and keeps it while one can.
+    #[test]
+    fn queued_records_are_read_from_the_mapping_until_none_is_left_in_the_queue() {
+        let dir = tempdir();
+        let frame = record("q");
+        // Room for exactly three frames a segment.
+        let j = Journal::open(&dir, 3 * frame.len() as u64);
+        let slots: Vec<Slot> = ["a", "b", "c"].iter().map(|id| j.append(&record(id)).unwrap()).collect();
+        let map = j.mapping(slots[0].seq).expect("the active segment is mapped");
+        let id = |map: &Mapped, offset| map.record_at(offset).map(|r| r.id.to_owned());
+        let ids: Vec<_> = slots.iter().map(|s| id(&map, s.offset)).collect();
+        assert_eq!(ids, [Some("a".into()), Some("b".into()), Some("c".into())]);
+        assert_eq!(id(&map, slots[1].offset + 1), None, "not where a frame starts");
+        assert_eq!(id(&map, map.len as u64 - 4), None, "a header past the records");
+        assert_eq!(map.len, 3 * frame.len());
+        assert_eq!(id(&map, u64::MAX), None);
+
+        // Sealed (the next append does not fit) and trimmed: what the
+        // mapping held still reads.
+        let next = j.append(&frame).unwrap();
+        assert_ne!(next.seq, slots[0].seq);
+        assert_eq!(std::fs::metadata(dir.join(segment_name(slots[0].seq))).unwrap().len(), 3 * frame.len() as u64);
+        assert_eq!(id(&map, slots[2].offset), Some("c".into()));
+        // a is in the database, b missed the queue, c is still queued: the
+        // mapping stays for c.
+        j.committed([slots[0].seq]);
+        j.mark_missed(slots[1]);
+        let again = j.mapping(slots[0].seq).expect("c may still be read from it");
+        assert_eq!(id(&again, slots[2].offset), Some("c".into()));
+        drop(again);
+        // c's write failed too: nothing of the segment is queued any more.
+        j.mark_missed(slots[2]);
+        assert!(j.mapping(slots[0].seq).is_none(), "every record not in the database missed the queue");
+        assert_eq!(id(&map, slots[0].offset), Some("a".into()), "a mapping held elsewhere stays valid");
+
+        // The active segment keeps its mapping whatever missed.
+        j.mark_missed(next);
+        assert!(j.mapping(next.seq).is_some());
+        // Sealed with its only record replayed: gone with the segment.
+        j.seal();
+        j.replayed_frames(next.seq, 1);
+        assert!(j.mapping(next.seq).is_none());
     }
 
     #[test]

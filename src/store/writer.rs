@@ -20,15 +20,48 @@ use crate::telemetry::metrics;
 #[error("the audit journal cannot be written")]
 pub struct AuditUnavailable;
 
-/// A submitted record, as its journal frame, and where it went in the
-/// journal (if it did). The frame, not the record: the writer binds the
-/// record's texts where they lie in it, and the record itself is freed on the
-/// thread that built it. (Each of its dozen strings freed on the writer's
-/// thread instead cost the serving threads more, in allocator work and cache
-/// misses, than the writer saved by not decoding.)
-struct Queued {
-    slot: Option<Slot>,
-    frame: super::journal::Frame,
+/// A submitted record, as the writer finds it: where it went in the journal,
+/// to be read from the segment's mapping (`journal::Mapped::record_at`), or, when
+/// the journal could not take it, its frame. Never the record itself: the
+/// writer binds the record's texts where they lie, and the record is freed
+/// on the thread that built it. (Each of its dozen strings freed on the
+/// writer's thread instead cost the serving threads more, in allocator work
+/// and cache misses, than the writer saved by not decoding; and so did a
+/// frame of its own for each journaled record, allocated on a serving thread
+/// and freed on the writer's.)
+enum Queued {
+    Journaled(Slot),
+    Unjournaled(super::journal::Frame),
+}
+
+/// Why `submit` queued nothing.
+enum Unqueued {
+    /// The record cannot be encoded (over 4 GiB): lost, loudly.
+    Lost,
+    /// Neither the journal nor the encoder took it: kept in memory.
+    Kept,
+}
+
+thread_local! {
+    /// The frame each thread encodes its records into before the journal
+    /// copies them (see `with_frame`).
+    static FRAME: std::cell::Cell<super::journal::Frame> = std::cell::Cell::default();
+}
+
+/// The largest frame buffer a thread keeps between records: one record with
+/// a long prompt does not pin its size on the thread for good.
+const FRAME_KEPT: usize = 16 * 1024;
+
+/// Runs `f` with this thread's frame buffer: encoded into the same memory
+/// request after request, a record's frame stays in the serving thread's
+/// cache, and costs no allocation. (An empty buffer where the thread's is
+/// in use further up the stack, or gone with the thread.)
+fn with_frame<R>(f: impl FnOnce(&mut super::journal::Frame) -> R) -> R {
+    let mut frame = FRAME.try_with(std::cell::Cell::take).unwrap_or_default();
+    let r = f(&mut frame);
+    frame.shrink_to(FRAME_KEPT);
+    let _ = FRAME.try_with(|cell| cell.set(frame));
+    r
 }
 
 pub struct AuditLog {
@@ -134,34 +167,42 @@ impl AuditLog {
     /// Journal, then queue. `Err` only when the journal failed and the policy
     /// is `reject`; every other failure is logged and counted.
     pub fn submit(&self, mut record: AuditRecord) -> Result<(), AuditUnavailable> {
-        // Sized to the record, so encoding does not regrow the buffer and a
-        // queue of frames takes no more memory (and cache) than it must.
-        let mut frame = super::journal::Frame::with_capacity(super::journal::frame_len(&record));
-        if let Err(e) = super::journal::encode(&mut record, &mut frame) {
-            tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
-            metrics::audit_failure("encode");
-            return self.allowed(AuditUnavailable);
-        }
-        let slot = match self.journal.append(frame.bytes()) {
-            // Counted by the writer, in bulk (`count_taken`).
-            Ok(slot) => Some(slot),
-            Err(e) => {
-                tracing::error!(request_id = %record.request_id, error = %e, "audit journal write failed");
-                metrics::audit_failure("journal");
-                None
+        // Encoded into this thread's frame buffer, which stays in its cache:
+        // only a record the journal could not take gets a frame of its own.
+        let queued = with_frame(|frame| {
+            if let Err(e) = super::journal::encode(&mut record, frame) {
+                tracing::error!(request_id = %record.request_id, error = %e, "audit record cannot be encoded");
+                metrics::audit_failure("encode");
+                return Err(Unqueued::Lost);
             }
-        };
-        let journaled = slot.is_some();
-        if !journaled && self.policy == AuditFailurePolicy::Reject {
-            // The client gets a 503: the row says so.
-            record.status = 503;
-            record.error_kind = Some("audit_unavailable".into());
-            if super::journal::encode(&mut record, &mut frame).is_err() {
+            match self.journal.append(frame.bytes()) {
+                // Counted by the writer, in bulk (`count_taken`).
+                Ok(slot) => Ok(Queued::Journaled(slot)),
+                Err(e) => {
+                    tracing::error!(request_id = %record.request_id, error = %e, "audit journal write failed");
+                    metrics::audit_failure("journal");
+                    if self.policy == AuditFailurePolicy::Reject {
+                        // The client gets a 503: the row says so.
+                        record.status = 503;
+                        record.error_kind = Some("audit_unavailable".into());
+                        if super::journal::encode(&mut record, frame).is_err() {
+                            return Err(Unqueued::Kept);
+                        }
+                    }
+                    Ok(Queued::Unjournaled(frame.clone()))
+                }
+            }
+        });
+        let queued = match queued {
+            Ok(q) => q,
+            Err(Unqueued::Lost) => return self.allowed(AuditUnavailable),
+            Err(Unqueued::Kept) => {
                 self.keep_unjournaled(record);
                 return Err(AuditUnavailable);
             }
-        }
-        match self.tx.try_send(Queued { slot, frame }) {
+        };
+        let journaled = matches!(queued, Queued::Journaled(_));
+        match self.tx.try_send(queued) {
             // Counted as queued when the writer takes it (`count_taken`).
             Ok(()) => {
                 // Half the queue when that is less than a batch, so a small
@@ -173,10 +214,10 @@ impl AuditLog {
             }
             Err(e) => {
                 let (mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) = e;
-                match q.slot {
+                match q {
                     // Waits in the journal for replay.
-                    Some(slot) => self.journal.mark_missed(slot),
-                    None => self.keep_unjournaled(record),
+                    Queued::Journaled(slot) => self.journal.mark_missed(slot),
+                    Queued::Unjournaled(_) => self.keep_unjournaled(record),
                 }
             }
         }
@@ -347,28 +388,46 @@ impl AuditLog {
             self.leave_in_journal(items);
             return;
         }
+        // The mappings of the segments the batch's records are in (one or
+        // two), held until the insert is done: the texts are bound where
+        // they lie in them.
+        let mut maps: Vec<(u64, super::journal::Mapped)> = Vec::new();
+        for q in &items {
+            if let Queued::Journaled(slot) = q
+                && !maps.iter().any(|(seq, _)| *seq == slot.seq)
+                && let Some(map) = self.journal.mapping(slot.seq)
+            {
+                maps.push((slot.seq, map));
+            }
+        }
         let mut records = Vec::with_capacity(items.len());
+        // Where each of `records` is in the journal (`None`: it is not).
         let mut slots = Vec::with_capacity(items.len());
         for q in &items {
-            match q.frame.record() {
-                Some(r) => {
-                    records.push(r);
-                    slots.extend(q.slot);
+            let (record, slot) = match q {
+                Queued::Journaled(slot) => {
+                    let map = maps.iter().find(|(seq, _)| *seq == slot.seq).map(|(_, map)| map);
+                    (map.and_then(|map| map.record_at(slot.offset)), Some(*slot))
                 }
-                // Cannot happen (`submit` encoded it); if it did, the copy in
-                // the journal is the one left to replay, and without one the
-                // record is lost, loudly.
-                None => match q.slot {
-                    Some(slot) => {
-                        tracing::error!(segment = slot.seq, "a queued audit frame does not decode; left to replay");
-                        metrics::audit_failure("encode");
-                        self.journal.mark_missed(slot);
-                    }
-                    None => {
-                        tracing::error!("audit record lost: a queued frame that was never journaled does not decode");
-                        metrics::audit_failure("lost");
-                    }
-                },
+                Queued::Unjournaled(frame) => (frame.record(), None),
+            };
+            match (record, slot) {
+                (Some(r), slot) => {
+                    records.push(r);
+                    slots.push(slot);
+                }
+                // Cannot happen (`submit` encoded it, `append` placed it);
+                // if it did, the copy in the journal file is the one left
+                // to replay, and without one the record is lost, loudly.
+                (None, Some(slot)) => {
+                    tracing::error!(segment = slot.seq, "a queued audit record cannot be read; left to replay");
+                    metrics::audit_failure("encode");
+                    self.journal.mark_missed(slot);
+                }
+                (None, None) => {
+                    tracing::error!("audit record lost: a queued frame that was never journaled does not decode");
+                    metrics::audit_failure("lost");
+                }
             }
         }
         let result = match self.store.migrate().await {
@@ -379,25 +438,26 @@ impl AuditLog {
             Ok(_) => {
                 self.mark_up();
                 metrics::audit_records("written", records.len() as u64);
-                self.journal.committed(slots.iter().map(|s| s.seq));
+                self.journal.committed(slots.iter().flatten().map(|s| s.seq));
                 metrics::audit_journal_bytes(self.journal.bytes());
             }
             Err(e) => {
                 self.mark_down(&e);
-                drop(records);
-                // Those that did not decode are marked already.
-                let mut items = items;
-                items.retain(|q| q.frame.record().is_some());
-                self.leave_in_journal(items);
+                for (record, slot) in records.iter().zip(&slots) {
+                    match slot {
+                        Some(slot) => self.journal.mark_missed(*slot),
+                        None => self.keep_unjournaled(record.to_record()),
+                    }
+                }
             }
         }
     }
 
     fn leave_in_journal(&self, items: Vec<Queued>) {
-        for Queued { slot, frame } in items {
-            match slot {
-                Some(slot) => self.journal.mark_missed(slot),
-                None => match frame.record() {
+        for q in items {
+            match q {
+                Queued::Journaled(slot) => self.journal.mark_missed(slot),
+                Queued::Unjournaled(frame) => match frame.record() {
                     Some(r) => self.keep_unjournaled(r.to_record()),
                     None => {
                         tracing::error!("audit record lost: a queued frame that was never journaled does not decode");
