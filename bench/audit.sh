@@ -40,6 +40,7 @@
 #
 # Usage: bench/audit.sh [--rate 1000] [--duration 10] [--rounds 2] [--sat-duration 5] [--sat-rounds 8]
 #                       [--paired-duration 6] [--paired-rounds 12] [--audit-options 'batch_size: 256']
+# SQUAD_BIN=path runs that build instead of building this checkout.
 # --audit-options: more `audit:` settings for the audited variants (YAML flow
 # mapping entries), to measure a setting against auditing off.
 set -euo pipefail
@@ -62,8 +63,14 @@ while [ $# -gt 0 ]; do
 done
 command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
 
-cargo build --release --quiet
-BIN=target/release/squad
+# SQUAD_BIN runs a build made elsewhere (to compare two builds on one
+# machine) instead of building this checkout.
+if [ -n "${SQUAD_BIN:-}" ]; then
+  BIN=$(realpath "$SQUAD_BIN")
+else
+  cargo build --release --quiet
+  BIN=$PWD/target/release/squad
+fi
 UP_PORT=${UP_PORT:-18911}
 OUT=$(mktemp -d)
 pids=()
@@ -83,7 +90,7 @@ providers:
   groq: { base_url: "http://127.0.0.1:$UP_PORT/openai/v1" }
 YAML
   # DATABASE_URL would override the file's database: each variant names its own.
-  (cd "$OUT/$1" && GROQ_API_KEY=bench-key exec env -u DATABASE_URL "$OLDPWD/$BIN" serve --config squad.yaml >/dev/null 2>&1) &
+  (cd "$OUT/$1" && GROQ_API_KEY=bench-key exec env -u DATABASE_URL "$BIN" serve --config squad.yaml >/dev/null 2>&1) &
   pids+=($!)
   echo $! > "$OUT/$1/pid"
   wait_port "$2"
@@ -168,7 +175,7 @@ for round in $(seq 1 "$PAIRED_ROUNDS"); do
   done
 done
 sleep 2  # let the writers drain before counting rows
-(cd "$OUT/sqlite" && env -u DATABASE_URL "$OLDPWD/$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
+(cd "$OUT/sqlite" && env -u DATABASE_URL "$BIN" audit export --config squad.yaml 2>/dev/null | wc -l) > "$OUT/sqlite-rows" || true
 # How records reached the database: through the queue, or replayed from the
 # journal because the queue was full (the writer fell behind).
 for v in "${VARIANTS[@]:1}"; do
