@@ -539,22 +539,12 @@ impl Mapped {
     /// check out (its length or CRC), which a `Slot` from `append`, appended
     /// before this mapping was taken, rules out.
     pub fn record_at(&self, offset: u64) -> Option<RecordRef<'_>> {
-        let start = usize::try_from(offset).ok()?;
-        let header_end = start.checked_add(HEADER).filter(|&end| end <= self.len)?;
-        // SAFETY: within the records of the mapping (just checked, and
-        // `len` is within the mapping), which lives as long as `self`: bytes
-        // that `append` wrote before it returned the slot, which reached
-        // this thread after that (through the queue), and that nothing
-        // writes again.
-        let header = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), HEADER) };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        header_end.checked_add(len).filter(|&end| len > 0 && end <= self.len)?;
-        // SAFETY: as for the header: the rest of the same frame.
-        let payload = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(header_end), len) };
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if checksum(payload) != crc {
-            return None;
-        }
+        // SAFETY: the first `len` bytes of the mapping (`len` is within it),
+        // which lives as long as `self`: frames that `append` wrote before
+        // this mapping was taken, and that nothing writes again (appends
+        // go past them).
+        let records = unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) };
+        let payload = checked_payload(records.get(usize::try_from(offset).ok()?..)?)?;
         // Unchecked UTF-8: the frame is one `encode` made (its checksum
         // says so), copied there by `append`; the mapping's file is the
         // journal's own and nothing else writes it (see `Active::create`).
@@ -570,6 +560,13 @@ pub fn frame_ref_at(bytes: &[u8], offset: u64) -> Option<RecordRef<'_>> {
 
 /// As `frame_at`, the texts borrowed.
 fn frame_ref(bytes: &[u8]) -> Option<(RecordRef<'_>, usize)> {
+    let payload = checked_payload(bytes)?;
+    Some((decode::<false>(payload)?, HEADER + payload.len()))
+}
+
+/// The payload of the frame at the start of `bytes`, when its length and
+/// CRC check out.
+fn checked_payload(bytes: &[u8]) -> Option<&[u8]> {
     let (header, body) = bytes.split_first_chunk::<HEADER>()?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len == 0 {
@@ -578,8 +575,7 @@ fn frame_ref(bytes: &[u8]) -> Option<(RecordRef<'_>, usize)> {
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     // The format byte first: while resynchronizing, most offsets fail here,
     // before a checksum over `len` bytes.
-    let payload = body.get(..len).filter(|p| p[0] == FORMAT && checksum(p) == crc)?;
-    Some((decode::<false>(payload)?, HEADER + len))
+    body.get(..len).filter(|p| p[0] == FORMAT && checksum(p) == crc)
 }
 
 /// What a segment file held.
