@@ -84,6 +84,10 @@ pub fn registry(config: &Config, secrets: &Secrets) -> Result<Registry, AppError
 
 /// The application state for `config`; the caller owns the lifecycle flags.
 pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
+    // First: the provider registry and the limits set gauges as they are
+    // built (each breaker closed, each provider's rpm), and with no recorder
+    // installed yet those values would go nowhere until they next changed.
+    let metrics = telemetry::metrics::install();
     let registry = registry(config, secrets)?;
     let (roster, issues) = Roster::load(config.agents.dir.as_deref());
     for issue in &issues {
@@ -122,7 +126,7 @@ pub fn state(config: &Config, secrets: &Secrets) -> Result<AppState, AppError> {
         pii,
         gateway: Arc::new(gateway),
         lifecycle: Arc::new(Lifecycle::default()),
-        metrics: telemetry::metrics::install(),
+        metrics,
         started: Instant::now(),
         started_unix: crate::domain::unix_now(),
         max_body_bytes: config.server.max_body_bytes,

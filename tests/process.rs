@@ -202,6 +202,39 @@ fn the_example_config_is_valid() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// What an alert or a dashboard needs from a fresh start, before any
+/// request: the gauges set while the app is built (every breaker closed,
+/// each provider's request rate), and the audit and API-key counters at 0 (a
+/// series that first appears at 1 has no earlier sample for `increase()` to
+/// rise from, so an alert on the first audit failure would miss it). A fresh
+/// process: a test process shares one recorder across its tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_series_are_on_metrics_before_any_request() {
+    let config = temp_config("server:\n  bind: 127.0.0.1\n  port: 0\n");
+    let (mut child, url, _logs) = spawn_serve_with(&config, &[("SQUAD__AUTH__MODE", "required")]);
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    // Stopped before asserting, so that a failure leaves no process behind.
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let mut wanted: Vec<String> = ["groq", "cerebras", "gemini", "openrouter", "deepseek"]
+        .iter()
+        .map(|provider| format!("squad_breaker_state{{provider=\"{provider}\"}} 0"))
+        .collect();
+    // The defaults give groq 30 requests a minute.
+    wanted.push("squad_provider_effective_rpm{provider=\"groq\"} 30".to_owned());
+    for stage in squad::telemetry::metrics::AUDIT_RECORD_STAGES {
+        wanted.push(format!("squad_audit_records_total{{stage=\"{stage}\"}} 0"));
+    }
+    for stage in squad::telemetry::metrics::AUDIT_FAILURE_STAGES {
+        wanted.push(format!("squad_audit_failures_total{{stage=\"{stage}\"}} 0"));
+    }
+    for outcome in squad::telemetry::metrics::AUTH_OUTCOMES {
+        wanted.push(format!("squad_auth_decisions_total{{outcome=\"{outcome}\"}} 0"));
+    }
+    let missing: Vec<&String> = wanted.iter().filter(|w| !metrics.lines().any(|l| l == w.as_str())).collect();
+    assert!(missing.is_empty(), "missing before any request: {missing:#?}\n{metrics}");
+}
+
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = squad();
     cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);

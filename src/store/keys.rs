@@ -214,6 +214,7 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(store: Arc<Store>) -> Self {
+        crate::telemetry::metrics::auth_initial();
         Self { store, keys: RwLock::new(None), miss_reload: tokio::sync::Mutex::new(None) }
     }
 

@@ -115,6 +115,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let journal = Journal::open(&config.journal_dir, config.segment_bytes);
         metrics::audit_journal_bytes(journal.bytes());
+        metrics::audit_initial();
         Arc::new(Self {
             journal,
             tx,

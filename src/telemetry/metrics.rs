@@ -225,20 +225,50 @@ fn status_label(status: u16) -> &'static str {
 /// `n` audit records reached a stage: `journaled`, `queued`, `written`,
 /// `replayed`. Called by the audit writer, once per batch.
 pub fn audit_records(stage: &'static str, n: u64) {
+    debug_assert!(AUDIT_RECORD_STAGES.contains(&stage), "{stage} is not in AUDIT_RECORD_STAGES");
     counter!(AUDIT_RECORDS, "stage" => stage).increment(n);
 }
 
-/// An audit failure: `journal`, `database`, `encode`, `journal_read`, `journal_corrupt`, `lost`.
+/// An audit failure, by stage (one of `AUDIT_FAILURE_STAGES`).
 pub fn audit_failure(stage: &'static str) {
+    debug_assert!(AUDIT_FAILURE_STAGES.contains(&stage), "{stage} is not in AUDIT_FAILURE_STAGES");
     counter!(AUDIT_FAILURES, "stage" => stage).increment(1);
+}
+
+/// Every `stage` of `squad_audit_records_total`.
+pub const AUDIT_RECORD_STAGES: [&str; 4] = ["queued", "journaled", "written", "replayed"];
+/// Every `stage` of `squad_audit_failures_total`.
+pub const AUDIT_FAILURE_STAGES: [&str; 6] =
+    ["journal", "database", "encode", "journal_read", "journal_corrupt", "lost"];
+/// Every `outcome` of `squad_auth_decisions_total`.
+pub const AUTH_OUTCOMES: [&str; 7] = ["ok", "missing", "invalid", "expired", "revoked", "forbidden", "unavailable"];
+
+/// The audit counters' series, at 0, from start-up. A series that first
+/// appears at 1 has no earlier sample for `rate()` or `increase()` to rise
+/// from, so an alert on audit failures would miss the first one.
+pub fn audit_initial() {
+    for stage in AUDIT_RECORD_STAGES {
+        counter!(AUDIT_RECORDS, "stage" => stage).increment(0);
+    }
+    for stage in AUDIT_FAILURE_STAGES {
+        counter!(AUDIT_FAILURES, "stage" => stage).increment(0);
+    }
+}
+
+/// The API-key decisions' series, at 0, from start-up (see `audit_initial`).
+pub fn auth_initial() {
+    for outcome in AUTH_OUTCOMES {
+        counter!(AUTH_DECISIONS, "outcome" => outcome).increment(0);
+    }
 }
 
 pub fn audit_journal_bytes(bytes: u64) {
     gauge!(AUDIT_JOURNAL_BYTES).set(bytes as f64);
 }
 
-/// An API-key decision: `ok`, `missing`, `invalid`, `expired`, `revoked`, `forbidden`, `unavailable`.
+/// An API-key decision (one of `AUTH_OUTCOMES`).
 pub fn auth_decision(outcome: &'static str) {
+    debug_assert!(AUTH_OUTCOMES.contains(&outcome), "{outcome} is not in AUTH_OUTCOMES");
     counter!(AUTH_DECISIONS, "outcome" => outcome).increment(1);
 }
 
