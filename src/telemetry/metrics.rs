@@ -222,8 +222,8 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// `n` audit records reached a stage: `journaled`, `queued`, `written`,
-/// `replayed`. Called by the audit writer, once per batch.
+/// `n` audit records reached a stage (one of `AUDIT_RECORD_STAGES`).
+/// Called by the audit writer, once per batch.
 pub fn audit_records(stage: &'static str, n: u64) {
     debug_assert!(AUDIT_RECORD_STAGES.contains(&stage), "{stage} is not in AUDIT_RECORD_STAGES");
     counter!(AUDIT_RECORDS, "stage" => stage).increment(n);
