@@ -106,7 +106,9 @@ PG_DB=""
 if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null; then
   PG_DB="squad_bench_$$"
   psql "$DATABASE_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
-  PG_URL="${DATABASE_URL%/*}/$PG_DB"
+  # The database name replaced, the query (sslmode=disable, host=/run/…) kept.
+  PG_BASE=${DATABASE_URL%%\?*}
+  PG_URL="${PG_BASE%/*}/$PG_DB${DATABASE_URL#"$PG_BASE"}"
   start_squad postgres 18914 "$AUDIT_ON
 database: { url: \"$PG_URL\" }"
   VARIANTS+=(postgres)

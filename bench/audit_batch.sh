@@ -53,7 +53,9 @@ STORES=(sqlite)
 if [ -n "$PG_URL" ] && command -v psql >/dev/null; then
   STORES+=(postgres)
   PG_DB="squad_batch_$$"
-  PG_BENCH_URL="${PG_URL%/*}/$PG_DB"
+  # The database name replaced, the query (sslmode=disable, host=/run/…) kept.
+  PG_BASE=${PG_URL%%\?*}
+  PG_BENCH_URL="${PG_BASE%/*}/$PG_DB${PG_URL#"$PG_BASE"}"
 else
   echo "DATABASE_URL not set (or no psql): PostgreSQL skipped" >&2
 fi

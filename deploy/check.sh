@@ -166,11 +166,19 @@ def secs(v):
 drain = secs(cfg["server"]["drain_delay"]) + secs(cfg["server"]["shutdown_grace"])
 if pod["terminationGracePeriodSeconds"] <= drain:
     bad.append(f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} <= drain_delay + shutdown_grace ({drain})")
-if c["ports"][0]["containerPort"] != cfg["server"]["port"]:
-    bad.append("containerPort != server.port")
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+if ports.get("http") != cfg["server"]["port"]:
+    bad.append("containerPort http != server.port")
+ops_port = cfg["server"].get("ops_port")
+if ops_port is not None and ports.get("ops") != ops_port:
+    bad.append("containerPort ops != server.ops_port")
 ann = dep["spec"]["template"]["metadata"]["annotations"]
-if ann.get("prometheus.io/port") != str(cfg["server"]["port"]):
-    bad.append("prometheus.io/port annotation != server.port")
+# /metrics is on the operations port when there is one, else on the API port.
+if ann.get("prometheus.io/port") != str(ops_port if ops_port is not None else cfg["server"]["port"]):
+    bad.append("prometheus.io/port annotation != the port serving /metrics (server.ops_port, else server.port)")
+client_ports = [p.get("targetPort") for p in services.get("squad", {}).get("spec", {}).get("ports", [])]
+if ops_port is not None and ("ops" in client_ports or ops_port in client_ports):
+    bad.append("the client Service publishes the operations port (/metrics)")
 if c["livenessProbe"]["httpGet"]["path"] != "/health/live" or c["readinessProbe"]["httpGet"]["path"] != "/health/ready":
     bad.append("probes must use /health/live and /health/ready")
 if dep["spec"]["replicas"] > 1:
@@ -450,6 +458,7 @@ EOF
 server:
   bind: 127.0.0.1
   port: 0
+  ops_port: 0
   drain_delay: 0s
   shutdown_grace: 5s
   workers: 1
@@ -515,7 +524,19 @@ EOF
     if ! wait_for 20 curl -fsS "$base/health/ready"; then
         fail "squad never became ready at $base"; return 1
     fi
-    say "        squad at $base, simulated upstream at http://$mock"
+    # /metrics on the operations port only, as the manifests run it.
+    local ops_addr ops
+    ops_addr="$(grep '"squad listening"' "$TMP/squad.log" | head -1 | jq -r '.ops_address // .fields.ops_address')"
+    ops="http://$ops_addr"
+    local api_metrics ops_metrics
+    api_metrics="$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")"
+    ops_metrics="$(curl -s -o /dev/null -w '%{http_code}' "$ops/metrics")"
+    if [ "$api_metrics" = 404 ] && [ "$ops_metrics" = 200 ]; then
+        pass "operations port: /metrics at $ops (200), not on the API port (404)"
+    else
+        fail "operations port: /metrics answered $ops_metrics at $ops and $api_metrics at $base (want 200 and 404)"; return 1
+    fi
+    say "        squad at $base (operations port $ops), simulated upstream at http://$mock"
 
     # --- Prometheus: scrapes squad every second, evaluates alerts.yml every second
     local pport; pport="$(free_port)"
@@ -529,7 +550,7 @@ rule_files: [alerts.yml]
 scrape_configs:
   - job_name: squad
     static_configs:
-      - targets: ["$addr"]
+      - targets: ["$ops_addr"]
 EOF
     prometheus --config.file="$TMP/prom/prometheus.yml" --storage.tsdb.path="$TMP/prom/data" \
         --web.listen-address="127.0.0.1:$pport" --log.level=warn >"$TMP/prom.log" 2>&1 &
@@ -594,15 +615,15 @@ PY
     if [ $EXPECT_BAD -eq 0 ]; then pass "traffic: every request got its expected status"; else fail "traffic: $EXPECT_BAD request(s) got an unexpected status"; fi
 
     # --- wait until the audit records went through the failure and the replay
-    if wait_for 30 bash -c "curl -fsS '$base/metrics' | grep -q 'squad_audit_records_total{stage=\"replayed\"}'"; then
+    if wait_for 30 bash -c "curl -fsS '$ops/metrics' | grep -q 'squad_audit_records_total{stage=\"replayed\"}'"; then
         pass "audit: database failure counted and records replayed from the journal"
     else
-        fail "audit: no replay seen: $(curl -fsS "$base/metrics" | grep squad_audit)"
+        fail "audit: no replay seen: $(curl -fsS "$ops/metrics" | grep squad_audit)"
     fi
-    curl -fsS "$base/metrics" >"$TMP/metrics.txt"
+    curl -fsS "$ops/metrics" >"$TMP/metrics.txt"
     # Scrapes after the last change: every series has several samples.
     sleep 4
-    curl -fsS "$base/metrics" >"$TMP/metrics.txt"
+    curl -fsS "$ops/metrics" >"$TMP/metrics.txt"
 
     # --- every expression through Prometheus, every name against /metrics
     step "PromQL: dashboard and alert expressions against live Prometheus and /metrics" \

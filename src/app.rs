@@ -277,6 +277,16 @@ pub fn router(state: AppState) -> axum::Router {
     api::router(state)
 }
 
+/// The API port's routes beside an operations port: all but `/metrics`.
+pub fn api_router(state: AppState) -> axum::Router {
+    api::api_router(state)
+}
+
+/// The operations port's routes: `/metrics` and the health routes.
+pub fn ops_router(state: AppState) -> axum::Router {
+    api::ops_router(state)
+}
+
 /// Points every provider at the simulated upstream on `mock` and gives each a
 /// placeholder key, so `--demo` exercises the real adapters and wire formats.
 /// API keys are off in the demo.

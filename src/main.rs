@@ -94,6 +94,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check a running Squad's health route and exit 0 when it answers 200
+    /// (1 otherwise): a container HEALTHCHECK without curl in the image.
+    Probe {
+        #[arg(long, env = "SQUAD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Readiness (`/health/ready`: 503 while starting or draining)
+        /// instead of liveness (`/health/live`).
+        #[arg(long)]
+        ready: bool,
+        /// The URL to check, instead of the configured port on this host.
+        #[arg(long)]
+        url: Option<String>,
+        /// Longest wait for the answer, e.g. `2s`.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Print the version.
     Version,
 }
@@ -191,6 +207,7 @@ fn main() -> ExitCode {
         Command::Migrate { config } => runtime().block_on(admin::migrate(config)),
         Command::Keys { config, command } => runtime().block_on(admin::keys(config, command)),
         Command::Audit { config, command } => runtime().block_on(admin::audit(config, command)),
+        Command::Probe { config, ready, url, timeout } => runtime().block_on(probe(config, ready, url, timeout)),
         Command::Backup { config, out } => runtime().block_on(admin::backup(config, out)),
         Command::Serve { config, port, bind, demo } => runtime().block_on(serve(config, port, bind, demo)),
         Command::MockUpstream { port, bind, latency, tokens_per_second, fault, faults, retry_after } => {
@@ -287,6 +304,19 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
             return ExitCode::FAILURE;
         }
     };
+    let ops = match config.server.ops_port {
+        Some(port) => {
+            let bind = config.server.ops_bind.as_deref().unwrap_or(&config.server.bind);
+            match tokio::net::TcpListener::bind((bind, port)).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("cannot listen on {bind}:{port} (server.ops_port): {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
     let local = listener.local_addr().ok();
     let shown_addr = local.map(|a| a.to_string()).unwrap_or_else(|| addr.clone());
     let configured: Vec<&str> =
@@ -298,6 +328,7 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
         providers = ?configured,
         demo,
         tls = http.tls.is_some(),
+        ops_address = ops.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         "squad listening"
     );
     if configured.is_empty() {
@@ -311,13 +342,65 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
     }
     let lifecycle = state.lifecycle.clone();
     let drain = Drain { delay: config.server.drain_delay, grace: config.server.shutdown_grace };
-    let result = server::run(listener, app::router(state), lifecycle, drain, http, server::signal()).await;
+    // With an operations port, /metrics is served there only.
+    let (app, ops) = match ops {
+        Some(listener) => (app::api_router(state.clone()), Some(server::Ops { listener, app: app::ops_router(state) })),
+        None => (app::router(state), None),
+    };
+    let result = server::run_with_ops(listener, app, ops, lifecycle, drain, http, server::signal()).await;
     // Everything queued for the audit log is written (or journaled) before exit.
     background.shutdown().await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `squad probe`: one GET, no proxy. The URL made from the config is this
+/// host's own server, whose certificate names the service rather than the
+/// loopback address, so it is not verified there; a `--url` is verified as
+/// any client would.
+async fn probe(path: Option<PathBuf>, ready: bool, url: Option<String>, timeout: Duration) -> ExitCode {
+    let (url, own) = match url {
+        Some(url) => (url, false),
+        None => {
+            let (config, _) = match load_config(path.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match server::probe_url(&config.server, ready) {
+                Ok(url) => (url, true),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_danger_accept_invalid_certs(own)
+        .build();
+    let result = match client {
+        Ok(client) => client.get(&url).send().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+            println!("{url}: 200");
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            println!("{url}: {}", resp.status().as_u16());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{url}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -87,11 +87,47 @@ pub async fn run(
     http: Http,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
+    run_with_ops(listener, app, None, lifecycle, drain, http, shutdown).await
+}
+
+/// The operations port (`server.ops_port`): its listener and routes.
+pub struct Ops {
+    pub listener: TcpListener,
+    pub app: axum::Router,
+}
+
+/// How long the operations port's last scrape or probe may take once the API
+/// port has drained.
+const OPS_CLOSE: Duration = Duration::from_secs(2);
+
+/// `run`, with the operations port served beside the API port: plain HTTP,
+/// the same head limits, open through the drain (so that probes see
+/// readiness turn 503 and Prometheus can scrape to the end), closed after.
+pub async fn run_with_ops(
+    listener: TcpListener,
+    app: axum::Router,
+    ops: Option<Ops>,
+    lifecycle: Arc<Lifecycle>,
+    drain: Drain,
+    http: Http,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (ops_stop_tx, ops_stop_rx) = watch::channel(false);
     let cores = Arc::new(Cores::start(http.workers)?);
+    let ops = ops.map(|ops| {
+        let plain = Http { tls: None, ..http.clone() };
+        tokio::spawn(accept_loop(ops.listener, ops.app, Arc::new(plain), cores.clone(), ops_stop_rx))
+    });
     let mut server = tokio::spawn(accept_loop(listener, app, Arc::new(http), cores.clone(), stop_rx));
     lifecycle.mark_ready();
     let result = drain_on(shutdown, &mut server, &lifecycle, &stop_tx, drain).await;
+    let _ = ops_stop_tx.send(true);
+    if let Some(mut ops) = ops
+        && tokio::time::timeout(OPS_CLOSE, &mut ops).await.is_err()
+    {
+        ops.abort();
+    }
     // Whatever the connections left running (nothing, unless the grace
     // period cut them off) ends with the cores.
     cores.stop().await;
@@ -261,5 +297,49 @@ pub async fn signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// The URL `squad probe` checks: this server's health route on the address
+/// it listens on, over loopback when it listens on every address, and HTTPS
+/// when it terminates TLS. `Err` when the port is 0 (chosen at start-up:
+/// the probe cannot know it).
+pub fn probe_url(server: &crate::config::ServerConfig, ready: bool) -> Result<String, String> {
+    if server.port == 0 {
+        return Err("server.port is 0 (a port chosen at start-up): pass --url".into());
+    }
+    let host = match server.bind.trim_start_matches('[').trim_end_matches(']') {
+        "" | "0.0.0.0" => "127.0.0.1".to_owned(),
+        "::" => "[::1]".to_owned(),
+        ip if ip.contains(':') => format!("[{ip}]"),
+        host => host.to_owned(),
+    };
+    let scheme = if server.tls.enabled() { "https" } else { "http" };
+    let route = if ready { "/health/ready" } else { "/health/live" };
+    Ok(format!("{scheme}://{host}:{}{route}", server.port))
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::probe_url;
+    use crate::config::ServerConfig;
+
+    #[test]
+    fn the_probe_reaches_the_listening_address_over_loopback_when_it_is_every_address() {
+        let url = |bind: &str, port: u16, tls: bool, ready: bool| {
+            let mut server = ServerConfig { bind: bind.into(), port, ..ServerConfig::default() };
+            if tls {
+                server.tls.cert_file = Some("c.pem".into());
+                server.tls.key_file = Some("k.pem".into());
+            }
+            probe_url(&server, ready)
+        };
+        assert_eq!(url("0.0.0.0", 8000, false, false).unwrap(), "http://127.0.0.1:8000/health/live");
+        assert_eq!(url("::", 8000, false, true).unwrap(), "http://[::1]:8000/health/ready");
+        assert_eq!(url("[::]", 8000, false, false).unwrap(), "http://[::1]:8000/health/live");
+        assert_eq!(url("10.1.2.3", 9000, true, true).unwrap(), "https://10.1.2.3:9000/health/ready");
+        assert_eq!(url("fd00::7", 9000, false, false).unwrap(), "http://[fd00::7]:9000/health/live");
+        assert_eq!(url("localhost", 8080, false, false).unwrap(), "http://localhost:8080/health/live");
+        assert!(url("0.0.0.0", 0, false, false).unwrap_err().contains("--url"));
     }
 }

@@ -235,6 +235,86 @@ async fn start_up_series_are_on_metrics_before_any_request() {
     assert!(missing.is_empty(), "missing before any request: {missing:#?}\n{metrics}");
 }
 
+/// `squad probe` (a container HEALTHCHECK; the image has no curl): exit 0
+/// while the configured server answers 200, 1 when readiness is 503 (the
+/// drain after SIGTERM) or nothing answers, 2 when the config gives it no port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_0_while_squad_answers_and_1_when_it_does_not() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = temp_config(&format!("server:\n  bind: 127.0.0.1\n  port: {port}\n  drain_delay: 3s\n"));
+    let (mut child, _url, _logs) = spawn_serve(&config);
+    let probe = |args: &[&str]| {
+        let out = squad().arg("probe").arg("--config").arg(&config).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let live = probe(&[]);
+    let ready = probe(&["--ready"]);
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let draining_ready = probe(&["--ready"]);
+    let draining_live = probe(&[]);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let stopped = probe(&[]);
+
+    assert_eq!(live, (Some(0), format!("http://127.0.0.1:{port}/health/live: 200\n")));
+    assert_eq!(ready, (Some(0), format!("http://127.0.0.1:{port}/health/ready: 200\n")));
+    assert_eq!(draining_ready, (Some(1), format!("http://127.0.0.1:{port}/health/ready: 503\n")));
+    assert_eq!(draining_live.0, Some(0), "{draining_live:?}");
+    assert_eq!(stopped.0, Some(1), "{stopped:?}");
+    assert!(stopped.1.starts_with(&format!("http://127.0.0.1:{port}/health/live: ")), "{stopped:?}");
+
+    let unknown_port = temp_config("server:\n  port: 0\n");
+    let out = squad().arg("probe").arg("--config").arg(&unknown_port).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--url"), "{out:?}");
+}
+
+/// `server.ops_port`: `/metrics` and the health routes on a second port for
+/// scrapers and probes; `/metrics` leaves the API port, the health routes
+/// stay on both, the API stays off the operations port; readiness turns 503
+/// on both through the drain, and the operations port closes with the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_port_serves_metrics_and_health_and_the_api_port_no_metrics() {
+    let ops_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config =
+        temp_config(&format!("server:\n  bind: 127.0.0.1\n  port: 0\n  ops_port: {ops_port}\n  drain_delay: 3s\n"));
+    let (mut child, url, _logs) = spawn_serve(&config);
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let client = reqwest::Client::new();
+    let get = |u: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(u).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let chat = json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]});
+    let ops_metrics = get(format!("{ops}/metrics")).await;
+    let api_metrics = get(format!("{url}/metrics")).await;
+    let ready = (get(format!("{ops}/health/ready")).await.0, get(format!("{url}/health/ready")).await.0);
+    let live = (get(format!("{ops}/health/live")).await.0, get(format!("{url}/health/live")).await.0);
+    let ops_models = get(format!("{ops}/v1/models")).await;
+    let ops_chat = client.post(format!("{ops}/v1/chat/completions")).json(&chat).send().await.unwrap().status();
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let draining = (get(format!("{ops}/health/ready")).await.0, get(format!("{url}/health/ready")).await.0);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let after = reqwest::Client::new().get(format!("{ops}/health/live")).send().await;
+
+    assert_eq!(ops_metrics.0, 200);
+    assert!(ops_metrics.1.lines().any(|l| l.starts_with("squad_build_info{")), "{}", ops_metrics.1);
+    assert_eq!(api_metrics.0, 404, "{api_metrics:?}");
+    let body: Value = serde_json::from_str(&api_metrics.1).unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    assert_eq!(ready, (200, 200));
+    assert_eq!(live, (200, 200));
+    assert_eq!(ops_models.0, 404, "{ops_models:?}");
+    assert_eq!(ops_chat, 404);
+    assert_eq!(draining, (503, 503));
+    assert!(status.success());
+    assert!(after.is_err(), "the operations port must close with the process: {after:?}");
+}
+
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = squad();
     cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);

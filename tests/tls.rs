@@ -66,6 +66,38 @@ async fn https_only_and_every_response_carries_hsts() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `squad probe` on a TLS server: the URL it makes from the config is HTTPS
+/// to this host, whose certificate it does not verify (it names the service,
+/// not the loopback address); a `--url` is verified as any client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_speaks_https_to_its_own_tls_server_and_verifies_any_other_url() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("hi", 3, 1))).await;
+    let dir = temp_dir();
+    let (cert, key, _) = self_signed(&dir, "server");
+    let mut config = config_for(&fake);
+    config.server.tls.cert_file = Some(cert.clone());
+    config.server.tls.key_file = Some(key.clone());
+    let gw = gateway(config).await;
+    let port = gw.url.rsplit(':').next().unwrap().to_owned();
+    let file = dir.join("squad.yaml");
+    let yaml = format!(
+        "server:\n  bind: 0.0.0.0\n  port: {port}\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let probe = |args: Vec<String>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || squad(&dir).arg("probe").args(args).output().unwrap())
+    };
+    let own = probe(vec!["--config".into(), file.display().to_string(), "--ready".into()]).await.unwrap();
+    assert_eq!(own.status.code(), Some(0), "{own:?}");
+    assert_eq!(String::from_utf8_lossy(&own.stdout), format!("https://127.0.0.1:{port}/health/ready: 200\n"));
+    let other = probe(vec!["--url".into(), format!("{}/health/live", gw.url)]).await.unwrap();
+    assert_eq!(other.status.code(), Some(1), "a self-signed certificate at --url must not pass: {other:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn tls_files_are_checked_by_validation_and_check_config() {
     let dir = temp_dir();

@@ -89,7 +89,7 @@ pub fn routes() -> Vec<Route> {
         route(Open, Get, "/health", health::health),
         route(Open, Get, "/health/live", health::live),
         route(Open, Get, "/health/ready", health::ready),
-        route(Open, Get, "/metrics", health::metrics),
+        route(Open, Get, METRICS, health::metrics),
         route(Open, Get, "/openapi.json", openapi::openapi_json),
     ]
 }
@@ -107,8 +107,30 @@ pub fn routes() -> Vec<Route> {
 ///
 /// Body limits are enforced by `ApiJson` (413 with our body), not a layer.
 pub fn router(state: AppState) -> Router {
+    build(state, |_| true)
+}
+
+/// The API port's routes when `server.ops_port` is set: every route but
+/// `/metrics`, which only the operations port serves.
+pub fn api_router(state: AppState) -> Router {
+    build(state, |r| r.path != METRICS)
+}
+
+/// The operations port (`server.ops_port`): `/metrics` and the health
+/// routes, open, with the same request context and headers.
+pub fn ops_router(state: AppState) -> Router {
+    let ops = routes()
+        .into_iter()
+        .filter(|r| r.access == Access::Open && (r.path == METRICS || r.path.starts_with("/health")))
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler));
+    outer(ops, state)
+}
+
+const METRICS: &str = "/metrics";
+
+fn build(state: AppState, keep: impl Fn(&Route) -> bool) -> Router {
     use axum::middleware::{from_fn, from_fn_with_state};
-    let table = routes();
+    let table: Vec<Route> = routes().into_iter().filter(|r| keep(r)).collect();
     let group = |access: Access| {
         table
             .iter()
@@ -123,12 +145,15 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), audit::audit));
     let api_routes = group(Access::Api).route_layer(authenticate());
     let admin_routes = group(Access::Admin).route_layer(from_fn(auth::admin_only)).route_layer(authenticate());
-    Router::new()
-        .merge(provider_routes)
-        .merge(api_routes)
-        .merge(admin_routes)
-        .merge(group(Access::Open))
-        .fallback(not_found)
+    let app = Router::new().merge(provider_routes).merge(api_routes).merge(admin_routes).merge(group(Access::Open));
+    outer(app, state)
+}
+
+/// What every port's routes get: our 404 and 405 bodies, the security
+/// headers, and the request context outermost.
+fn outer(app: Router<AppState>, state: AppState) -> Router {
+    use axum::middleware::from_fn_with_state;
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.cors.clone(), security::security))
         .layer(axum::middleware::from_fn(middleware::request_context))

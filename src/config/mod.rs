@@ -500,6 +500,12 @@ pub struct ServerConfig {
     /// Serving threads, each running its share of the connections start to
     /// finish (`crate::runtime`); 0: one per CPU this process may use.
     pub workers: usize,
+    /// A second, plain-HTTP port for `/metrics` and the health routes, for
+    /// scrapers and probes inside the network: with it, `/metrics` leaves
+    /// the API port (the health routes stay on both). None: all on `port`.
+    pub ops_port: Option<u16>,
+    /// The operations port's address; default: `bind`.
+    pub ops_bind: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -518,6 +524,8 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
+            ops_port: None,
+            ops_bind: None,
         }
     }
 }

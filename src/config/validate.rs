@@ -50,6 +50,12 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if server.bind.parse::<IpAddr>().is_err() {
         issue("server.bind".into(), "must be an IP address such as 0.0.0.0 or 127.0.0.1");
     }
+    if server.ops_bind.as_ref().is_some_and(|b| b.parse::<IpAddr>().is_err()) {
+        issue("server.ops_bind".into(), "must be an IP address such as 0.0.0.0 or 127.0.0.1");
+    }
+    if server.ops_port.is_some_and(|p| p != 0 && p == server.port) {
+        issue("server.ops_port".into(), "must differ from server.port");
+    }
     if server.max_body_bytes < 1024 {
         issue("server.max_body_bytes".into(), "must be at least 1024");
     }
@@ -369,6 +375,20 @@ mod tests {
             config.database.url = url.into();
             assert!(config.validate().iter().any(|i| i.to_string().contains("not supported")), "{url}");
         }
+    }
+
+    #[test]
+    fn the_operations_port_differs_from_the_api_port_and_binds_an_ip() {
+        let issues = |port: Option<u16>, bind: Option<&str>| {
+            let mut config = Config::default();
+            config.server.ops_port = port;
+            config.server.ops_bind = bind.map(str::to_owned);
+            config.validate().into_iter().map(|i| i.path).collect::<Vec<_>>()
+        };
+        assert!(issues(Some(9090), Some("127.0.0.1")).is_empty());
+        assert!(issues(None, None).is_empty());
+        assert_eq!(issues(Some(8000), None), ["server.ops_port"]);
+        assert_eq!(issues(Some(9090), Some("localhost")), ["server.ops_bind"]);
     }
 
     #[test]
