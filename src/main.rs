@@ -297,22 +297,16 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
     };
     let background = app::start(&state, &config).await;
     let addr = format!("{}:{}", config.server.bind, config.server.port);
-    let listener = match tokio::net::TcpListener::bind(&addr).await {
+    let listener = match listen(&addr, "server.port").await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("cannot listen on {addr}: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let ops = match config.server.ops_port {
         Some(port) => {
             let bind = config.server.ops_bind.as_deref().unwrap_or(&config.server.bind);
-            match tokio::net::TcpListener::bind((bind, port)).await {
+            match listen(&format!("{bind}:{port}"), "server.ops_port").await {
                 Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!("cannot listen on {bind}:{port} (server.ops_port): {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             }
         }
         None => None,
@@ -359,6 +353,14 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
     }
 }
 
+/// Binds `addr`, or says which setting (`setting`) could not be served.
+async fn listen(addr: &str, setting: &str) -> Result<tokio::net::TcpListener, ExitCode> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!("cannot listen on {addr} ({setting}): {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `squad probe`: one GET, no proxy. The URL made from the config is this
 /// host's own server, whose certificate names the service rather than the
 /// loopback address, so it is not verified there; a `--url` is verified as
@@ -380,17 +382,16 @@ async fn probe(path: Option<PathBuf>, ready: bool, url: Option<String>, timeout:
             }
         }
     };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .tls_danger_accept_invalid_certs(own)
-        .build();
-    let result = match client {
-        Ok(client) => client.get(&url).send().await,
-        Err(e) => Err(e),
+    let result = async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_danger_accept_invalid_certs(own)
+            .build()?;
+        client.get(&url).send().await
     };
-    match result {
+    match result.await {
         Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
             println!("{url}: 200");
             ExitCode::SUCCESS
