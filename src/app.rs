@@ -161,11 +161,14 @@ fn persistence(config: &Config, detector: &Arc<crate::security::Detector>) -> Re
 }
 
 /// Background work of a running gateway: migrations, the audit writer, key
-/// reloads and audit retention. `shutdown` flushes the audit log.
+/// reloads, audit retention and the rate-limit heartbeat. `shutdown` flushes the audit log.
 pub struct Background {
     stop: tokio_util::sync::CancellationToken,
     audit: Option<Arc<AuditLog>>,
     store: Option<Arc<Store>>,
+    /// This replica's registration in the rate-limit Redis: on shutdown it
+    /// leaves the live replicas.
+    heartbeats: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the background work. Waits for the migrations first (for at most
@@ -208,17 +211,35 @@ pub async fn start(state: &AppState, config: &Config) -> Background {
     if let Some(audit) = &state.audit {
         audit.start().await;
     }
-    Background { stop, audit: state.audit.clone(), store: state.store.clone() }
+    let heartbeats = state.gateway.limits().membership().map(|(shared, every)| {
+        let stop = stop.clone();
+        tokio::spawn(async move { shared.heartbeats(every, stop).await })
+    });
+    Background { stop, audit: state.audit.clone(), store: state.store.clone(), heartbeats }
 }
+
+/// How long shutdown waits for the database pool to close.
+const STORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Background {
     pub async fn shutdown(self) {
         self.stop.cancel();
+        if let Some(heartbeats) = self.heartbeats {
+            // Bounded by the Redis connection's own timeouts (300 ms each).
+            let _ = heartbeats.await;
+        }
         if let Some(audit) = &self.audit {
             audit.shutdown().await;
         }
         if let Some(store) = &self.store {
-            store.close().await;
+            // Closing waits for every connection to come back to the pool,
+            // and one the audit writer gave up on at its deadline may wait
+            // on a hung database: the process is ending, so not for long.
+            if tokio::time::timeout(STORE_CLOSE, store.close()).await.is_err() {
+                tracing::warn!(
+                    "the database pool did not close within 1 s; its connections are dropped with the process"
+                );
+            }
         }
     }
 }

@@ -190,6 +190,59 @@ async fn records_that_miss_the_queue_are_replayed_once_each() {
     }
 }
 
+/// A record only in memory at shutdown (the journal refused it, and the
+/// database is down) gets one more try at the journal: taken, the next start
+/// writes it; refused, it is logged as lost, by request id, never dropped
+/// silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_only_in_memory_at_shutdown_are_journaled_or_reported_lost() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let client = reqwest::Client::new();
+    for journal_back in [false, true] {
+        let dir = temp_dir();
+        // The journal's directory would be under a file: appends fail.
+        std::fs::write(dir.join("blocker"), b"a file, not a directory").unwrap();
+        // PostgreSQL on a closed port: the database is down throughout.
+        let extra = "auth: { mode: disabled }\n\
+                     database: { url: \"postgres://postgres@127.0.0.1:1/none\", connect_timeout: 300ms }\n\
+                     audit: { journal_dir: blocker/journal, replay_interval: 100ms, shutdown_timeout: 1s }";
+        let (mut child, url, logs) = serve_with(&dir, &fake.url(), extra);
+        let id = format!("in-memory-{journal_back}");
+        let resp = client
+            .post(format!("{url}/v1/chat/completions"))
+            .header("x-request-id", &id)
+            .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "on_failure: allow serves");
+        // The writer has tried the database by now (it flushes within 200 ms).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if journal_back {
+            std::fs::remove_file(dir.join("blocker")).unwrap();
+        }
+        support::process::stop(&mut child);
+        let lines: Vec<String> = logs.iter().collect();
+        let lost: Vec<&String> = lines.iter().filter(|l| l.contains("audit record lost at shutdown")).collect();
+        if journal_back {
+            assert!(lost.is_empty(), "{lost:?}");
+            assert!(lines.iter().any(|l| l.contains("journaled at shutdown")), "{lines:#?}");
+            // The next start, with a database that answers, writes it.
+            let (mut child, _, logs) =
+                serve_with(&dir, &fake.url(), "auth: { mode: disabled }\naudit: { journal_dir: blocker/journal }");
+            std::thread::spawn(move || while logs.recv().is_ok() {});
+            support::process::stop(&mut child);
+            let rows = export(&dir);
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0]["request_id"], id.as_str());
+        } else {
+            assert_eq!(lost.len(), 1, "{lines:#?}");
+            assert!(lost[0].contains(&id), "the loss names the request: {}", lost[0]);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// `squad_audit_records_total{stage}` in a `/metrics` text (0 when absent).
 fn stage(metrics: &str, stage: &str) -> u64 {
     let label = format!("stage=\"{stage}\"");

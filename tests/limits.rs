@@ -236,6 +236,66 @@ async fn redis_failure_falls_back_to_a_local_share_and_recovers() {
 }
 
 #[tokio::test]
+async fn replicas_count_each_other_through_redis_and_the_fallback_share_follows() {
+    if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+        eprintln!("\n*** SKIPPED: redis-server is not installed ***\n");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(mut redis) = PrivateRedis::start(port) else {
+        panic!("redis-server could not be started (is it installed?)");
+    };
+    let mut config = Config::default();
+    config.limits.redis.url = Some(format!("redis://127.0.0.1:{port}"));
+    // Configured for one replica: only discovery can make the share smaller.
+    config.limits.redis.replicas = 1;
+    // Long enough that a slow machine's scheduling does not move a
+    // heartbeat across the three-heartbeat expiry.
+    let every = Duration::from_millis(500);
+    config.limits.redis.heartbeat = every;
+    let groq = config.providers.get_mut("groq").unwrap();
+    groq.limits.rpm = Some(60);
+    groq.limits.burst = Some(10);
+    // Three replicas of one deployment, in one process.
+    let replica = || squad::limits::Limits::from_config(&config).unwrap();
+    let (a, b, c) = (replica(), replica(), replica());
+    let member = |l: &squad::limits::Limits| l.membership().expect("discovery is on by default").0;
+    assert_eq!(a.fallback_share(), Some((1, None)), "nothing seen yet: the configured count");
+
+    assert_eq!(member(&a).heartbeat(every).await.unwrap(), 1);
+    assert_eq!(member(&b).heartbeat(every).await.unwrap(), 2);
+    assert_eq!(member(&c).heartbeat(every).await.unwrap(), 3);
+    assert_eq!(member(&a).heartbeat(every).await.unwrap(), 3, "a heartbeat again does not count twice");
+    assert_eq!(a.fallback_share(), Some((3, Some(3))));
+
+    // One leaves on shutdown: the others count it out at once.
+    member(&c).leave().await;
+    assert_eq!(member(&a).heartbeat(every).await.unwrap(), 2);
+    // One goes silent (killed): counted out three heartbeats after its last.
+    tokio::time::sleep(every * 2).await;
+    assert_eq!(member(&a).heartbeat(every).await.unwrap(), 2, "b is within its three heartbeats");
+    tokio::time::sleep(every * 2).await;
+    assert_eq!(member(&a).heartbeat(every).await.unwrap(), 1, "b was silent for more than three heartbeats");
+    assert_eq!(member(&b).heartbeat(every).await.unwrap(), 2, "b is back");
+    assert_eq!(a.fallback_share(), Some((1, Some(1))), "a's count is its last heartbeat's");
+    assert_eq!(member(&a).heartbeat(every).await.unwrap(), 2);
+
+    redis.stop();
+    assert!(member(&a).heartbeat(every).await.is_err());
+    assert_eq!(a.fallback_share(), Some((2, Some(2))), "a failed heartbeat keeps the last count");
+    let mut allowed = 0;
+    for _ in 0..15 {
+        allowed += usize::from(a.admit_provider("groq", "m", 1).await.is_ok());
+    }
+    assert!(a.degraded());
+    assert_eq!(allowed, 5, "a 1/2 share of the burst (two replicas seen), not the configured 1/1");
+
+    // Off: the configured count, whatever Redis holds.
+    config.limits.redis.discover_replicas = false;
+    assert!(squad::limits::Limits::from_config(&config).unwrap().membership().is_none());
+}
+
+#[tokio::test]
 async fn fail_closed_refuses_while_redis_is_down() {
     let mut config = Config::default();
     config.limits.redis.url = Some("redis://127.0.0.1:1".into());

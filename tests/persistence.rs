@@ -757,6 +757,45 @@ async fn a_slow_start_up_migration_does_not_strand_the_migration_lock() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A database statement still hanging at shutdown (here a `COPY` waiting on
+/// a lock another session holds on the audit table) is cut off at
+/// `audit.shutdown_timeout`: shutdown ends on time instead of waiting on the
+/// database, the record stays in the journal, and the next start writes it,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_waiting_on_a_hung_database_at_the_shutdown_timeout() {
+    use sqlx::Connection;
+    let Some(url) = pg_database("shutdown_stops_waiting_on_a_hung_database_at_the_shutdown_timeout").await else {
+        return;
+    };
+    let dir = temp_dir();
+    let gw = audited(&url, &dir, |c| c.audit.shutdown_timeout = Duration::from_secs(1)).await;
+    // Migrated by now (`audited` waits for the start-up migration).
+    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut blocker).await.unwrap();
+    assert_eq!(chat_as(&gw, "hung-1").await.status(), 200);
+    // The writer flushes within 200 ms; its `COPY` then waits on the lock.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    gw.shutdown().await;
+    let took = started.elapsed();
+    sqlx::raw_sql("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    assert!(took >= Duration::from_millis(900), "shutdown did not wait for the write at all: {took:?}");
+    assert!(took < Duration::from_secs(6), "shutdown waited on the hung database: {took:?}");
+    let store = open(&url);
+    assert!(store.audit_by_request("hung-1").await.unwrap().is_empty(), "the cut-off COPY was rolled back");
+    store.close().await;
+
+    let again = audited(&url, &dir, |_| {}).await;
+    again.shutdown().await;
+    let store = open(&url);
+    assert_eq!(store.audit_by_request("hung-1").await.unwrap().len(), 1, "replayed from the journal, once");
+    store.close().await;
+    drop_pg(&url).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// When even the journal cannot be written: `reject` answers 503, `allow`
 /// serves and still gets the row to the database through the queue.
 #[tokio::test]

@@ -315,6 +315,54 @@ async fn the_operations_port_serves_metrics_and_health_and_the_api_port_no_metri
     assert!(after.is_err(), "the operations port must close with the process: {after:?}");
 }
 
+#[tokio::test]
+async fn a_replica_registers_in_the_rate_limit_redis_and_leaves_it_on_shutdown() {
+    let Ok(redis_url) = std::env::var("REDIS_URL") else {
+        eprintln!("\n*** SKIPPED: REDIS_URL is not set ***\n");
+        return;
+    };
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let config = temp_config(&format!(
+        "server:\n  bind: 127.0.0.1\n  port: 0\nlimits:\n  redis:\n    url: {redis_url}\n    prefix: {prefix}\n    heartbeat: 2s\n"
+    ));
+    let redis = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{prefix}:replicas");
+    // Another replica of the same deployment, registered a moment ago (and
+    // counted for three heartbeats, 6 s; Squad's first is at start-up).
+    let now_ms: i64 = {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        secs * 1000 + micros / 1000
+    };
+    let _: i64 = redis::cmd("ZADD").arg(&key).arg(now_ms).arg("other-replica").query_async(&mut conn).await.unwrap();
+    let (mut child, url, _logs) = spawn_serve(&config);
+    let client = reqwest::Client::new();
+    let mut health = Value::Null;
+    for _ in 0..50 {
+        health = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
+        if health["components"]["limits"]["replicas_seen"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let after: Vec<String> = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+
+    let limits = &health["components"]["limits"];
+    assert_eq!(limits["backend"], "redis", "{health}");
+    assert_eq!(limits["replicas_seen"], 2, "{health}");
+    assert_eq!(limits["fallback_replicas"], 3, "the configured 3 (default) is more than the 2 seen: {health}");
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.contains(&"other-replica".to_owned()), "{members:?}");
+    assert!(metrics.lines().any(|l| l == "squad_limits_replicas_seen 2"), "{metrics}");
+    assert!(status.success());
+    assert_eq!(after, vec!["other-replica".to_owned()], "the stopped replica left; the other stays");
+}
+
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = squad();
     cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);

@@ -65,6 +65,15 @@ struct LimitsHealth {
     backend: &'static str,
     /// `ok`, or `degraded` while the shared store is unreachable.
     status: &'static str,
+    /// With Redis: each budget's share applied while Redis is unreachable
+    /// is 1/`fallback_replicas` (`limits.redis.replicas`, or the replicas
+    /// seen when more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback_replicas: Option<u32>,
+    /// With Redis and `limits.redis.discover_replicas`: the live replicas
+    /// at this replica's last heartbeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas_seen: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -127,6 +136,7 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
         "ok"
     };
     let limits = state.gateway.limits();
+    let share = limits.fallback_share();
     Json(HealthReport {
         status,
         version: env!("CARGO_PKG_VERSION"),
@@ -137,6 +147,8 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
             limits: LimitsHealth {
                 backend: limits.backend(),
                 status: if limits.degraded() { "degraded" } else { "ok" },
+                fallback_replicas: share.map(|(n, _)| n),
+                replicas_seen: share.and_then(|(_, seen)| seen),
             },
             conversations: ConversationsHealth { backend: state.gateway.conversations().backend() },
             database: database(&state).await,

@@ -167,6 +167,11 @@ pub struct AuditConfig {
     /// How often journaled records are retried while the database is away.
     #[serde(with = "humantime_serde")]
     pub replay_interval: Duration,
+    /// How long the writer may go on writing and replaying after the server
+    /// has stopped; what is not in the database by then stays in the journal
+    /// for the next start (0: all of it).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for AuditConfig {
@@ -182,6 +187,7 @@ impl Default for AuditConfig {
             queue_capacity: 10_000,
             segment_bytes: 16 * 1024 * 1024,
             replay_interval: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -396,15 +402,31 @@ pub struct LimitsRedisConfig {
     /// `redis://…` to share budgets between replicas; also `REDIS_URL`.
     pub url: Option<String>,
     pub on_failure: RedisFailurePolicy,
-    /// Replicas sharing the budget: the local share while Redis is down is 1/replicas.
+    /// Replicas sharing the budget: the local share while Redis is down is
+    /// 1/replicas, or 1/(the live replicas last seen in Redis) when more.
     pub replicas: u32,
+    /// Each replica registers in Redis every `heartbeat` and counts the
+    /// replicas registered on the same prefix, so a fleet larger than
+    /// `replicas` still stays within the budgets while Redis is down.
+    pub discover_replicas: bool,
+    /// How often a replica registers; one silent for three heartbeats is
+    /// no longer counted.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
     /// Key prefix, so several deployments can share one Redis.
     pub prefix: String,
 }
 
 impl Default for LimitsRedisConfig {
     fn default() -> Self {
-        Self { url: None, on_failure: RedisFailurePolicy::LocalShare, replicas: 3, prefix: "squad".into() }
+        Self {
+            url: None,
+            on_failure: RedisFailurePolicy::LocalShare,
+            replicas: 3,
+            discover_replicas: true,
+            heartbeat: Duration::from_secs(5),
+            prefix: "squad".into(),
+        }
     }
 }
 

@@ -194,6 +194,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if l.redis.replicas == 0 {
         issue("limits.redis.replicas".into(), "must be at least 1");
     }
+    if l.redis.heartbeat < std::time::Duration::from_millis(100)
+        || l.redis.heartbeat > std::time::Duration::from_secs(3600)
+    {
+        issue("limits.redis.heartbeat".into(), "must be between 100ms and 1h");
+    }
     if l.redis.prefix.is_empty() || l.redis.prefix.contains(char::is_whitespace) {
         issue("limits.redis.prefix".into(), "must be a non-empty word");
     }
@@ -264,6 +269,9 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         if d.is_zero() || d > MAX_DURATION {
             issue(format!("audit.{name}"), "must be greater than zero and at most 24h");
         }
+    }
+    if a.shutdown_timeout > MAX_DURATION {
+        issue("audit.shutdown_timeout".into(), "must be at most 24h");
     }
     if a.journal_dir.as_os_str().is_empty() {
         issue("audit.journal_dir".into(), "must not be empty");
@@ -389,6 +397,16 @@ mod tests {
         assert!(issues(None, None).is_empty());
         assert_eq!(issues(Some(8000), None), ["server.ops_port"]);
         assert_eq!(issues(Some(9090), Some("localhost")), ["server.ops_bind"]);
+    }
+
+    #[test]
+    fn the_rate_limit_heartbeat_is_between_100ms_and_1h() {
+        for (ms, ok) in [(100, true), (5_000, true), (3_600_000, true), (99, false), (3_600_001, false)] {
+            let mut config = Config::default();
+            config.limits.redis.heartbeat = std::time::Duration::from_millis(ms);
+            let paths: Vec<_> = config.validate().into_iter().map(|i| i.path).collect();
+            assert_eq!(paths.is_empty(), ok, "{ms} ms: {paths:?}");
+        }
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct Limits {
     store: Arc<dyn RateStore>,
     backend: &'static str,
     shared: Option<Arc<Shared>>,
+    /// How often this replica registers in Redis (`discover_replicas`).
+    heartbeat: Option<Duration>,
     providers: HashMap<String, ProviderBudget>,
     throttle: ThrottleConfig,
     gate: Option<Gate>,
@@ -139,6 +141,10 @@ impl Limits {
             }
             None => (Arc::new(LocalStore::default()) as Arc<dyn RateStore>, "memory", None),
         };
+        let heartbeat = (shared.is_some() && l.redis.discover_replicas).then_some(l.redis.heartbeat);
+        if heartbeat.is_some() {
+            metrics::limits_replicas_seen(0);
+        }
         let providers: HashMap<String, ProviderBudget> = config
             .providers
             .iter()
@@ -167,6 +173,7 @@ impl Limits {
             store,
             backend,
             shared,
+            heartbeat,
             providers,
             throttle: l.throttle,
             gate: (l.concurrency.max_in_flight > 0).then(|| Gate::new(l.concurrency)),
@@ -184,6 +191,18 @@ impl Limits {
     /// Whether the shared (Redis) store is unreachable and the fallback applies.
     pub fn degraded(&self) -> bool {
         self.shared.as_ref().is_some_and(|s| s.is_down())
+    }
+
+    /// The shared store and how often to heartbeat into it, when this
+    /// replica counts the live replicas (`limits.redis.discover_replicas`).
+    pub fn membership(&self) -> Option<(Arc<Shared>, Duration)> {
+        Some((self.shared.clone()?, self.heartbeat?))
+    }
+
+    /// With Redis: N of the 1/N share of each budget applied while Redis is
+    /// down, and the live replicas last seen in Redis (if discovered).
+    pub fn fallback_share(&self) -> Option<(u32, Option<u32>)> {
+        self.shared.as_ref().map(|s| (s.fallback_replicas(), s.replicas_seen()))
     }
 
     fn budget(&self, provider: &str, model: &str) -> Option<(&ProviderBudget, &Budget)> {

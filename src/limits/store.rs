@@ -5,7 +5,7 @@
 //! `Shared` wraps Redis with the documented failure policy.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -199,6 +199,19 @@ redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil((tat - no
 return 1
 ";
 
+/// A replica's heartbeat: registers `ARGV[1]` in the sorted set of live
+/// replicas at Redis' time, drops members silent for `ARGV[2]` ms, and
+/// counts the rest. The set expires with its last member.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+";
+
 pub struct RedisStore {
     prefix: String,
     client: redis::Client,
@@ -206,6 +219,7 @@ pub struct RedisStore {
     acquire: redis::Script,
     acquire_both: redis::Script,
     adjust: redis::Script,
+    heartbeat: redis::Script,
 }
 
 impl RedisStore {
@@ -218,7 +232,39 @@ impl RedisStore {
             acquire: redis::Script::new(ACQUIRE),
             acquire_both: redis::Script::new(ACQUIRE_BOTH),
             adjust: redis::Script::new(ADJUST),
+            heartbeat: redis::Script::new(HEARTBEAT),
         })
+    }
+
+    fn replicas_key(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+
+    /// Registers `instance` as live for `ttl` and returns how many replicas
+    /// are registered (this one included).
+    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<u32, StoreDown> {
+        let mut conn = self.conn().await?;
+        let n: i64 = self
+            .heartbeat
+            .key(self.replicas_key())
+            .arg(instance)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StoreDown(e.to_string()))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// Removes `instance` from the live replicas.
+    async fn leave(&self, instance: &str) -> Result<(), StoreDown> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.replicas_key())
+            .arg(instance)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreDown(e.to_string()))?;
+        Ok(())
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreDown> {
@@ -301,13 +347,24 @@ impl RateStore for RedisStore {
 }
 
 /// Redis with a fallback: while Redis is unreachable, either in-process limits
-/// at a 1/`replicas` share of each budget (so N replicas together stay within
-/// it) or refusal, per `on_failure`. Recovers by itself when Redis answers again.
+/// at a 1/N share of each budget (so N replicas together stay within it) or
+/// refusal, per `on_failure`. Recovers by itself when Redis answers again.
+///
+/// N is the configured `replicas`, or the live replicas this one last saw
+/// registered in Redis (`heartbeat`) when that is more. Not the count seen
+/// alone: a replica started while Redis is down sees none, and goes by
+/// `replicas`; were the others to go by a smaller count seen before the
+/// outage, the fleet together would spend more than the budget.
 pub struct Shared {
     redis: RedisStore,
     local: LocalStore,
     policy: RedisFailurePolicy,
     replicas: u32,
+    /// Live replicas at the last successful heartbeat; 0 before one.
+    seen: AtomicU32,
+    /// This replica's name among the live ones: the host's name (the pod's,
+    /// in Kubernetes) and a random id, unique even where hosts share a name.
+    instance: String,
     down: AtomicBool,
     /// While down, Redis is probed at most this often; other calls go straight
     /// to the fallback instead of each waiting on a dead connection.
@@ -317,6 +374,17 @@ pub struct Shared {
 
 const PROBE_INTERVAL_MS: u64 = 500;
 
+/// The host's name: `HOSTNAME` (set in containers, to the pod's name in
+/// Kubernetes), else the kernel's, else `squad`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "squad".into())
+}
+
 impl Shared {
     pub fn new(redis: RedisStore, policy: RedisFailurePolicy, replicas: u32) -> Self {
         Self {
@@ -324,6 +392,8 @@ impl Shared {
             local: LocalStore::default(),
             policy,
             replicas: replicas.max(1),
+            seen: AtomicU32::new(0),
+            instance: format!("{}/{}", host_name(), uuid::Uuid::new_v4().simple()),
             down: AtomicBool::new(false),
             last_probe_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -354,7 +424,57 @@ impl Shared {
     }
 
     fn local_rate(&self, rate: Rate) -> Rate {
-        rate.scaled(1.0 / f64::from(self.replicas))
+        rate.scaled(1.0 / f64::from(self.fallback_replicas()))
+    }
+
+    /// N of the 1/N share the fallback applies (see `Shared`).
+    pub fn fallback_replicas(&self) -> u32 {
+        self.replicas.max(self.seen.load(Ordering::Relaxed))
+    }
+
+    /// Live replicas at the last successful heartbeat, if there was one.
+    pub fn replicas_seen(&self) -> Option<u32> {
+        Some(self.seen.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// Registers this replica as live for three `every`s and notes how many
+    /// are. A failure leaves the last count as it was: while Redis is down,
+    /// the fleet it last saw is the best guess.
+    pub async fn heartbeat(&self, every: Duration) -> Result<u32, StoreDown> {
+        let n = self.redis.heartbeat(&self.instance, every * 3).await?;
+        let before = self.seen.swap(n, Ordering::Relaxed);
+        metrics::limits_replicas_seen(n);
+        if n > self.replicas && before != n {
+            tracing::warn!(
+                seen = n,
+                configured = self.replicas,
+                "more replicas share the rate-limit Redis than limits.redis.replicas; the share while Redis is down follows the count seen"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Heartbeats every `every` until `stop`, then leaves the live replicas
+    /// (at once, so the others count one fewer at their next heartbeat).
+    pub async fn heartbeats(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.heartbeat(every).await {
+                tracing::debug!(error = %e, "rate-limit Redis heartbeat failed");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Removes this replica from the live ones (best effort: otherwise it
+    /// drops out three heartbeats after its last).
+    pub async fn leave(&self) {
+        if let Err(e) = self.redis.leave(&self.instance).await {
+            tracing::debug!(error = %e, "could not leave the rate-limit Redis' live replicas");
+        }
     }
 
     fn note_down(&self, e: &StoreDown) {

@@ -79,6 +79,12 @@ pub struct AuditLog {
     batch_size: usize,
     flush_interval: Duration,
     replay_interval: Duration,
+    /// How long `shutdown` lets the writer go on (`audit.shutdown_timeout`).
+    shutdown_timeout: Duration,
+    /// Set by `shutdown` before it stops the writer: database work still
+    /// going at this instant is cut off (`in_time`), and what it carried
+    /// stays in the journal.
+    deadline: std::sync::OnceLock<Instant>,
     stop: CancellationToken,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last `prepare_spare` task: shutdown waits for it before sealing.
@@ -129,6 +135,8 @@ impl AuditLog {
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
             replay_interval: config.replay_interval,
+            shutdown_timeout: config.shutdown_timeout,
+            deadline: std::sync::OnceLock::new(),
             stop: CancellationToken::new(),
             writer: tokio::sync::Mutex::new(None),
             preparing: Mutex::new(None),
@@ -246,7 +254,11 @@ impl AuditLog {
 
     /// Drains the queue into the database (or leaves records in the journal),
     /// seals the journal and stops the writer. Call after the server stopped.
+    /// The writer gets `audit.shutdown_timeout` for its last writes and the
+    /// journal's replay; what is not in the database by then stays in the
+    /// journal, and the next start replays it.
     pub async fn shutdown(&self) {
+        let _ = self.deadline.set(Instant::now() + self.shutdown_timeout);
         self.stop.cancel();
         if let Some(handle) = self.writer.lock().await.take() {
             let _ = handle.await;
@@ -255,6 +267,7 @@ impl AuditLog {
         if let Some(task) = preparing {
             let _ = task.await;
         }
+        self.journal_leftovers();
         self.journal.seal();
         metrics::audit_journal_bytes(self.journal.bytes());
         let left = self.journal.backlog();
@@ -361,11 +374,78 @@ impl AuditLog {
         }
     }
 
+    /// `work`, unless `shutdown`'s deadline passes first: then it is cut off
+    /// (dropped: a `COPY` in flight is failed, its transaction rolled back)
+    /// and fails as the database would, so that its records stay in the journal.
+    async fn in_time<T>(
+        &self,
+        work: impl Future<Output = Result<T, super::StoreError>>,
+    ) -> Result<T, super::StoreError> {
+        let deadline = async {
+            self.stop.cancelled().await;
+            if let Some(deadline) = self.deadline.get() {
+                tokio::time::sleep_until((*deadline).into()).await;
+            } else {
+                // Cancelled other than by `shutdown`: no deadline.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            () = deadline => Err(super::StoreError::Invalid(format!(
+                "audit.shutdown_timeout ({:?}) passed; the rest stays in the journal for the next start",
+                self.shutdown_timeout
+            ))),
+        }
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.deadline.get().is_some_and(|d| Instant::now() >= *d)
+    }
+
+    /// After the writer stopped: records that reached neither the journal
+    /// nor the database (the journal failed, and so did the database, or
+    /// time ran out) get one more try at the journal, since the process is
+    /// about to end and they are only in its memory. What the journal still
+    /// refuses is lost, loudly: logged and counted one by one.
+    fn journal_leftovers(&self) {
+        let left = std::mem::take(&mut self.db_state().unjournaled);
+        if left.is_empty() {
+            return;
+        }
+        let (held, mut lost) = (left.len(), 0);
+        for mut record in left {
+            let kept = with_frame(|frame| {
+                super::journal::encode(&mut record, frame).is_ok() && self.journal.append(frame.bytes()).is_ok()
+            });
+            if !kept {
+                tracing::error!(request_id = %record.request_id, "audit record lost at shutdown: neither the database nor the journal took it");
+                metrics::audit_failure("lost");
+                lost += 1;
+            }
+        }
+        if lost < held {
+            tracing::warn!(
+                records = held - lost,
+                "audit records held in memory were journaled at shutdown for the next start"
+            );
+        }
+    }
+
     fn db_down(&self) -> bool {
         self.db_state().down_until.is_some_and(|t| Instant::now() < t)
     }
 
     fn mark_down(&self, error: &super::StoreError) {
+        if self.out_of_time() {
+            // Not the database's failure: time ran out at shutdown.
+            let mut db = self.db_state();
+            if db.down_until.is_none() {
+                tracing::warn!(error = %error, "audit writer stopped before it finished");
+            }
+            db.down_until = Some(Instant::now() + self.replay_interval);
+            return;
+        }
         let mut db = self.db_state();
         if db.down_until.is_none() {
             tracing::error!(error = %error, "audit database unavailable; records wait in the journal");
@@ -431,10 +511,12 @@ impl AuditLog {
                 }
             }
         }
-        let result = match self.store.migrate().await {
-            Ok(()) => self.store.insert_fresh(&records).await,
-            Err(e) => Err(e),
-        };
+        let result = self
+            .in_time(async {
+                self.store.migrate().await?;
+                self.store.insert_fresh(&records).await
+            })
+            .await;
         match result {
             Ok(_) => {
                 self.mark_up();
@@ -476,13 +558,13 @@ impl AuditLog {
         if dirty.is_empty() && unjournaled.is_empty() {
             return;
         }
-        if let Err(e) = self.store.migrate().await {
+        if let Err(e) = self.in_time(self.store.migrate()).await {
             self.mark_down(&e);
             self.db_state().unjournaled.extend(unjournaled);
             return;
         }
         for chunk in unjournaled.chunks(self.batch_size) {
-            if let Err(e) = self.store.insert_audit(chunk).await {
+            if let Err(e) = self.in_time(self.store.insert_audit(chunk)).await {
                 self.mark_down(&e);
                 self.db_state().unjournaled.extend(unjournaled);
                 return;
@@ -520,7 +602,7 @@ impl AuditLog {
         }
         let mut inserted = 0;
         for chunk in contents.records.chunks(self.batch_size) {
-            match self.store.insert_audit(chunk).await {
+            match self.in_time(self.store.insert_audit(chunk)).await {
                 Ok(n) => inserted += n,
                 Err(e) => {
                     self.mark_down(&e);
@@ -554,7 +636,7 @@ impl AuditLog {
                     None => corrupt += 1,
                 }
             }
-            match self.store.insert_fresh(&rows).await {
+            match self.in_time(self.store.insert_fresh(&rows)).await {
                 Ok(n) => inserted += n,
                 Err(e) => {
                     self.mark_down(&e);

@@ -28,6 +28,7 @@ pub const QUEUE_DEPTH: &str = "squad_concurrency_queue_depth";
 pub const QUEUE_WAIT: &str = "squad_concurrency_queue_wait_seconds";
 pub const EFFECTIVE_RPM: &str = "squad_provider_effective_rpm";
 pub const LIMITS_REDIS_ERRORS: &str = "squad_limits_redis_errors_total";
+pub const LIMITS_REPLICAS_SEEN: &str = "squad_limits_replicas_seen";
 pub const AUDIT_RECORDS: &str = "squad_audit_records_total";
 pub const AUDIT_FAILURES: &str = "squad_audit_failures_total";
 pub const AUDIT_JOURNAL_BYTES: &str = "squad_audit_journal_bytes";
@@ -181,6 +182,12 @@ pub fn effective_rpm(provider: &str, rpm: f64) {
 
 pub fn limits_redis_error() {
     counter!(LIMITS_REDIS_ERRORS).increment(1);
+}
+
+/// Replicas registered in Redis at this replica's last heartbeat (0 until
+/// its first one succeeds).
+pub fn limits_replicas_seen(n: u32) {
+    gauge!(LIMITS_REPLICAS_SEEN).set(f64::from(n));
 }
 
 /// Every provider's breaker starts closed; the gauge exists from start-up.
