@@ -163,11 +163,11 @@ def secs(v):
     m = re.fullmatch(r"(\d+)(ms|s|m)", str(v))
     n, u = int(m.group(1)), m.group(2)
     return n / 1000 if u == "ms" else n * 60 if u == "m" else n
-# After the drain: the operations port closes (at most 2 s), the replica
-# leaves the rate-limit Redis (about 1 s at worst), the audit writer gets
-# audit.shutdown_timeout, and the database pool 1 s to close.
+# After the drain: the operations port closes (at most 2 s), the audit
+# writer gets audit.shutdown_timeout (the replica leaves the rate-limit Redis
+# meanwhile, at most 1 s), and the database pool 1 s to close; 1 s to spare.
 drain = secs(cfg["server"]["drain_delay"]) + secs(cfg["server"]["shutdown_grace"])
-stop = drain + 2 + 1 + secs((cfg.get("audit") or {}).get("shutdown_timeout", "5s")) + 1
+stop = drain + 2 + max(1, secs((cfg.get("audit") or {}).get("shutdown_timeout", "5s"))) + 1 + 1
 if pod["terminationGracePeriodSeconds"] <= stop:
     bad.append(f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} <= drain_delay + shutdown_grace + audit.shutdown_timeout + 4 s ({stop})")
 ports = {p["name"]: p["containerPort"] for p in c["ports"]}

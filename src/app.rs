@@ -220,17 +220,27 @@ pub async fn start(state: &AppState, config: &Config) -> Background {
 
 /// How long shutdown waits for the database pool to close.
 const STORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long shutdown waits for the replica to leave the rate-limit Redis.
+const REDIS_LEAVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Background {
     pub async fn shutdown(self) {
         self.stop.cancel();
-        if let Some(heartbeats) = self.heartbeats {
-            // Bounded by the Redis connection's own timeouts (300 ms each).
-            let _ = heartbeats.await;
-        }
-        if let Some(audit) = &self.audit {
-            audit.shutdown().await;
-        }
+        // The replica leaves the rate-limit Redis while the audit log flushes.
+        let leave = async {
+            if let Some(mut heartbeats) = self.heartbeats {
+                // A Redis that does not answer: the member expires by itself.
+                if tokio::time::timeout(REDIS_LEAVE, &mut heartbeats).await.is_err() {
+                    heartbeats.abort();
+                }
+            }
+        };
+        let flush = async {
+            if let Some(audit) = &self.audit {
+                audit.shutdown().await;
+            }
+        };
+        tokio::join!(leave, flush);
         if let Some(store) = &self.store {
             // Closing waits for every connection to come back to the pool,
             // and one the audit writer gave up on at its deadline may wait

@@ -297,19 +297,24 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
     };
     let background = app::start(&state, &config).await;
     let addr = format!("{}:{}", config.server.bind, config.server.port);
-    let listener = match listen(&addr, "server.port").await {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let ops = match config.server.ops_port {
-        Some(port) => {
-            let bind = config.server.ops_bind.as_deref().unwrap_or(&config.server.bind);
-            match listen(&format!("{bind}:{port}"), "server.ops_port").await {
-                Ok(l) => Some(l),
-                Err(code) => return code,
+    let listeners = async {
+        let listener = listen(&addr, "server.port").await?;
+        let ops = match config.server.ops_port {
+            Some(port) => {
+                let bind = config.server.ops_bind.as_deref().unwrap_or(&config.server.bind);
+                Some(listen(&format!("{bind}:{port}"), "server.ops_port").await?)
             }
+            None => None,
+        };
+        Ok::<_, ExitCode>((listener, ops))
+    };
+    let (listener, ops) = match listeners.await {
+        Ok(l) => l,
+        Err(code) => {
+            // Started already: the audit writer and the Redis heartbeat stop as on SIGTERM.
+            background.shutdown().await;
+            return code;
         }
-        None => None,
     };
     let local = listener.local_addr().ok();
     let shown_addr = local.map(|a| a.to_string()).unwrap_or_else(|| addr.clone());

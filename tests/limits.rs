@@ -250,8 +250,8 @@ async fn replicas_count_each_other_through_redis_and_the_fallback_share_follows(
     // Configured for one replica: only discovery can make the share smaller.
     config.limits.redis.replicas = 1;
     // Long enough that a slow machine's scheduling does not move a
-    // heartbeat across the three-heartbeat expiry.
-    let every = Duration::from_millis(500);
+    // heartbeat across the three-heartbeat expiry (checked 1 s either side).
+    let every = Duration::from_secs(1);
     config.limits.redis.heartbeat = every;
     let groq = config.providers.get_mut("groq").unwrap();
     groq.limits.rpm = Some(60);

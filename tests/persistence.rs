@@ -770,7 +770,8 @@ async fn shutdown_stops_waiting_on_a_hung_database_at_the_shutdown_timeout() {
     };
     let dir = temp_dir();
     let gw = audited(&url, &dir, |c| c.audit.shutdown_timeout = Duration::from_secs(1)).await;
-    // Migrated by now (`audited` waits for the start-up migration).
+    // `audited` waits for the start-up migration only so long; the table must be there.
+    open(&url).migrate().await.unwrap();
     let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN EXCLUSIVE MODE").execute(&mut blocker).await.unwrap();
     assert_eq!(chat_as(&gw, "hung-1").await.status(), 200);

@@ -328,17 +328,18 @@ async fn a_replica_registers_in_the_rate_limit_redis_and_leaves_it_on_shutdown()
     let redis = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{prefix}:replicas");
-    // Another replica of the same deployment, registered a moment ago (and
-    // counted for three heartbeats, 6 s; Squad's first is at start-up).
+    let (mut child, url, _logs) = spawn_serve(&config);
+    // Another replica of the same deployment, registered just now (so
+    // counted for three heartbeats, 6 s, however slow the start was).
     let now_ms: i64 = {
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
         secs * 1000 + micros / 1000
     };
     let _: i64 = redis::cmd("ZADD").arg(&key).arg(now_ms).arg("other-replica").query_async(&mut conn).await.unwrap();
-    let (mut child, url, _logs) = spawn_serve(&config);
     let client = reqwest::Client::new();
     let mut health = Value::Null;
-    for _ in 0..50 {
+    // Squad's next heartbeat (within 2 s) counts it.
+    for _ in 0..250 {
         health = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
         if health["components"]["limits"]["replicas_seen"] == 2 {
             break;

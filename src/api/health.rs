@@ -65,13 +65,13 @@ struct LimitsHealth {
     backend: &'static str,
     /// `ok`, or `degraded` while the shared store is unreachable.
     status: &'static str,
-    /// With Redis: each budget's share applied while Redis is unreachable
-    /// is 1/`fallback_replicas` (`limits.redis.replicas`, or the replicas
-    /// seen when more).
+    /// With Redis and `on_failure: local_share`: each budget's share applied
+    /// while Redis is unreachable is 1/`fallback_replicas`
+    /// (`limits.redis.replicas`, or the replicas seen when more).
     #[serde(skip_serializing_if = "Option::is_none")]
     fallback_replicas: Option<u32>,
-    /// With Redis and `limits.redis.discover_replicas`: the live replicas
-    /// at this replica's last heartbeat.
+    /// With Redis, `local_share` and `limits.redis.discover_replicas`: the
+    /// live replicas at this replica's last successful heartbeat.
     #[serde(skip_serializing_if = "Option::is_none")]
     replicas_seen: Option<u32>,
 }

@@ -405,7 +405,19 @@ mod tests {
             let mut config = Config::default();
             config.limits.redis.heartbeat = std::time::Duration::from_millis(ms);
             let paths: Vec<_> = config.validate().into_iter().map(|i| i.path).collect();
-            assert_eq!(paths.is_empty(), ok, "{ms} ms: {paths:?}");
+            let expected: &[&str] = if ok { &[] } else { &["limits.redis.heartbeat"] };
+            assert_eq!(paths, expected, "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn the_audit_shutdown_timeout_is_at_most_24h() {
+        for (secs, ok) in [(0, true), (5, true), (24 * 3600, true), (24 * 3600 + 1, false)] {
+            let mut config = Config::default();
+            config.audit.shutdown_timeout = std::time::Duration::from_secs(secs);
+            let paths: Vec<_> = config.validate().into_iter().map(|i| i.path).collect();
+            let expected: &[&str] = if ok { &[] } else { &["audit.shutdown_timeout"] };
+            assert_eq!(paths, expected, "{secs} s");
         }
     }
 

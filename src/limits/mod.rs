@@ -199,10 +199,11 @@ impl Limits {
         Some((self.shared.clone()?, self.heartbeat?))
     }
 
-    /// With Redis: N of the 1/N share of each budget applied while Redis is
-    /// down, and the live replicas last seen in Redis (if discovered).
+    /// With Redis and `on_failure: local_share`: N of the 1/N share of each
+    /// budget applied while Redis is down, and the live replicas at the last
+    /// successful heartbeat (if discovery is on and one succeeded).
     pub fn fallback_share(&self) -> Option<(u32, Option<u32>)> {
-        self.shared.as_ref().map(|s| (s.fallback_replicas(), s.replicas_seen()))
+        self.shared.as_ref().filter(|s| s.shares_locally()).map(|s| (s.fallback_replicas(), s.replicas_seen()))
     }
 
     fn budget(&self, provider: &str, model: &str) -> Option<(&ProviderBudget, &Budget)> {

@@ -427,6 +427,11 @@ impl Shared {
         rate.scaled(1.0 / f64::from(self.fallback_replicas()))
     }
 
+    /// Whether the fallback is a local share (`on_failure: local_share`).
+    pub fn shares_locally(&self) -> bool {
+        self.policy == RedisFailurePolicy::LocalShare
+    }
+
     /// N of the 1/N share the fallback applies (see `Shared`).
     pub fn fallback_replicas(&self) -> u32 {
         self.replicas.max(self.seen.load(Ordering::Relaxed))

@@ -84,7 +84,7 @@ pub struct AuditLog {
     /// Set by `shutdown` before it stops the writer: database work still
     /// going at this instant is cut off (`in_time`), and what it carried
     /// stays in the journal.
-    deadline: std::sync::OnceLock<Instant>,
+    deadline: std::sync::OnceLock<tokio::time::Instant>,
     stop: CancellationToken,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The last `prepare_spare` task: shutdown waits for it before sealing.
@@ -258,7 +258,7 @@ impl AuditLog {
     /// journal's replay; what is not in the database by then stays in the
     /// journal, and the next start replays it.
     pub async fn shutdown(&self) {
-        let _ = self.deadline.set(Instant::now() + self.shutdown_timeout);
+        let _ = self.deadline.set(tokio::time::Instant::now() + self.shutdown_timeout);
         self.stop.cancel();
         if let Some(handle) = self.writer.lock().await.take() {
             let _ = handle.await;
@@ -374,33 +374,43 @@ impl AuditLog {
         }
     }
 
-    /// `work`, unless `shutdown`'s deadline passes first: then it is cut off
-    /// (dropped: a `COPY` in flight is failed, its transaction rolled back)
-    /// and fails as the database would, so that its records stay in the journal.
+    /// `work`, unless `shutdown`'s deadline passes first: then it is not
+    /// started, or cut off where it waits (dropped: PostgreSQL rolls back a
+    /// `COPY` cut off before it finished; an `INSERT` the server already
+    /// holds may still land, which replay's `ON CONFLICT` makes harmless),
+    /// and fails as the database would, so that its records stay in the
+    /// journal. A SQLite write runs on this thread and is not cut off: its
+    /// busy timeout (`database.connect_timeout`) bounds it.
     async fn in_time<T>(
         &self,
         work: impl Future<Output = Result<T, super::StoreError>>,
     ) -> Result<T, super::StoreError> {
+        let out_of_time = || {
+            Err(super::StoreError::Invalid(format!(
+                "audit.shutdown_timeout ({:?}) passed; the rest stays in the journal for the next start",
+                self.shutdown_timeout
+            )))
+        };
+        if self.out_of_time() {
+            return out_of_time();
+        }
         let deadline = async {
             self.stop.cancelled().await;
-            if let Some(deadline) = self.deadline.get() {
-                tokio::time::sleep_until((*deadline).into()).await;
-            } else {
+            match self.deadline.get() {
+                Some(deadline) => tokio::time::sleep_until(*deadline).await,
                 // Cancelled other than by `shutdown`: no deadline.
-                std::future::pending::<()>().await;
+                None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
+            biased;
+            () = deadline => out_of_time(),
             r = work => r,
-            () = deadline => Err(super::StoreError::Invalid(format!(
-                "audit.shutdown_timeout ({:?}) passed; the rest stays in the journal for the next start",
-                self.shutdown_timeout
-            ))),
         }
     }
 
     fn out_of_time(&self) -> bool {
-        self.deadline.get().is_some_and(|d| Instant::now() >= *d)
+        self.deadline.get().is_some_and(|d| tokio::time::Instant::now() >= *d)
     }
 
     /// After the writer stopped: records that reached neither the journal
