@@ -163,6 +163,17 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    /// A server on a free port; `None`, said loudly, where `redis-server`
+    /// is not installed.
+    fn on_a_free_port() -> Option<Self> {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+            eprintln!("\n*** SKIPPED: redis-server is not installed ***\n");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Some(Self::start(port).expect("redis-server could not be started"))
+    }
+
     fn start(port: u16) -> Option<Self> {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -194,16 +205,10 @@ impl Drop for PrivateRedis {
 
 #[tokio::test]
 async fn redis_failure_falls_back_to_a_local_share_and_recovers() {
-    if std::process::Command::new("redis-server").arg("--version").output().is_err() {
-        eprintln!("\n*** SKIPPED: redis-server is not installed ***\n");
-        return;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let Some(mut redis) = PrivateRedis::start(port) else {
-        panic!("redis-server could not be started (is it installed?)");
-    };
+    let Some(mut redis) = PrivateRedis::on_a_free_port() else { return };
+    let port = redis.port;
     let mut config = Config::default();
-    config.limits.redis.url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.limits.redis.url = Some(format!("redis://127.0.0.1:{port}"));
     config.limits.redis.replicas = 2;
     let groq = config.providers.get_mut("groq").unwrap();
     groq.limits.rpm = Some(60);
@@ -237,14 +242,8 @@ async fn redis_failure_falls_back_to_a_local_share_and_recovers() {
 
 #[tokio::test]
 async fn replicas_count_each_other_through_redis_and_the_fallback_share_follows() {
-    if std::process::Command::new("redis-server").arg("--version").output().is_err() {
-        eprintln!("\n*** SKIPPED: redis-server is not installed ***\n");
-        return;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let Some(mut redis) = PrivateRedis::start(port) else {
-        panic!("redis-server could not be started (is it installed?)");
-    };
+    let Some(mut redis) = PrivateRedis::on_a_free_port() else { return };
+    let port = redis.port;
     let mut config = Config::default();
     config.limits.redis.url = Some(format!("redis://127.0.0.1:{port}"));
     // Configured for one replica: only discovery can make the share smaller.
