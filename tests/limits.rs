@@ -292,6 +292,12 @@ async fn replicas_count_each_other_through_redis_and_the_fallback_share_follows(
     // Off: the configured count, whatever Redis holds.
     config.limits.redis.discover_replicas = false;
     assert!(squad::limits::Limits::from_config(&config).unwrap().membership().is_none());
+    // Nor under `fail_closed`, which has no share to set.
+    config.limits.redis.discover_replicas = true;
+    config.limits.redis.on_failure = squad::config::RedisFailurePolicy::FailClosed;
+    let closed = squad::limits::Limits::from_config(&config).unwrap();
+    assert!(closed.membership().is_none());
+    assert_eq!(closed.fallback_share(), None);
 }
 
 #[tokio::test]

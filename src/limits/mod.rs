@@ -141,7 +141,11 @@ impl Limits {
             }
             None => (Arc::new(LocalStore::default()) as Arc<dyn RateStore>, "memory", None),
         };
-        let heartbeat = (shared.is_some() && l.redis.discover_replicas).then_some(l.redis.heartbeat);
+        // The count only sets the local share: `fail_closed` has none.
+        let heartbeat = (shared.is_some()
+            && l.redis.discover_replicas
+            && l.redis.on_failure == crate::config::RedisFailurePolicy::LocalShare)
+            .then_some(l.redis.heartbeat);
         if heartbeat.is_some() {
             metrics::limits_replicas_seen(0);
         }
@@ -194,7 +198,8 @@ impl Limits {
     }
 
     /// The shared store and how often to heartbeat into it, when this
-    /// replica counts the live replicas (`limits.redis.discover_replicas`).
+    /// replica counts the live replicas (`limits.redis.discover_replicas`,
+    /// under `on_failure: local_share`).
     pub fn membership(&self) -> Option<(Arc<Shared>, Duration)> {
         Some((self.shared.clone()?, self.heartbeat?))
     }
