@@ -316,6 +316,8 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
             return code;
         }
     };
+    // Before "squad listening": a SIGTERM right after it drains and flushes.
+    let shutdown = server::signal();
     let local = listener.local_addr().ok();
     let shown_addr = local.map(|a| a.to_string()).unwrap_or_else(|| addr.clone());
     let configured: Vec<&str> =
@@ -346,7 +348,7 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
         Some(listener) => (app::api_router(state.clone()), Some(server::Ops { listener, app: app::ops_router(state) })),
         None => (app::router(state), None),
     };
-    let result = server::run_with_ops(listener, app, ops, lifecycle, drain, http, server::signal()).await;
+    let result = server::run_with_ops(listener, app, ops, lifecycle, drain, http, shutdown).await;
     // Everything queued for the audit log is written (or journaled) before exit.
     background.shutdown().await;
     match result {
@@ -421,14 +423,13 @@ async fn mock_upstream(bind: &str, port: u16, options: MockOptions) -> ExitCode 
         }
     };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Before the announcement: a SIGTERM right after it is handled.
+    let shutdown = server::signal();
     eprintln!("simulated upstream on http://{addr}");
     eprintln!("  OpenAI-compatible: POST http://{addr}/v1/chat/completions");
     eprintln!(
         "  Gemini:            POST http://{addr}/v1beta/models/MODEL:generateContent (or :streamGenerateContent?alt=sse)"
     );
-    let shutdown = async {
-        server::signal().await;
-    };
     match squad::mock::serve(listener, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
