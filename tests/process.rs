@@ -364,6 +364,81 @@ async fn a_replica_registers_in_the_rate_limit_redis_and_leaves_it_on_shutdown()
     assert_eq!(after, vec!["other-replica".to_owned()], "the stopped replica left; the other stays");
 }
 
+/// A stream is in flight until it ends, and its access line is written
+/// then: time to the head (`latency_ms`), to the end (`stream_ms`), and
+/// whether the client went away first. `squad_http_stream_duration_seconds`
+/// has its whole length; `squad_http_request_duration_seconds` its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
+    let events = OpenAi::stream(&["one", " two", " three", " four", " five"], 5, 5);
+    let fake = Fake::start(Reply::Sse { events, delay: Duration::from_millis(200), cut: false }).await;
+    let config = temp_config(&format!(
+        "server:\n  bind: 127.0.0.1\n  port: 0\nproviders:\n  groq:\n    base_url: {}/openai/v1\n",
+        fake.url()
+    ));
+    let (mut child, url, logs) = spawn_serve(&config);
+    let client = reqwest::Client::new();
+    let metrics = || async { client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap() };
+    let in_flight = |text: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with("squad_http_requests_in_flight ")).unwrap_or_default();
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    let chat = |id: &'static str| {
+        client
+            .post(format!("{url}/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(&json!({"model": OpenAi::MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let whole = chat("whole-stream").await.unwrap();
+    assert_eq!(whole.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream, and this `/metrics` request itself.
+    let during = in_flight(&metrics().await);
+    let data = sse_data(whole).await;
+    let left = chat("left-stream").await.unwrap();
+    let mut chunks = left.bytes_stream();
+    let first = futures::StreamExt::next(&mut chunks).await;
+    drop(chunks);
+    // Squad finds the client gone at its next write, 200 ms later.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let text = metrics().await;
+    let after = in_flight(&text);
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let lines: Vec<Value> = logs.try_iter().filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let access = |id: &str| {
+        lines
+            .iter()
+            .find(|v| v["message"] == "request" && v["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}: {lines:#?}"))
+            .clone()
+    };
+    let (whole, left) = (access("whole-stream"), access("left-stream"));
+
+    assert!(status.success());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    assert!(first.is_some_and(|c| c.is_ok()), "the second stream sent a chunk before the client left");
+    assert_eq!(during, after + 1.0, "an open stream is in flight: {during} during, {after} after");
+    assert_eq!(whole["status"], 200);
+    assert_eq!(whole["client_closed"], false, "{whole}");
+    let (head_ms, stream_ms) = (whole["latency_ms"].as_f64().unwrap(), whole["stream_ms"].as_f64().unwrap());
+    assert!(stream_ms >= 800.0, "five chunks 200 ms apart: {whole}");
+    assert!(head_ms < stream_ms - 500.0, "the head went out before the stream ended: {whole}");
+    assert_eq!(left["status"], 200);
+    assert_eq!(left["client_closed"], true, "the client left mid-stream: {left}");
+    let route = "route=\"/v1/chat/completions\"";
+    let count = |name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(route))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(count("squad_http_stream_duration_seconds_count"), 2.0, "{text}");
+    assert!(count("squad_http_stream_duration_seconds_sum") >= 0.8, "{text}");
+    assert_eq!(count("squad_http_request_duration_seconds_count"), 2.0, "{text}");
+}
+
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = squad();
     cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);

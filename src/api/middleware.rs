@@ -91,11 +91,7 @@ pub async fn client_limits(
             if let Some(h) = &headers {
                 rate_limit_headers(&mut response, h);
             }
-            let streaming = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-            if streaming {
+            if is_event_stream(&response) {
                 let (parts, body) = response.into_parts();
                 let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
                     let _held = &slot;
@@ -144,7 +140,9 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Records metrics and the access line when dropped, so a request whose
 /// client went away before the response still leaves the in-flight gauge and
-/// shows up (status 499, as nginx logs it).
+/// shows up (status 499, as nginx logs it). A streamed response carries it in
+/// its body (`Tracked`): it is dropped when the stream ends, or when the
+/// client goes away first.
 struct Finish {
     id: String,
     route: String,
@@ -152,25 +150,68 @@ struct Finish {
     started: Instant,
     status: Option<u16>,
     provider: String,
+    /// A stream: when its head went out, and whether its end was reached.
+    stream: Option<(std::time::Duration, bool)>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(499);
         let elapsed = self.started.elapsed();
-        metrics::http_finished(&self.route, self.method, status, elapsed);
         // `&str` fields, not `%`: they are copied into the line as they are,
         // without a pass through the formatting machinery.
-        tracing::info!(
-            request_id = self.id.as_str(),
-            route = self.route.as_str(),
-            method = self.method,
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            provider = self.provider.as_str(),
-            client_closed = self.status.is_none(),
-            "request"
-        );
+        match self.stream {
+            None => {
+                metrics::http_finished(&self.route, self.method, status, elapsed, false);
+                tracing::info!(
+                    request_id = self.id.as_str(),
+                    route = self.route.as_str(),
+                    method = self.method,
+                    status,
+                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    provider = self.provider.as_str(),
+                    client_closed = self.status.is_none(),
+                    "request"
+                );
+            }
+            Some((head, ended)) => {
+                metrics::http_stream_ended(&self.route, elapsed);
+                tracing::info!(
+                    request_id = self.id.as_str(),
+                    route = self.route.as_str(),
+                    method = self.method,
+                    status,
+                    latency_ms = head.as_secs_f64() * 1000.0,
+                    stream_ms = elapsed.as_secs_f64() * 1000.0,
+                    provider = self.provider.as_str(),
+                    client_closed = !ended,
+                    "request"
+                );
+            }
+        }
+    }
+}
+
+/// A streamed body that carries its request's `Finish` to the stream's end.
+struct Tracked {
+    body: axum::body::BodyDataStream,
+    finish: Finish,
+}
+
+impl futures::Stream for Tracked {
+    type Item = Result<axum::body::Bytes, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let item = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_next(cx));
+        if item.is_none()
+            && let Some((_, ended)) = &mut self.finish.stream
+        {
+            *ended = true;
+        }
+        std::task::Poll::Ready(item)
     }
 }
 
@@ -191,7 +232,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
 
     metrics::http_started();
     let span = tracing::info_span!("request", request_id = id.as_str(), route = route.as_str(), method);
-    let mut finish = Finish { id, route, method, started, status: None, provider: String::new() };
+    let mut finish = Finish { id, route, method, started, status: None, provider: String::new(), stream: None };
     let mut response = next.run(req).instrument(span).await;
     finish_error_body(&mut response, &finish.id);
     if let Ok(value) = HeaderValue::from_str(&finish.id) {
@@ -201,7 +242,20 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     if let Some(ServedBy(p)) = response.extensions().get::<ServedBy>() {
         finish.provider = p.clone();
     }
+    if is_event_stream(&response) {
+        // Counted, and its time to the head recorded, now; in flight, and
+        // its access line, until the stream ends.
+        let head = started.elapsed();
+        metrics::http_finished(&finish.route, finish.method, finish.status.unwrap_or(200), head, true);
+        finish.stream = Some((head, false));
+        let (parts, body) = response.into_parts();
+        return Response::from_parts(parts, Body::from_stream(Tracked { body: body.into_data_stream(), finish }));
+    }
     response
+}
+
+fn is_event_stream(response: &Response) -> bool {
+    response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Gives every error response our JSON body: `ApiError`s carry their body in a

@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUESTS: &str = "squad_http_requests_total";
 pub const HTTP_DURATION: &str = "squad_http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "squad_http_requests_in_flight";
+pub const HTTP_STREAM_DURATION: &str = "squad_http_stream_duration_seconds";
 pub const UPSTREAM_REQUESTS: &str = "squad_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "squad_upstream_request_duration_seconds";
 pub const UPSTREAM_FIRST_CHUNK: &str = "squad_upstream_time_to_first_chunk_seconds";
@@ -97,9 +98,14 @@ pub fn http_started() {
     in_flight().increment(1.0);
 }
 
-pub fn http_finished(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+/// A response's head went out after `elapsed`: the request is counted, and
+/// its time to the head recorded. It leaves the in-flight gauge now, or,
+/// for a stream, when the stream ends (`http_stream_ended`).
+pub fn http_finished(route: &str, method: &'static str, status: u16, elapsed: Duration, streaming: bool) {
     static HANDLES: Handles<(&'static str, &'static str), (Counter, Histogram)> = Handles::new();
-    in_flight().decrement(1.0);
+    if !streaming {
+        in_flight().decrement(1.0);
+    }
     let status = status_label(status);
     let (requests, duration) = HANDLES.get(route, (method, status), || {
         let labels = [("route", route.to_owned()), ("method", method.to_owned()), ("status", status.to_owned())];
@@ -107,6 +113,16 @@ pub fn http_finished(route: &str, method: &'static str, status: u16, elapsed: Du
     });
     requests.increment(1);
     duration.record(elapsed.as_secs_f64());
+}
+
+/// A streamed response ended (or its client went away) `elapsed` after the
+/// request arrived.
+pub fn http_stream_ended(route: &str, elapsed: Duration) {
+    static HANDLES: Handles<(), Histogram> = Handles::new();
+    in_flight().decrement(1.0);
+    HANDLES
+        .get(route, (), || histogram!(HTTP_STREAM_DURATION, "route" => route.to_owned()))
+        .record(elapsed.as_secs_f64());
 }
 
 /// `outcome` is `ok`, `cancelled`, or an `ErrorKind` label.
