@@ -439,6 +439,99 @@ async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
     assert_eq!(count("squad_http_request_duration_seconds_count"), 2.0, "{text}");
 }
 
+/// A Redis that speaks only TLS (`rediss://`), as managed services often
+/// do: the shared rate limits and the conversations reach it, its
+/// certificate checked against the trust store (here `SSL_CERT_FILE`, naming
+/// the test's own certificate). Without that trust, the certificate is
+/// refused and the limits fall back, degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_is_trusted() {
+    if Command::new("redis-server").arg("--version").output().is_err() {
+        eprintln!("\n*** SKIPPED: redis-server is not installed ***\n");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("squad-redis-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("redis.pem"), dir.join("redis.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-auth-clients", "no", "--tls-cert-file"])
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server (TLS) did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let redis_url = format!("rediss://localhost:{port}");
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("ok", 1, 1))).await;
+    let client = reqwest::Client::new();
+    let mut outcomes = Vec::new();
+    for trusted in [true, false] {
+        // The conversations store is built at start-up, so only the trusted
+        // run names it (an untrusted one would not start).
+        let conversations = if trusted { format!("conversations:\n  redis_url: {redis_url}\n") } else { String::new() };
+        let config = temp_config(&format!(
+            "server:\n  bind: 127.0.0.1\n  port: 0\n{conversations}limits:\n  redis:\n    url: {redis_url}\n    heartbeat: 2s\n\
+             providers:\n  groq:\n    base_url: {}/openai/v1\n",
+            fake.url()
+        ));
+        let cert_file = cert.to_str().unwrap();
+        let env: &[(&str, &str)] = if trusted { &[("SSL_CERT_FILE", cert_file)] } else { &[] };
+        let (mut child, url, _logs) = spawn_serve_with(&config, env);
+        let chat = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let health: Value = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
+        sigterm(&child);
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        outcomes.push((trusted, chat, health, status));
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    for (trusted, chat, health, status) in outcomes {
+        let limits = &health["components"]["limits"];
+        assert_eq!(chat, 200, "served either way (the fallback admits it): trusted {trusted}");
+        assert!(status.success());
+        assert_eq!(limits["backend"], "redis", "{health}");
+        if trusted {
+            assert_eq!(limits["status"], "ok", "decided in Redis over TLS: {health}");
+            assert_eq!(limits["replicas_seen"], 1, "the start-up heartbeat went through: {health}");
+            assert_eq!(health["components"]["conversations"]["backend"], "redis", "{health}");
+        } else {
+            assert_eq!(limits["status"], "degraded", "an untrusted certificate is refused: {health}");
+            assert!(limits.get("replicas_seen").is_none(), "{health}");
+        }
+    }
+}
+
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = squad();
     cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);

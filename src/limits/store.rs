@@ -163,7 +163,8 @@ return {0, math.floor(allow_at - now), math.floor((tolerance - (tat - now)) / in
 ";
 
 /// Request and token budgets in one atomic step: both charged, or neither.
-/// Keys share a hash tag (`{p:groq}`), so this also works on Redis Cluster.
+/// Keys share a hash tag (`{p:groq}`), so both land in one slot should the
+/// store ever speak to a Redis Cluster (the client here is not a cluster client).
 const ACQUIRE_BOTH: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
