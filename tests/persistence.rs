@@ -797,6 +797,41 @@ async fn shutdown_stops_waiting_on_a_hung_database_at_the_shutdown_timeout() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A rollback: a build starts on a database that a newer build migrated
+/// further (here, a migration this build does not have is recorded as
+/// applied). It migrates (nothing to do), writes and reads audit rows; it
+/// used to refuse the database, and then never wrote an audit row nor
+/// reloaded the API keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_a_newer_build_migrated_further_is_used_as_it_is() {
+    use sqlx::Connection;
+    for url in databases("a_database_a_newer_build_migrated_further_is_used_as_it_is").await {
+        let store = open(&url);
+        store.migrate().await.unwrap();
+        store.close().await;
+        let future = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                      VALUES (99991231000000, 'from a newer squad', TRUE, $1, 1)";
+        if url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(future).bind(vec![0u8; 48]).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(future).bind(vec![0u8; 48]).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+        let older = open(&url);
+        older.migrate().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let row = record("rollback-1", "groq", (3, 4), None, now_ms());
+        older.insert_audit(std::slice::from_ref(&row)).await.unwrap();
+        assert_eq!(older.audit_by_request("req-rollback-1").await.unwrap().len(), 1, "{url}");
+        older.close().await;
+        if url.starts_with("postgres") {
+            drop_pg(&url).await;
+        }
+    }
+}
+
 /// When even the journal cannot be written: `reject` answers 503, `allow`
 /// serves and still gets the row to the database through the queue.
 #[tokio::test]

@@ -169,8 +169,18 @@ impl Store {
         if self.is_migrated() {
             return Ok(());
         }
-        match &self.db {
-            Db::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+        // Migrations a newer Squad applied are not this build's to refuse: a
+        // rollback runs on the database as the newer build left it. A
+        // migration keeps what the build before it reads and writes (it adds
+        // tables, columns with defaults, indexes); 0004, which replaced the
+        // primary key, predates the rule, and builds before it cannot write
+        // after it.
+        let newest = match &self.db {
+            Db::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("./migrations/sqlite");
+                migrator.set_ignore_missing(true).run(pool).await?;
+                newest_version(&migrator)
+            }
             Db::Postgres(pool) => {
                 // In a task of its own, so a caller that stops waiting (a
                 // timeout) never cuts it off between PostgreSQL's
@@ -178,10 +188,25 @@ impl Store {
                 // a pooled connection and stall every later migration until
                 // the pool reaps that connection, minutes later.
                 let pool = pool.clone();
-                tokio::spawn(async move { sqlx::migrate!("./migrations/postgres").run(&pool).await })
-                    .await
-                    .map_err(|e| StoreError::Invalid(format!("the migration task failed: {e}")))??
+                tokio::spawn(async move {
+                    let mut migrator = sqlx::migrate!("./migrations/postgres");
+                    migrator.set_ignore_missing(true).run(&pool).await.map(|()| newest_version(&migrator))
+                })
+                .await
+                .map_err(|e| StoreError::Invalid(format!("the migration task failed: {e}")))??
             }
+        };
+        let applied: Option<i64> = on_db!(self, pool, DB => sqlx::query_scalar(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success"
+        )
+        .fetch_one(pool)
+        .await?);
+        if let Some(applied) = applied.filter(|&v| v > newest) {
+            tracing::warn!(
+                database = applied,
+                build = newest,
+                "the database was migrated by a newer Squad; this build runs on it as it is (migrations only add)"
+            );
         }
         self.migrated.store(true, Ordering::Release);
         Ok(())
@@ -216,6 +241,11 @@ impl Store {
         drop(self.audit_sqlite.lock().unwrap_or_else(|p| p.into_inner()).take());
         on_db!(self, pool, DB => pool.close().await);
     }
+}
+
+/// The version of the newest migration `migrator` holds.
+fn newest_version(migrator: &sqlx::migrate::Migrator) -> i64 {
+    migrator.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
 pub const DAY_MS: i64 = 24 * 3600 * 1000;
