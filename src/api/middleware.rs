@@ -158,37 +158,31 @@ impl Drop for Finish {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(499);
         let elapsed = self.started.elapsed();
-        // `&str` fields, not `%`: they are copied into the line as they are,
-        // without a pass through the formatting machinery.
-        match self.stream {
+        // A stream's line: its time to the head, to the end, and whether its
+        // client left before the end.
+        let (latency, stream_ms, client_closed) = match self.stream {
             None => {
                 metrics::http_finished(&self.route, self.method, status, elapsed, false);
-                tracing::info!(
-                    request_id = self.id.as_str(),
-                    route = self.route.as_str(),
-                    method = self.method,
-                    status,
-                    latency_ms = elapsed.as_secs_f64() * 1000.0,
-                    provider = self.provider.as_str(),
-                    client_closed = self.status.is_none(),
-                    "request"
-                );
+                (elapsed, None, self.status.is_none())
             }
             Some((head, ended)) => {
                 metrics::http_stream_ended(&self.route, elapsed);
-                tracing::info!(
-                    request_id = self.id.as_str(),
-                    route = self.route.as_str(),
-                    method = self.method,
-                    status,
-                    latency_ms = head.as_secs_f64() * 1000.0,
-                    stream_ms = elapsed.as_secs_f64() * 1000.0,
-                    provider = self.provider.as_str(),
-                    client_closed = !ended,
-                    "request"
-                );
+                (head, Some(elapsed.as_secs_f64() * 1000.0), !ended)
             }
-        }
+        };
+        // `&str` fields, not `%`: they are copied into the line as they are,
+        // without a pass through the formatting machinery.
+        tracing::info!(
+            request_id = self.id.as_str(),
+            route = self.route.as_str(),
+            method = self.method,
+            status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            stream_ms,
+            provider = self.provider.as_str(),
+            client_closed,
+            "request"
+        );
     }
 }
 
