@@ -532,6 +532,36 @@ async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_
     }
 }
 
+/// `squad_database_up` is the database as of the scrape: 1 for a store that
+/// answers, 0 for one that does not (PostgreSQL on a closed port), absent
+/// without a database. Fresh processes: the gauge is process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_say_whether_the_database_answers() {
+    let dir = std::env::temp_dir().join(format!("squad-db-up-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seen = Vec::new();
+    let journal = format!("audit: {{ journal_dir: \"{}/journal\" }}\n", dir.display());
+    for store in [
+        format!("database: {{ url: \"sqlite://{}/squad.db\" }}\n{journal}", dir.display()),
+        format!("database: {{ url: \"postgres://postgres@127.0.0.1:1/none\", connect_timeout: 300ms }}\n{journal}"),
+        // Neither auditing nor keys: no database at all.
+        "audit: { enabled: false }\nauth: { mode: disabled }\n".to_owned(),
+    ] {
+        let config = temp_config(&format!("server:\n  bind: 127.0.0.1\n  port: 0\n{store}"));
+        let (mut child, url, _logs) = spawn_serve(&config);
+        let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+        sigterm(&child);
+        assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+        seen.push(text.lines().find(|l| l.starts_with("squad_database_up")).map(str::to_owned));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        seen,
+        [Some("squad_database_up 1".to_owned()), Some("squad_database_up 0".to_owned()), None],
+        "SQLite, PostgreSQL that does not answer, no database"
+    );
+}
+
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = squad();
     cmd.args(["serve", "--config"]).arg(config).env("GROQ_API_KEY", KEY).env("GEMINI_API_KEY", KEY);

@@ -218,6 +218,11 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, Api
      content_type = "text/plain; version=0.0.4; charset=utf-8"),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // The database as of this scrape: one ping (bounded, as `/health`'s).
+    if let Some(store) = &state.store {
+        let up = matches!(tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await, Ok(Ok(_)));
+        crate::telemetry::metrics::database_up(up);
+    }
     let body = state.metrics.render();
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

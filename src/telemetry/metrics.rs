@@ -30,6 +30,7 @@ pub const QUEUE_WAIT: &str = "squad_concurrency_queue_wait_seconds";
 pub const EFFECTIVE_RPM: &str = "squad_provider_effective_rpm";
 pub const LIMITS_REDIS_ERRORS: &str = "squad_limits_redis_errors_total";
 pub const LIMITS_REPLICAS_SEEN: &str = "squad_limits_replicas_seen";
+pub const DATABASE_UP: &str = "squad_database_up";
 pub const AUDIT_RECORDS: &str = "squad_audit_records_total";
 pub const AUDIT_FAILURES: &str = "squad_audit_failures_total";
 pub const AUDIT_JOURNAL_BYTES: &str = "squad_audit_journal_bytes";
@@ -198,6 +199,11 @@ pub fn effective_rpm(provider: &str, rpm: f64) {
 
 pub fn limits_redis_error() {
     counter!(LIMITS_REDIS_ERRORS).increment(1);
+}
+
+/// Whether the database answered a ping when `/metrics` was scraped.
+pub fn database_up(up: bool) {
+    gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Replicas registered in Redis at this replica's last heartbeat (0 until
