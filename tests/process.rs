@@ -436,6 +436,15 @@ async fn a_stream_is_in_flight_until_it_ends_and_logged_with_its_length() {
     };
     assert_eq!(count("squad_http_stream_duration_seconds_count"), 2.0, "{text}");
     assert!(count("squad_http_stream_duration_seconds_sum") >= 1.6, "{text}");
+    // Buckets up to the stream timeout (600 s), not the request buckets' 120 s.
+    assert!(
+        text.lines().any(|l| l.starts_with("squad_http_stream_duration_seconds_bucket{") && l.contains("le=\"600\"")),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("squad_http_request_duration_seconds_bucket{") && l.contains("le=\"600\"")),
+        "{text}"
+    );
     assert_eq!(count("squad_http_request_duration_seconds_count"), 2.0, "{text}");
 }
 
