@@ -232,7 +232,8 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&finish.id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
-    finish.status = Some(response.status().as_u16());
+    let status = response.status().as_u16();
+    finish.status = Some(status);
     if let Some(ServedBy(p)) = response.extensions().get::<ServedBy>() {
         finish.provider = p.clone();
     }
@@ -240,7 +241,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         // Counted, and its time to the head recorded, now; in flight, and
         // its access line, until the stream ends.
         let head = started.elapsed();
-        metrics::http_finished(&finish.route, finish.method, finish.status.unwrap_or(200), head, true);
+        metrics::http_finished(&finish.route, finish.method, status, head, true);
         finish.stream = Some((head, false));
         let (parts, body) = response.into_parts();
         return Response::from_parts(parts, Body::from_stream(Tracked { body: body.into_data_stream(), finish }));
