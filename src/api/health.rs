@@ -78,7 +78,16 @@ struct LimitsHealth {
 
 #[derive(Debug, Serialize, ToSchema)]
 struct ConversationsHealth {
+    /// `memory` or `redis`.
     backend: &'static str,
+    /// With Redis: `up` or `down` (conversations are then not remembered;
+    /// chat goes on). Absent in memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// `{"status": "disabled"}` when no database is configured; otherwise the
@@ -137,6 +146,8 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
     };
     let limits = state.gateway.limits();
     let share = limits.fallback_share();
+    // At most 1 s each, side by side: two stores down cost 1 s, not 2.
+    let (conversations, database) = tokio::join!(conversations(&state), database(&state));
     Json(HealthReport {
         status,
         version: env!("CARGO_PKG_VERSION"),
@@ -150,8 +161,8 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
                 fallback_replicas: share.map(|(n, _)| n),
                 replicas_seen: share.and_then(|(_, seen)| seen),
             },
-            conversations: ConversationsHealth { backend: state.gateway.conversations().backend() },
-            database: database(&state).await,
+            conversations,
+            database,
             auth: AuthHealth {
                 mode: if state.keys.is_some() { "required" } else { "disabled" },
                 keys_loaded: state.keys.as_ref().map(|k| k.is_loaded()),
@@ -187,6 +198,21 @@ async fn database(state: &AppState) -> DatabaseHealth {
         audit: state.audit.as_ref().map(|a| a.status()),
     };
     DatabaseHealth { status, store: Some(store) }
+}
+
+/// The conversation store as `/health` shows it, given 1 s at most (its
+/// client's own timeouts are 1 s as well).
+async fn conversations(state: &AppState) -> ConversationsHealth {
+    let store = state.gateway.conversations();
+    let backend = store.backend();
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await;
+    let (status, latency_ms, error) = match ping {
+        Ok(None) => (None, None, None),
+        Ok(Some(Ok(d))) => (Some("up"), Some(d.as_secs_f64() * 1000.0), None),
+        Ok(Some(Err(e))) => (Some("down"), None, Some(e.to_string())),
+        Err(_) => (Some("down"), None, Some("no answer within 1s".to_owned())),
+    };
+    ConversationsHealth { backend, status, latency_ms, error }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -70,6 +70,11 @@ pub trait ConversationStore: Send + Sync {
     /// Appends one user + assistant turn atomically; returns the turn count.
     async fn append(&self, key: &ConvKey, user: &Message, assistant: &Message) -> Result<u64, StoreError>;
     fn backend(&self) -> &'static str;
+    /// One round trip to the store behind, for `/health`; `None` when there
+    /// is none (in memory).
+    async fn ping(&self) -> Option<Result<std::time::Duration, StoreError>> {
+        None
+    }
 }
 
 /// Limits applied to every history, whatever the backend.
