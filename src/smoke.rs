@@ -29,7 +29,11 @@ impl Selection {
             list => {
                 let ids: Vec<String> =
                     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-                if ids.is_empty() { Err("expected `all`, `none` or a comma-separated list".into()) } else { Ok(Self::Only(ids)) }
+                if ids.is_empty() {
+                    Err("expected `all`, `none` or a comma-separated list".into())
+                } else {
+                    Ok(Self::Only(ids))
+                }
             }
         }
     }
@@ -285,7 +289,8 @@ fn expect_ok(a: &Answer, what: &str) -> Outcome {
 
 /// Unix seconds from the answer's `Date` header; our own clock without one.
 fn server_time(a: &Answer) -> u64 {
-    let date = a.headers.get(header::DATE).and_then(|v| v.to_str().ok()).and_then(|s| httpdate::parse_http_date(s).ok());
+    let date =
+        a.headers.get(header::DATE).and_then(|v| v.to_str().ok()).and_then(|s| httpdate::parse_http_date(s).ok());
     date.unwrap_or_else(SystemTime::now).duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -469,7 +474,8 @@ async fn ask_agents(smoke: &Smoke, selection: &Selection, listed: &[String], tal
             Ok(a) if a.status == StatusCode::OK && a.body["response"].is_string() => {
                 answered += 1;
                 let b = &a.body;
-                let fallback = if b["metadata"]["fallback_used"] == Value::Bool(true) { ", after a fallback" } else { "" };
+                let fallback =
+                    if b["metadata"]["fallback_used"] == Value::Bool(true) { ", after a fallback" } else { "" };
                 Outcome::Pass(format!(
                     "{} via {}/{}{fallback} {}",
                     b["agent_name"].as_str().unwrap_or("?"),
@@ -552,7 +558,9 @@ async fn audit(smoke: &Smoke, key_id: Option<&str>, wait: Duration, since: u64, 
         };
         let whose = if key_id.is_some() { "this key's" } else { "all" };
         if counted >= answered as i64 {
-            return Outcome::Pass(format!("{counted} of {whose} requests recorded since the smoke began ({answered} answered)"));
+            return Outcome::Pass(format!(
+                "{counted} of {whose} requests recorded since the smoke began ({answered} answered)"
+            ));
         }
         if Instant::now() >= deadline {
             return Outcome::Fail(format!(

@@ -370,3 +370,37 @@ async fn slow_clients_are_disconnected() {
     let resp = gw.chat(json!({"model": OpenAi::MODEL, "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(resp.status(), 200);
 }
+
+/// Conversations are kept per API key: a second key that sends the same user
+/// id and conversation id as the first starts an empty conversation, and the
+/// first key's history never reaches the upstream in the second key's
+/// request; the first key's conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_cannot_read_another_keys_conversation() {
+    const MARKER: &str = "the blue heron nests at dawn";
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("noted", 5, 2))).await;
+    let dir = temp_dir();
+    let keys = make_keys(&dir).await;
+    let (mut child, url, _logs) = serve_in(&dir, &fake.url(), "auth: { mode: required }", &[]);
+    let client = reqwest::Client::new();
+    let ask = async |key: &str, prompt: &str| -> Value {
+        let resp = client
+            .post(format!("{url}/v1/agents/dev"))
+            .bearer_auth(key)
+            .json(&json!({"prompt": prompt, "user_id": "alice", "conversation_id": "support-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    };
+    let sent = || fake.received().last().unwrap().body.to_string();
+
+    assert_eq!(ask(&keys.full, MARKER).await["metadata"]["turns"], 1);
+    let other = ask(&keys.dev_only, "what did I tell you before?").await;
+    assert_eq!(other["metadata"]["turns"], 1, "{other}");
+    assert!(!sent().contains(MARKER), "another key's history went upstream: {}", sent());
+    assert_eq!(ask(&keys.full, "and again").await["metadata"]["turns"], 2);
+    assert!(sent().contains(MARKER), "the key's own history is kept: {}", sent());
+    stop(&mut child);
+}

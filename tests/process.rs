@@ -778,12 +778,8 @@ impl Drop for Reaped {
 /// `squad mock-upstream` on a free port: the process and its base URL.
 fn spawn_mock_upstream() -> (Child, String) {
     use std::io::BufRead;
-    let mut child = squad()
-        .args(["mock-upstream", "--port", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        squad().args(["mock-upstream", "--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
     let url = first.trim().strip_prefix("simulated upstream on ").unwrap_or_else(|| panic!("banner: {first}"));
@@ -797,7 +793,11 @@ fn smoke(args: &[&str]) -> (Option<i32>, String) {
     // The test's own output does not show keys either.
     let shown: Vec<&str> =
         args.iter().enumerate().map(|(i, a)| if i > 0 && args[i - 1] == "--key" { "<key>" } else { a }).collect();
-    eprintln!("squad smoke {shown:?} exited {:?}:\n{stdout}{}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "squad smoke {shown:?} exited {:?}:\n{stdout}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code(), stdout)
 }
 
@@ -933,7 +933,10 @@ async fn smoke_passes_against_a_healthy_deployment_and_names_each_breakage() {
     for check in ["providers", "agents"] {
         let (tag, detail) = smoke_line(&out, check);
         assert_eq!(tag, "FAIL", "{out}");
-        assert!(detail.starts_with(&format!("GET /{} 401: ", if check == "agents" { "v1/agents" } else { check })), "{out}");
+        assert!(
+            detail.starts_with(&format!("GET /{} 401: ", if check == "agents" { "v1/agents" } else { check })),
+            "{out}"
+        );
     }
     assert_eq!(smoke_line(&out, "audit log"), ("SKIP", "no prompt was answered"));
     assert!(!out.contains(&wrong) && !out.contains(&admin) && !out.contains(&plain), "a key leaked:\n{out}");

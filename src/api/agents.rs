@@ -111,6 +111,7 @@ impl AgentBody {
             prompt,
             conversation_id: self.conversation_id,
             user_id: self.user_id,
+            owner: None,
             metadata: self.metadata,
             max_tokens,
             temperature: self.temperature,
@@ -187,7 +188,8 @@ async fn run(state: &AppState, caller: Caller, agent: String, body: AgentBody) -
         }
     }
     caller.authorize(Some(&agent))?;
-    let ask = body.into_ask(agent)?;
+    let mut ask = body.into_ask(agent)?;
+    ask.owner = caller.principal.as_ref().and_then(|p| p.0.as_ref()).map(|key| key.id.clone());
     refuse_blocked_pii(state, Some(&ask.agent), [ask.prompt.as_str()])?;
     let ctx = caller.context(state, false);
     let request_id = caller.request_id;

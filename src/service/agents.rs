@@ -20,6 +20,10 @@ pub struct Ask {
     pub prompt: String,
     pub conversation_id: Option<String>,
     pub user_id: Option<String>,
+    /// The API key's id when keys are on: conversations are kept per key, so
+    /// two keys never share one, whatever user and conversation ids their
+    /// clients choose.
+    pub owner: Option<String>,
     pub metadata: Option<Value>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
@@ -43,8 +47,13 @@ impl Gateway {
     pub async fn ask(&self, ask: Ask, ctx: &CallContext) -> Result<Answer, ServiceError> {
         let started = Instant::now();
         let agent = self.agent(&ask.agent)?;
+        let who = ask.user_id.as_deref().unwrap_or("anon");
         let key = ConvKey {
-            scope: ask.user_id.clone().unwrap_or_else(|| "anon".to_owned()),
+            // Key ids and user ids have no `:`: `key:user` never equals another scope.
+            scope: match &ask.owner {
+                Some(owner) => format!("{owner}:{who}"),
+                None => who.to_owned(),
+            },
             id: ask.conversation_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         };
         let history = match &ask.conversation_id {
