@@ -115,7 +115,8 @@ enum Command {
     /// readiness, the database and Redis it reports, providers and agents
     /// listed, each agent and each configured provider answering a short
     /// prompt, security headers, /metrics, and the audit log recording the
-    /// smoke's requests. Exit 0 when no check failed, 1 otherwise.
+    /// smoke's requests. Exit 0 when no check failed, 1 otherwise, 2 for a
+    /// bad --url or --ops-url.
     Smoke {
         /// The API's base URL, e.g. `https://squad.example.com`.
         #[arg(long)]
@@ -123,7 +124,8 @@ enum Command {
         /// Base URL of the operations port, when /metrics is served there.
         #[arg(long)]
         ops_url: Option<String>,
-        /// API key (an admin key also checks the audit log through /v1/usage).
+        /// API key, sent to the API only (an admin key also checks the audit
+        /// log through /v1/usage; give the smoke a key of its own).
         #[arg(long, env = "SQUAD_API_KEY", hide_env_values = true)]
         key: Option<String>,
         /// Agents to prompt: `all`, `none` or a comma-separated list of ids.
@@ -239,6 +241,7 @@ fn main() -> ExitCode {
         Command::Audit { config, command } => runtime().block_on(admin::audit(config, command)),
         Command::Probe { config, ready, url, timeout } => runtime().block_on(probe(config, ready, url, timeout)),
         Command::Smoke { url, ops_url, key, agents, providers, timeout, audit_wait } => {
+            let key = key.map(secrecy::SecretString::from);
             let options = smoke::Options { url, ops_url, key, agents, providers, timeout, audit_wait };
             runtime().block_on(smoke::run(options))
         }

@@ -465,14 +465,6 @@ async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_
     let (cert, key) = (dir.join("redis.pem"), dir.join("redis.key"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    /// Stopped however the test ends.
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let redis = Command::new("redis-server")
         .args([
@@ -497,7 +489,7 @@ async fn rate_limits_and_conversations_reach_a_tls_only_redis_whose_certificate_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut redis = Killed(redis);
+    let mut redis = Reaped(redis);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if redis.0.try_wait().unwrap().is_some() {
@@ -638,14 +630,7 @@ async fn the_demo_banner_shows_a_round_trip_and_one_runnable_command_a_line() {
     // The banner goes to stderr, the JSON log to stdout.
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // Killed however the test ends, so that a failed assertion leaves no server behind.
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Killed(child);
+    let mut child = Reaped(child);
     let rx = support::process::lines(child.0.stderr.take().unwrap());
     let mut banner = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -775,13 +760,13 @@ impl Drop for Reaped {
     }
 }
 
-/// `squad mock-upstream` on a free port: the process and its base URL.
+/// `squad mock-upstream` on a free port: the process and its base URL. Its
+/// stderr is read to the end (a closed pipe would fail its later writes).
 fn spawn_mock_upstream() -> (Child, String) {
-    use std::io::BufRead;
     let mut child =
         squad().args(["mock-upstream", "--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    let lines = support::process::lines(child.stderr.take().unwrap());
+    let first = lines.recv_timeout(Duration::from_secs(20)).unwrap();
     let url = first.trim().strip_prefix("simulated upstream on ").unwrap_or_else(|| panic!("banner: {first}"));
     (child, url.to_owned())
 }
@@ -1004,4 +989,87 @@ async fn smoke_passes_against_a_healthy_deployment_and_names_each_breakage() {
 
     let (code, _) = smoke(&["--url", "ftp://127.0.0.1"]);
     assert_eq!(code, Some(2));
+}
+
+/// The checks fail when the server gets them wrong: a fake Squad (not the
+/// real one, which gets them right) without security headers, whose
+/// provider answer comes from another provider, and whose audit log never
+/// counts the smoke's requests; a /health body whose field was renamed
+/// fails the health line rather than reading as a default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_checks_fail_when_the_server_gets_them_wrong() {
+    use axum::routing::{get, post};
+    let health = |renamed: bool| {
+        let auth = if renamed { json!({"mod": "required"}) } else { json!({"mode": "required", "keys_loaded": true}) };
+        json!({"status": "ok", "version": "9.9.9", "components": {
+            "limits": {"backend": "memory", "status": "ok"},
+            "conversations": {"backend": "memory"},
+            "database": {"status": "up", "dialect": "sqlite", "migrated": true, "latency_ms": 0.1,
+                         "audit": {"database_reachable": true, "journal_backlog_segments": 0}},
+            "auth": auth}})
+    };
+    let fake = |renamed: bool| {
+        let health = health(renamed);
+        axum::Router::new()
+            .route("/health/live", get(|| async { axum::Json(json!({"status": "alive"})) }))
+            .route("/health/ready", get(|| async { axum::Json(json!({"status": "ready"})) }))
+            .route("/health", get(move || async move { axum::Json(health) }))
+            .route(
+                "/providers",
+                get(|| async {
+                    axum::Json(json!({"count": 1, "providers": [{"name": "groq", "enabled": true, "configured": true,
+                        "default_model": "m", "status": "healthy"}]}))
+                }),
+            )
+            .route("/v1/agents", get(|| async { axum::Json(json!({"count": 1, "agents": [{"id": "a"}]})) }))
+            .route(
+                "/v1/agents/a",
+                post(|| async {
+                    axum::Json(json!({"response": "ok", "provider": "groq", "model": "m", "agent_name": "A",
+                        "metadata": {"fallback_used": false}}))
+                }),
+            )
+            .route(
+                "/v1/chat/completions",
+                post(|| async {
+                    (
+                        [("x-squad-provider", "cerebras")],
+                        axum::Json(json!({"choices": [{"message": {"content": "ok"}}]})),
+                    )
+                }),
+            )
+            .route("/metrics", get(|| async { "squad_http_requests_total{route=\"/\"} 1\n" }))
+            .route("/v1/usage", get(|| async { axum::Json(json!({"data": [], "total": {"requests": 0}})) }))
+    };
+    let serve = async |app: axum::Router| {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    };
+    let key = "sqd_0123456789ab_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let url = serve(fake(false)).await;
+    let (code, out) =
+        tokio::task::spawn_blocking(move || smoke(&["--url", &url, "--key", key, "--audit-wait", "1s"])).await.unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    let headers = smoke_line(&out, "security headers");
+    assert_eq!(headers.0, "FAIL");
+    assert!(headers.1.starts_with("missing: x-content-type-options: nosniff"), "{out}");
+    assert_eq!(smoke_line(&out, "provider groq"), ("FAIL", "answered by cerebras, not groq"));
+    assert_eq!(smoke_line(&out, "agent a").0, "PASS", "{out}");
+    assert_eq!(
+        smoke_line(&out, "audit log"),
+        ("FAIL", "0 of this key's requests recorded after 1 s; 2 prompts were answered")
+    );
+    assert!(out.ends_with("smoke: 9 passed, 3 failed, 0 warnings, 2 skipped\n"), "{out}");
+
+    let url = serve(fake(true)).await;
+    let (code, out) =
+        tokio::task::spawn_blocking(move || smoke(&["--url", &url, "--agents", "none", "--providers", "none"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    let health = smoke_line(&out, "health");
+    assert_eq!(health.0, "FAIL");
+    assert!(health.1.starts_with("GET /health 200 with an unexpected body: "), "{out}");
 }
