@@ -287,11 +287,21 @@ check_squad_configs() {
         env -i PATH="$PATH" HOME="$t" "$SQUAD_BIN" check-config --config "$t/configmap-squad.yaml"
     # The smoke Job's arguments parse (`--help` after them: clap checks every
     # flag and value before it, then prints the help and exits 0).
-    local -a smoke_args
-    mapfile -t smoke_args < <(python3 -c 'import sys, yaml; print("\n".join(yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]["containers"][0]["args"]))' \
-        "$DEPLOY/kubernetes/smoke-job.yaml")
-    step "the smoke Job's arguments: squad ${smoke_args[*]}" \
-        bash -c '"$@" --help >/dev/null' _ env -i PATH="$PATH" HOME="$t" "$SQUAD_BIN" "${smoke_args[@]}"
+    # The arguments are read first (a failed read must not leave an empty
+    # list, which `--help` alone would pass), and must name --url, which
+    # `--help` would not ask for.
+    local args_text
+    local -a smoke_args=()
+    if args_text="$(python3 -c 'import sys, yaml; print("\n".join(yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]["containers"][0]["args"]))' \
+        "$DEPLOY/kubernetes/smoke-job.yaml")"; then
+        mapfile -t smoke_args <<<"$args_text"
+    fi
+    if [ "${smoke_args[0]:-}" != smoke ] || ! printf '%s\n' "${smoke_args[@]}" | grep -qx -- --url; then
+        fail "the smoke Job's arguments are not \`smoke --url …\`: ${smoke_args[*]:-none read}"
+    else
+        step "the smoke Job's arguments: squad ${smoke_args[*]}" \
+            bash -c '"$@" --help >/dev/null' _ env -i PATH="$PATH" HOME="$t" "$SQUAD_BIN" "${smoke_args[@]}"
+    fi
     rm -rf "$t"
 }
 
@@ -380,11 +390,11 @@ check_alertmanager() {
     step "amtool check-config alertmanager.yml" amtool check-config "$DEPLOY/alertmanager/alertmanager.yml"
     # Each alert of alerts.yml, with its own labels, reaches the receiver its
     # severity calls for.
-    step "every alert is routed by its severity (critical: oncall, warning: slack-warnings, info: null)" \
+    step "every alert is routed by its severity (critical: oncall, warning and info: slack-warnings)" \
         python3 - "$DEPLOY" <<'PY'
 import subprocess, sys, yaml
 d = sys.argv[1]
-want = {"critical": "oncall", "warning": "slack-warnings", "info": "null"}
+want = {"critical": "oncall", "warning": "slack-warnings", "info": "slack-warnings"}
 rules = yaml.safe_load(open(f"{d}/prometheus/alerts.yml"))
 bad, n = [], 0
 for g in rules["groups"]:

@@ -80,8 +80,8 @@ struct LimitsHealth {
 struct ConversationsHealth {
     /// `memory` or `redis`.
     backend: &'static str,
-    /// With Redis: `up` or `down` (conversations are then not remembered;
-    /// chat goes on). Absent in memory.
+    /// With Redis: `up` or `down` (requests that continue a conversation
+    /// then get 503; new ones are served, unremembered). Absent in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
