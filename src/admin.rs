@@ -121,13 +121,15 @@ pub async fn audit(path: Option<PathBuf>, command: AuditCommand) -> ExitCode {
     };
     let result = match command {
         AuditCommand::Prune { before } => prune(&store, before, config.audit.retention_days).await,
-        AuditCommand::Export { since, until, request_id, format, out } => {
-            let rows = match request_id {
-                Some(id) => Ok(Rows::Request(id)),
-                None => between(since.as_deref(), until.as_deref()),
+        AuditCommand::Export { since, until, request_id, user_id, format, out } => {
+            let rows = match (request_id, user_id) {
+                (Some(id), _) => Ok(Rows::Request(id)),
+                (_, Some(user)) => Ok(Rows::User(user)),
+                (None, None) => between(since.as_deref(), until.as_deref()),
             };
             async { export(&store, rows?, format, out).await }.await
         }
+        AuditCommand::Erase { user_id, yes } => erase(&store, &user_id, yes).await,
     };
     result.map(|()| ExitCode::SUCCESS).unwrap_or_else(|e| fail(&e))
 }
@@ -140,6 +142,24 @@ async fn prune(store: &Store, before: Option<String>, retention_days: u32) -> Re
     };
     let n = store.prune_audit(cutoff).await.map_err(|e| e.to_string())?;
     println!("deleted {n} audit rows older than {}", format_time(cutoff));
+    Ok(())
+}
+
+/// `squad audit erase`: a data subject's right to erasure. Records still in a
+/// replica's journal (written while the database was down) reach the
+/// database later with their content: the README says to run it again once
+/// every journal is drained.
+async fn erase(store: &Store, user_id: &str, yes: bool) -> Result<(), String> {
+    if user_id.is_empty() {
+        return Err("--user-id must not be empty".into());
+    }
+    if !yes {
+        let n = store.audit_user_count(user_id).await.map_err(|e| e.to_string())?;
+        println!("{n} audit rows carry user id {user_id}; nothing changed (pass --yes to erase their personal data)");
+        return Ok(());
+    }
+    let n = store.erase_user(user_id).await.map_err(|e| e.to_string())?;
+    println!("erased the personal data of {n} audit rows of user id {user_id}");
     Ok(())
 }
 
@@ -187,6 +207,8 @@ enum Rows {
     Between(i64, i64),
     /// Those of one request id.
     Request(String),
+    /// Those of one user id.
+    User(String),
 }
 
 /// `--since` and `--until`, each open when absent.
@@ -213,6 +235,7 @@ async fn export(store: &Store, rows: Rows, format: ExportFormat, out: Option<Pat
     loop {
         let page = match &rows {
             Rows::Request(id) => store.audit_by_request_page(id, after.clone(), 1000).await,
+            Rows::User(user) => store.audit_by_user_page(user, after.clone(), 1000).await,
             Rows::Between(since, until) => store.audit_page(*since, *until, after.clone(), 1000).await,
         }
         .map_err(|e| e.to_string())?;

@@ -191,11 +191,24 @@ enum AuditCommand {
         /// carried), whenever it ran.
         #[arg(long, conflicts_with_all = ["since", "until"])]
         request_id: Option<String>,
+        /// Only the rows of this user (`user_id` in the request): a data
+        /// subject's records, whenever they were made.
+        #[arg(long, conflicts_with_all = ["since", "until", "request_id"])]
+        user_id: Option<String>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
         /// Output file (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Erase one user's personal data from the audit log (prompt, response,
+    /// metadata, client address, conversation id, user id); the rows stay for
+    /// usage and cost. Without --yes, only says how many rows it would change.
+    Erase {
+        #[arg(long)]
+        user_id: String,
+        #[arg(long)]
+        yes: bool,
     },
 }
 

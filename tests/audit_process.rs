@@ -307,6 +307,65 @@ async fn a_request_is_found_by_the_id_its_response_carried() {
     assert!(!out.status.success(), "--request-id and a time range do not combine");
 }
 
+/// A data subject's rows: `squad audit export --user-id` finds them;
+/// `squad audit erase --user-id` says how many it would change, and with
+/// `--yes` erases their personal data (prompt, response, client address,
+/// user id) while the rows and their accounting stay; other users' rows are
+/// untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_rows_are_exported_and_their_personal_data_erased() {
+    let fake = Fake::start(Reply::json(200, OpenAi::completion("fine", 5, 2))).await;
+    let dir = temp_dir();
+    let (mut child, url) = serve(&dir, &fake.url());
+    let client = reqwest::Client::new();
+    for user in ["ana", "bob", "ana"] {
+        let body = json!({"model": OpenAi::MODEL, "user": user,
+            "messages": [{"role": "user", "content": format!("{user} asks about tides")}]});
+        let resp = client.post(format!("{url}/v1/chat/completions")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).success());
+
+    let run = |args: &[&str]| {
+        let out = squad(&dir).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rows_of = |user: &str| -> Vec<Value> {
+        run(&["audit", "export", "--user-id", user]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let ana = rows_of("ana");
+    assert_eq!(ana.len(), 2, "{ana:?}");
+    assert!(ana.iter().all(|r| r["user_id"] == "ana" && r["prompt"] == "user: ana asks about tides"), "{ana:?}");
+
+    let dry = run(&["audit", "erase", "--user-id", "ana"]);
+    assert_eq!(dry, "2 audit rows carry user id ana; nothing changed (pass --yes to erase their personal data)\n");
+    assert_eq!(rows_of("ana").len(), 2, "a dry run changes nothing");
+    assert_eq!(
+        run(&["audit", "erase", "--user-id", "ana", "--yes"]),
+        "erased the personal data of 2 audit rows of user id ana\n"
+    );
+    assert!(rows_of("ana").is_empty());
+
+    let all = export(&dir);
+    assert_eq!(all.len(), 3, "the rows stay: {all:?}");
+    let erased: Vec<&Value> = all.iter().filter(|r| r["user_id"].is_null()).collect();
+    assert_eq!(erased.len(), 2, "{all:?}");
+    for r in &erased {
+        assert!(r["prompt"].is_null() && r["response"].is_null() && r["client_addr"].is_null(), "{r}");
+        assert_eq!((r["status"].as_i64(), r["tokens_in"].as_i64()), (Some(200), Some(5)), "accounting kept: {r}");
+    }
+    let bob = rows_of("bob");
+    assert_eq!(bob.len(), 1);
+    assert_eq!(bob[0]["prompt"], "user: bob asks about tides");
+    assert!(!bob[0]["client_addr"].is_null());
+
+    let out = squad(&dir).args(["audit", "export", "--user-id", "bob", "--since", "2020-01-01"]).output().unwrap();
+    assert!(!out.status.success(), "--user-id and a time range do not combine");
+}
+
 #[test]
 fn keys_audit_and_backup_commands() {
     let dir = temp_dir();

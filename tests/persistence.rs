@@ -238,6 +238,45 @@ async fn store_suite(url: &str) {
     }
     assert_eq!(paged, reused, "three pages: 700, 700, 100");
     assert_eq!(store.audit_by_request("static-id").await.unwrap(), reused);
+
+    // A data subject's rows: exported by user id, then their personal data
+    // erased while the accounting stays.
+    let personal = |id: &str, user: &str, ts_ms: i64| AuditRecord {
+        user_id: Some(user.into()),
+        prompt: Some(format!("{user} says hi")),
+        response: Some("hello".into()),
+        metadata: Some(r#"{"ticket":7}"#.into()),
+        client_addr: Some("203.0.113.9".into()),
+        conversation_id: Some("c1".into()),
+        ..record(id, "deepseek", (7, 3), Some(0.25), ts_ms)
+    };
+    let subject =
+        vec![personal("u1", "ana", now - 50), personal("u2", "ana", now - 40), personal("u3", "bob", now - 30)];
+    store.insert_audit(&subject).await.unwrap();
+    let first = store.audit_by_user_page("ana", None, 1).await.unwrap();
+    let second = store.audit_by_user_page("ana", Some((first[0].ts_ms, first[0].id.clone())), 1).await.unwrap();
+    let rest = store.audit_by_user_page("ana", Some((second[0].ts_ms, second[0].id.clone())), 1).await.unwrap();
+    assert_eq!((first, second, rest), (vec![subject[0].clone()], vec![subject[1].clone()], vec![]));
+    assert_eq!(store.audit_user_count("ana").await.unwrap(), 2);
+    let before = store.usage(now - 50, now - 29, GroupBy::Provider).await.unwrap();
+    assert!(before.iter().any(|u| u.group == "deepseek" && u.requests == 3), "{before:?}");
+    assert_eq!(store.erase_user("ana").await.unwrap(), 2);
+    assert_eq!(store.erase_user("ana").await.unwrap(), 0, "nothing left to erase");
+    assert!(store.audit_by_user_page("ana", None, 10).await.unwrap().is_empty());
+    let erased = store.audit_by_request("req-u1").await.unwrap();
+    let kept = AuditRecord {
+        user_id: None,
+        prompt: None,
+        response: None,
+        metadata: None,
+        client_addr: None,
+        conversation_id: None,
+        ..subject[0].clone()
+    };
+    assert_eq!(erased, vec![kept], "the accounting stays, the personal data goes");
+    assert_eq!(store.audit_by_user_page("bob", None, 10).await.unwrap(), vec![subject[2].clone()], "bob untouched");
+    assert_eq!(store.usage(now - 50, now - 29, GroupBy::Provider).await.unwrap(), before, "usage unchanged");
+    assert_eq!(store.insert_audit(&subject[..1]).await.unwrap(), 0, "a replay does not bring the content back");
 }
 
 #[tokio::test]

@@ -53,7 +53,13 @@ pub async fn chat_completions(
     let agent_id = target.agent.as_ref().map(|a| a.id.clone());
     if let Some(draft) = &caller.audit {
         draft.prompt(super::audit::prompt_text(&request.messages));
-        draft.update(|r| r.agent = agent_id.clone());
+        // OpenAI's `user` (the end user) is the record's user id, as an
+        // agent request's `user_id` is: `squad audit export/erase --user-id`.
+        let user = request.user.clone();
+        draft.update(|r| {
+            r.agent = agent_id.clone();
+            r.user_id = user;
+        });
     }
     caller.authorize(agent_id.as_deref())?;
     refuse_blocked_pii(&state, agent_id.as_deref(), request.messages.iter().map(|m| m.content.as_str()))?;

@@ -357,6 +357,56 @@ impl Store {
         }
     }
 
+    /// The rows of one user (`user_id`), oldest first, at most `limit` after
+    /// the row `after`: a data subject's records (`squad audit export
+    /// --user-id`). No index serves it; the table is scanned, as befits a
+    /// rare request.
+    pub async fn audit_by_user_page(
+        &self,
+        user_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let Cursor { from, after_ts, after_id, .. } = Cursor::new((i64::MIN, i64::MAX), after);
+        on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(BY_USER.as_str()))
+            .bind(user_id)
+            .bind(from)
+            .bind(after_ts)
+            .bind(after_id.as_str())
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// How many rows carry this user id.
+    pub async fn audit_user_count(&self, user_id: &str) -> Result<i64, StoreError> {
+        on_db!(self, pool, DB => {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(pool)
+                .await?;
+            Ok(n)
+        })
+    }
+
+    /// Erases a user's personal data from their rows (`squad audit erase`):
+    /// the prompt, the response, the metadata, the client address, the
+    /// conversation id and the user id itself become NULL. What the row
+    /// accounts for stays: time, key, route, agent, providers tried, model,
+    /// status, tokens, cost and latencies, so usage and cost reports do not
+    /// change. The row is kept, not deleted, so a replay of its record from a
+    /// journal is still skipped as a duplicate. Returns the rows changed.
+    pub async fn erase_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        on_db!(self, pool, DB => Ok(sqlx::query(
+            "UPDATE audit_log SET prompt = NULL, response = NULL, metadata = NULL, client_addr = NULL, \
+             conversation_id = NULL, user_id = NULL WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
     pub async fn audit_count(&self) -> Result<i64, StoreError> {
         on_db!(self, pool, DB => {
             let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log").fetch_one(pool).await?;
@@ -472,6 +522,14 @@ static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          UNION ALL SELECT {COLUMNS} FROM audit_log WHERE request_id = $7 AND request_id <> id \
          AND ts_ms >= $8 AND (ts_ms > $9 OR id > $10) \
          ORDER BY ts_ms, id LIMIT $11"
+    )
+});
+
+/// `Store::audit_by_user_page`'s query.
+static BY_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE user_id = $1 AND ts_ms >= $2 AND (ts_ms > $3 OR id > $4) \
+         ORDER BY ts_ms, id LIMIT $5"
     )
 });
 
