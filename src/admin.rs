@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use squad::store::keys::{self, KeySpec};
-use squad::store::{Store, format_time, now_ms, parse_time, retention_cutoff};
+use squad::store::{Store, Subject, format_time, now_ms, parse_time, retention_cutoff};
 
-use super::{AuditCommand, ExportFormat, KeysCommand, load_config};
+use super::{AuditCommand, ExportFormat, KeysCommand, Whose, load_config};
 
 /// Loads the config and opens and migrates its store.
 async fn open(path: Option<PathBuf>) -> Result<(squad::config::Config, Store), ExitCode> {
@@ -121,15 +121,18 @@ pub async fn audit(path: Option<PathBuf>, command: AuditCommand) -> ExitCode {
     };
     let result = match command {
         AuditCommand::Prune { before } => prune(&store, before, config.audit.retention_days).await,
-        AuditCommand::Export { since, until, request_id, user_id, format, out } => {
+        AuditCommand::Export { since, until, request_id, user_id, whose, format, out } => {
             let rows = match (request_id, user_id) {
                 (Some(id), _) => Ok(Rows::Request(id)),
-                (_, Some(user)) => Ok(Rows::User(user)),
+                (_, Some(user)) => key_of(&config, whose).map(|key| Rows::User(user, key)),
                 (None, None) => between(since.as_deref(), until.as_deref()),
             };
             async { export(&store, rows?, format, out).await }.await
         }
-        AuditCommand::Erase { user_id, yes } => erase(&store, &user_id, yes).await,
+        AuditCommand::Erase { user_id, whose, yes } => match key_of(&config, whose) {
+            Ok(key) => erase(&store, Subject { user_id: &user_id, key_id: key.as_deref() }, yes).await,
+            Err(e) => Err(e),
+        },
     };
     result.map(|()| ExitCode::SUCCESS).unwrap_or_else(|e| fail(&e))
 }
@@ -145,21 +148,40 @@ async fn prune(store: &Store, before: Option<String>, retention_days: u32) -> Re
     Ok(())
 }
 
+/// The key a `--user-id` belongs to: `--key-id`, or any key with
+/// `--any-key`; with keys on, one of the two must be given.
+fn key_of(config: &squad::config::Config, whose: Whose) -> Result<Option<String>, String> {
+    match whose {
+        Whose { key_id: Some(key), .. } => Ok(Some(key)),
+        Whose { any_key: true, .. } => Ok(None),
+        _ if config.auth.mode == squad::config::AuthMode::Required => {
+            Err("with keys on, a user id belongs to the key whose clients sent it: pass --key-id (squad keys list) \
+             or --any-key"
+                .into())
+        }
+        _ => Ok(None),
+    }
+}
+
 /// `squad audit erase`: a data subject's right to erasure. Records still in a
 /// replica's journal (written while the database was down) reach the
 /// database later with their content: the README says to run it again once
 /// every journal is drained.
-async fn erase(store: &Store, user_id: &str, yes: bool) -> Result<(), String> {
-    if user_id.is_empty() {
+async fn erase(store: &Store, subject: Subject<'_>, yes: bool) -> Result<(), String> {
+    if subject.user_id.is_empty() {
         return Err("--user-id must not be empty".into());
     }
+    let whose = match subject.key_id {
+        Some(key) => format!("user id {} of key {key}", subject.user_id),
+        None => format!("user id {}", subject.user_id),
+    };
     if !yes {
-        let n = store.audit_user_count(user_id).await.map_err(|e| e.to_string())?;
-        println!("{n} audit rows carry user id {user_id}; nothing changed (pass --yes to erase their personal data)");
+        let n = store.audit_user_count(&subject).await.map_err(|e| e.to_string())?;
+        println!("{n} audit rows carry {whose}; nothing changed (pass --yes to erase their personal data)");
         return Ok(());
     }
-    let n = store.erase_user(user_id).await.map_err(|e| e.to_string())?;
-    println!("erased the personal data of {n} audit rows of user id {user_id}");
+    let n = store.erase_user(&subject).await.map_err(|e| e.to_string())?;
+    println!("erased the personal data of {n} audit rows of {whose}");
     Ok(())
 }
 
@@ -207,8 +229,8 @@ enum Rows {
     Between(i64, i64),
     /// Those of one request id.
     Request(String),
-    /// Those of one user id.
-    User(String),
+    /// Those of one user id (of one key, or of any).
+    User(String, Option<String>),
 }
 
 /// `--since` and `--until`, each open when absent.
@@ -235,7 +257,10 @@ async fn export(store: &Store, rows: Rows, format: ExportFormat, out: Option<Pat
     loop {
         let page = match &rows {
             Rows::Request(id) => store.audit_by_request_page(id, after.clone(), 1000).await,
-            Rows::User(user) => store.audit_by_user_page(user, after.clone(), 1000).await,
+            Rows::User(user, key) => {
+                let subject = Subject { user_id: user, key_id: key.as_deref() };
+                store.audit_by_user_page(&subject, after.clone(), 1000).await
+            }
             Rows::Between(since, until) => store.audit_page(*since, *until, after.clone(), 1000).await,
         }
         .map_err(|e| e.to_string())?;

@@ -195,6 +195,8 @@ enum AuditCommand {
         /// subject's records, whenever they were made.
         #[arg(long, conflicts_with_all = ["since", "until", "request_id"])]
         user_id: Option<String>,
+        #[command(flatten)]
+        whose: Whose,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
         /// Output file (default: stdout).
@@ -207,9 +209,24 @@ enum AuditCommand {
     Erase {
         #[arg(long)]
         user_id: String,
+        #[command(flatten)]
+        whose: Whose,
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// Whose user id `--user-id` is. With keys on (`auth.mode: required`) one of
+/// the two is required: each key's clients choose their own user ids, so the
+/// same id under two keys is two people.
+#[derive(clap::Args)]
+struct Whose {
+    /// The API key (id, as `squad keys list` shows it) whose clients sent the user id.
+    #[arg(long, requires = "user_id")]
+    key_id: Option<String>,
+    /// The user id under every key (and under none).
+    #[arg(long, conflicts_with = "key_id", requires = "user_id")]
+    any_key: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -364,6 +364,20 @@ async fn a_users_rows_are_exported_and_their_personal_data_erased() {
 
     let out = squad(&dir).args(["audit", "export", "--user-id", "bob", "--since", "2020-01-01"]).output().unwrap();
     assert!(!out.status.success(), "--user-id and a time range do not combine");
+
+    // With keys on, a user id belongs to a key: --key-id or --any-key.
+    let keyed = |args: &[&str]| squad(&dir).args(args).env("SQUAD__AUTH__MODE", "required").output().unwrap();
+    let out = keyed(&["audit", "erase", "--user-id", "bob"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --key-id"), "{out:?}");
+    let out = keyed(&["audit", "erase", "--user-id", "bob", "--key-id", "0123456789ab"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0 audit rows carry user id bob of key 0123456789ab; nothing changed (pass --yes to erase their personal data)\n"
+    );
+    let out = keyed(&["audit", "export", "--user-id", "bob", "--any-key"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "{out:?}");
+    assert!(!keyed(&["audit", "erase", "--user-id", "bob", "--any-key", "--key-id", "x"]).status.success());
 }
 
 #[test]

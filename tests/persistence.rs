@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use squad::config::{AuditFailurePolicy, AuthMode, Config, DatabaseConfig};
 use squad::store::keys::{self, KeySpec};
-use squad::store::{AuditRecord, GroupBy, Store, now_ms};
+use squad::store::{AuditRecord, GroupBy, Store, Subject, now_ms};
 use support::{Gateway, assert_error_body, drop_pg, gateway_with, pg_database};
 
 fn temp_dir() -> PathBuf {
@@ -239,9 +239,11 @@ async fn store_suite(url: &str) {
     assert_eq!(paged, reused, "three pages: 700, 700, 100");
     assert_eq!(store.audit_by_request("static-id").await.unwrap(), reused);
 
-    // A data subject's rows: exported by user id, then their personal data
-    // erased while the accounting stays.
-    let personal = |id: &str, user: &str, ts_ms: i64| AuditRecord {
+    // A data subject's rows: exported by user id (of one key: another key's
+    // "ana" is someone else), then their personal data erased while the
+    // accounting stays.
+    let personal = |id: &str, key: &str, user: &str, ts_ms: i64| AuditRecord {
+        key_id: Some(key.into()),
         user_id: Some(user.into()),
         prompt: Some(format!("{user} says hi")),
         response: Some("hello".into()),
@@ -250,19 +252,27 @@ async fn store_suite(url: &str) {
         conversation_id: Some("c1".into()),
         ..record(id, "deepseek", (7, 3), Some(0.25), ts_ms)
     };
-    let subject =
-        vec![personal("u1", "ana", now - 50), personal("u2", "ana", now - 40), personal("u3", "bob", now - 30)];
+    // u1 and u2 in the same millisecond: the page cursor goes on by id.
+    let subject = vec![
+        personal("u1", "k1", "ana", now - 50),
+        personal("u2", "k1", "ana", now - 50),
+        personal("u3", "k1", "bob", now - 30),
+        personal("u4", "k2", "ana", now - 30),
+    ];
     store.insert_audit(&subject).await.unwrap();
-    let first = store.audit_by_user_page("ana", None, 1).await.unwrap();
-    let second = store.audit_by_user_page("ana", Some((first[0].ts_ms, first[0].id.clone())), 1).await.unwrap();
-    let rest = store.audit_by_user_page("ana", Some((second[0].ts_ms, second[0].id.clone())), 1).await.unwrap();
+    let ana = Subject { user_id: "ana", key_id: Some("k1") };
+    let first = store.audit_by_user_page(&ana, None, 1).await.unwrap();
+    let second = store.audit_by_user_page(&ana, Some((first[0].ts_ms, first[0].id.clone())), 1).await.unwrap();
+    let rest = store.audit_by_user_page(&ana, Some((second[0].ts_ms, second[0].id.clone())), 1).await.unwrap();
     assert_eq!((first, second, rest), (vec![subject[0].clone()], vec![subject[1].clone()], vec![]));
-    assert_eq!(store.audit_user_count("ana").await.unwrap(), 2);
+    assert_eq!(store.audit_user_count(&ana).await.unwrap(), 2);
+    let any_ana = Subject { user_id: "ana", key_id: None };
+    assert_eq!(store.audit_user_count(&any_ana).await.unwrap(), 3, "every key's ana");
     let before = store.usage(now - 50, now - 29, GroupBy::Provider).await.unwrap();
-    assert!(before.iter().any(|u| u.group == "deepseek" && u.requests == 3), "{before:?}");
-    assert_eq!(store.erase_user("ana").await.unwrap(), 2);
-    assert_eq!(store.erase_user("ana").await.unwrap(), 0, "nothing left to erase");
-    assert!(store.audit_by_user_page("ana", None, 10).await.unwrap().is_empty());
+    assert!(before.iter().any(|u| u.group == "deepseek" && u.requests == 4), "{before:?}");
+    assert_eq!(store.erase_user(&ana).await.unwrap(), 2);
+    assert_eq!(store.erase_user(&ana).await.unwrap(), 0, "nothing left to erase");
+    assert!(store.audit_by_user_page(&ana, None, 10).await.unwrap().is_empty());
     let erased = store.audit_by_request("req-u1").await.unwrap();
     let kept = AuditRecord {
         user_id: None,
@@ -274,9 +284,13 @@ async fn store_suite(url: &str) {
         ..subject[0].clone()
     };
     assert_eq!(erased, vec![kept], "the accounting stays, the personal data goes");
-    assert_eq!(store.audit_by_user_page("bob", None, 10).await.unwrap(), vec![subject[2].clone()], "bob untouched");
+    let untouched = |user, key| Subject { user_id: user, key_id: Some(key) };
+    assert_eq!(store.audit_by_user_page(&untouched("bob", "k1"), None, 10).await.unwrap(), vec![subject[2].clone()]);
+    assert_eq!(store.audit_by_user_page(&untouched("ana", "k2"), None, 10).await.unwrap(), vec![subject[3].clone()]);
     assert_eq!(store.usage(now - 50, now - 29, GroupBy::Provider).await.unwrap(), before, "usage unchanged");
     assert_eq!(store.insert_audit(&subject[..1]).await.unwrap(), 0, "a replay does not bring the content back");
+    assert_eq!(store.insert_fresh(&[subject[1].borrowed()]).await.unwrap(), 0, "nor does the writer's bulk path");
+    assert_eq!(store.audit_by_request("req-u2").await.unwrap()[0].prompt, None);
 }
 
 #[tokio::test]

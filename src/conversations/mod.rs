@@ -19,7 +19,8 @@ use crate::domain::{Message, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConvKey {
-    /// Whose conversation: the caller's user id (later: API key), or `anon`.
+    /// Whose conversation: `key:user` with keys on (the API key's id, then
+    /// the caller's user id or `anon`), the user id or `anon` with keys off.
     pub scope: String,
     pub id: String,
 }

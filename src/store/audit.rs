@@ -357,19 +357,19 @@ impl Store {
         }
     }
 
-    /// The rows of one user (`user_id`), oldest first, at most `limit` after
-    /// the row `after`: a data subject's records (`squad audit export
-    /// --user-id`). No index serves it; the table is scanned, as befits a
-    /// rare request.
+    /// The rows of one data subject, oldest first, at most `limit` after the
+    /// row `after` (`squad audit export --user-id`). No index serves it; the
+    /// table is scanned, as befits a rare request.
     pub async fn audit_by_user_page(
         &self,
-        user_id: &str,
+        subject: &Subject<'_>,
         after: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let Cursor { from, after_ts, after_id, .. } = Cursor::new((i64::MIN, i64::MAX), after);
         on_db!(self, pool, DB => Ok(sqlx::query_as::<DB, AuditRecord>(sqlx::AssertSqlSafe(BY_USER.as_str()))
-            .bind(user_id)
+            .bind(subject.user_id)
+            .bind(subject.key_id)
             .bind(from)
             .bind(after_ts)
             .bind(after_id.as_str())
@@ -378,30 +378,33 @@ impl Store {
             .await?))
     }
 
-    /// How many rows carry this user id.
-    pub async fn audit_user_count(&self, user_id: &str) -> Result<i64, StoreError> {
+    /// How many rows a data subject has.
+    pub async fn audit_user_count(&self, subject: &Subject<'_>) -> Result<i64, StoreError> {
         on_db!(self, pool, DB => {
-            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_one(pool)
-                .await?;
+            let (n,): (i64,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM audit_log WHERE {SUBJECT}")))
+                    .bind(subject.user_id)
+                    .bind(subject.key_id)
+                    .fetch_one(pool)
+                    .await?;
             Ok(n)
         })
     }
 
-    /// Erases a user's personal data from their rows (`squad audit erase`):
-    /// the prompt, the response, the metadata, the client address, the
-    /// conversation id and the user id itself become NULL. What the row
+    /// Erases a data subject's personal data from their rows (`squad audit
+    /// erase`): the prompt, the response, the metadata, the client address,
+    /// the conversation id and the user id itself become NULL. What the row
     /// accounts for stays: time, key, route, agent, providers tried, model,
     /// status, tokens, cost and latencies, so usage and cost reports do not
     /// change. The row is kept, not deleted, so a replay of its record from a
     /// journal is still skipped as a duplicate. Returns the rows changed.
-    pub async fn erase_user(&self, user_id: &str) -> Result<u64, StoreError> {
-        on_db!(self, pool, DB => Ok(sqlx::query(
+    pub async fn erase_user(&self, subject: &Subject<'_>) -> Result<u64, StoreError> {
+        on_db!(self, pool, DB => Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE audit_log SET prompt = NULL, response = NULL, metadata = NULL, client_addr = NULL, \
-             conversation_id = NULL, user_id = NULL WHERE user_id = $1",
-        )
-        .bind(user_id)
+             conversation_id = NULL, user_id = NULL WHERE {SUBJECT}"
+        )))
+        .bind(subject.user_id)
+        .bind(subject.key_id)
         .execute(pool)
         .await?
         .rows_affected()))
@@ -525,11 +528,23 @@ static BY_REQUEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// A data subject: a user id as one API key's clients use it, or as every
+/// key's (`key_id: None`). User ids are chosen by each key's clients, so with
+/// keys on the same user id under two keys is two people.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user_id: &'a str,
+    pub key_id: Option<&'a str>,
+}
+
+/// A subject's rows: `$1` the user id, `$2` the key id or NULL for any key.
+const SUBJECT: &str = "user_id = $1 AND ($2 IS NULL OR key_id = $2)";
+
 /// `Store::audit_by_user_page`'s query.
 static BY_USER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE user_id = $1 AND ts_ms >= $2 AND (ts_ms > $3 OR id > $4) \
-         ORDER BY ts_ms, id LIMIT $5"
+        "SELECT {COLUMNS} FROM audit_log WHERE {SUBJECT} AND ts_ms >= $3 AND (ts_ms > $4 OR id > $5) \
+         ORDER BY ts_ms, id LIMIT $6"
     )
 });
 

@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::config::DatabaseConfig;
 
-pub use audit::{AuditRecord, GroupBy, UsageRow};
+pub use audit::{AuditRecord, GroupBy, Subject, UsageRow};
 pub use keys::{ApiKey, KeyCache, KeyCheck, NewKey};
 pub use writer::{AuditLog, Draft};
 
