@@ -48,9 +48,13 @@ impl RedisStore {
         Ok(conn.clone())
     }
 
+    /// The conversation's list and its turn counter. The counter has a
+    /// prefix of its own: as `…:turns` after the list's name, a keys-off
+    /// conversation's counter (`u:c:turns`) was also the list of a keyed
+    /// conversation named `turns` (`k:u:turns`).
     fn keys(key: &ConvKey) -> (String, String) {
-        let base = format!("squad:conv:{}", key.storage_key());
-        (base.clone(), format!("{base}:turns"))
+        let name = key.storage_key();
+        (format!("squad:conv:{name}"), format!("squad:conv-turns:{name}"))
     }
 }
 
@@ -99,5 +103,22 @@ impl ConversationStore for RedisStore {
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_counter_is_never_another_conversations_list() {
+        let key = |scope: &str, id: &str| ConvKey { scope: scope.into(), id: id.into() };
+        let (list, turns) = RedisStore::keys(&key("k:u", "turns"));
+        let (other_list, other_turns) = RedisStore::keys(&key("k", "u"));
+        assert_eq!(list, "squad:conv:k:u:turns");
+        assert_eq!(other_turns, "squad:conv-turns:k:u");
+        for (a, b) in [(&list, &other_turns), (&turns, &other_list), (&list, &turns)] {
+            assert_ne!(a, b);
+        }
     }
 }
