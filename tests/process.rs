@@ -571,6 +571,7 @@ async fn metrics_say_whether_the_database_answers() {
     let dir = std::env::temp_dir().join(format!("squad-db-up-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut seen = Vec::new();
+    let mut pools = Vec::new();
     let journal = format!("audit: {{ journal_dir: \"{}/journal\" }}\n", dir.display());
     for store in [
         format!("database: {{ url: \"sqlite://{}/squad.db\" }}\n{journal}", dir.display()),
@@ -584,6 +585,14 @@ async fn metrics_say_whether_the_database_answers() {
         sigterm(&child);
         assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
         seen.push(text.lines().find(|l| l.starts_with("squad_database_up")).map(str::to_owned));
+        let value = |prefix: &str| {
+            text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        pools.push([
+            value("squad_database_connections{state=\"in_use\"}"),
+            value("squad_database_connections{state=\"idle\"}"),
+            value("squad_database_connections_max"),
+        ]);
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
@@ -591,6 +600,13 @@ async fn metrics_say_whether_the_database_answers() {
         [Some("squad_database_up 1".to_owned()), Some("squad_database_up 0".to_owned()), None],
         "SQLite, PostgreSQL that does not answer, no database"
     );
+    // The pool as of the scrape: SQLite's (at most 4 by default) holds the
+    // connection the ping used; PostgreSQL's (20) has none open; no database, no series.
+    let [in_use, idle, max] = pools[0];
+    assert_eq!(max, Some(4.0), "{pools:?}");
+    assert!(in_use.unwrap() + idle.unwrap() >= 1.0, "{pools:?}");
+    assert_eq!(pools[1], [Some(0.0), Some(0.0), Some(20.0)], "{pools:?}");
+    assert_eq!(pools[2], [None, None, None], "{pools:?}");
 }
 
 fn spawn_serve_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Child, String, mpsc::Receiver<String>) {

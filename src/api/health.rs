@@ -255,6 +255,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // The database as of this scrape.
     if let Some(store) = &state.store {
         crate::telemetry::metrics::database_up(ping(store).await.is_ok());
+        crate::telemetry::metrics::database_pool(store.pool_stats());
     }
     let body = state.metrics.render();
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()

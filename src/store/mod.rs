@@ -43,6 +43,14 @@ enum Db {
     Postgres(PgPool),
 }
 
+/// `Store::pool_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// Runs `$body` with `$pool` bound to whichever pool this store has, and
 /// `$db` naming its sqlx database type.
 macro_rules! on_db {
@@ -214,6 +222,16 @@ impl Store {
 
     pub fn is_migrated(&self) -> bool {
         self.migrated.load(Ordering::Acquire)
+    }
+
+    /// The connection pool now: connections open, of them idle, and the
+    /// most it may open (`database.pool_max`).
+    pub fn pool_stats(&self) -> PoolStats {
+        on_db!(self, pool, DB => PoolStats {
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        })
     }
 
     /// A round trip to the database.

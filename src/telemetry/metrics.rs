@@ -31,6 +31,8 @@ pub const EFFECTIVE_RPM: &str = "squad_provider_effective_rpm";
 pub const LIMITS_REDIS_ERRORS: &str = "squad_limits_redis_errors_total";
 pub const LIMITS_REPLICAS_SEEN: &str = "squad_limits_replicas_seen";
 pub const DATABASE_UP: &str = "squad_database_up";
+pub const DATABASE_CONNECTIONS: &str = "squad_database_connections";
+pub const DATABASE_CONNECTIONS_MAX: &str = "squad_database_connections_max";
 pub const AUDIT_RECORDS: &str = "squad_audit_records_total";
 pub const AUDIT_FAILURES: &str = "squad_audit_failures_total";
 pub const AUDIT_JOURNAL_BYTES: &str = "squad_audit_journal_bytes";
@@ -208,6 +210,14 @@ pub fn limits_redis_error() {
 /// Whether the database answered a ping when `/metrics` was scraped.
 pub fn database_up(up: bool) {
     gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// The database pool as of the scrape: connections in use and idle, and the
+/// most it may open. All in use for long means requests wait for one.
+pub fn database_pool(stats: crate::store::PoolStats) {
+    gauge!(DATABASE_CONNECTIONS, "state" => "in_use").set(f64::from(stats.open.saturating_sub(stats.idle)));
+    gauge!(DATABASE_CONNECTIONS, "state" => "idle").set(f64::from(stats.idle));
+    gauge!(DATABASE_CONNECTIONS_MAX).set(f64::from(stats.max));
 }
 
 /// Replicas registered in Redis at this replica's last heartbeat (0 until
