@@ -12,9 +12,10 @@ use serde_json::json;
 use super::client::{Answer, Smoke};
 use super::{Outcome, Selection, Tally};
 
-/// Prompts are short and answers capped: a smoke run of 13 agents and 5
-/// providers costs at most a few thousand tokens. The cap leaves room for a
-/// reasoning model's thinking, which it counts too.
+/// Prompts are short and answers capped: a smoke run of 13 agents (their
+/// personas about 6,000 input tokens together) and 5 providers costs about
+/// 10,000 tokens at most. The cap leaves room for a reasoning model's
+/// thinking, which it counts too.
 const PROMPT: &str = "Smoke test: reply with one word.";
 const MAX_TOKENS: u32 = 256;
 const SMOKE_USER: &str = "squad-smoke";
