@@ -605,7 +605,9 @@ async fn metrics_say_whether_the_database_answers() {
     let [in_use, idle, max] = pools[0];
     assert_eq!(max, Some(4.0), "{pools:?}");
     assert!(in_use.unwrap() + idle.unwrap() >= 1.0, "{pools:?}");
-    assert_eq!(pools[1], [Some(0.0), Some(0.0), Some(20.0)], "{pools:?}");
+    // (A connection attempt under way may count as open: only idle is exact.)
+    assert!(pools[1][0].is_some(), "{pools:?}");
+    assert_eq!(pools[1][1..], [Some(0.0), Some(20.0)], "{pools:?}");
     assert_eq!(pools[2], [None, None, None], "{pools:?}");
 }
 
