@@ -176,7 +176,14 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
 /// One round trip to the database, given 1 s at most: what `/health`,
 /// `/health/ready` and `squad_database_up` report.
 async fn ping(store: &crate::store::Store) -> Result<std::time::Duration, String> {
-    match tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await {
+    within_a_second(store.ping()).await
+}
+
+/// A store's round trip, given 1 s at most; its error as text.
+async fn within_a_second<E: std::fmt::Display>(
+    round_trip: impl std::future::Future<Output = Result<std::time::Duration, E>>,
+) -> Result<std::time::Duration, String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(1), round_trip).await {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer within 1s".to_owned()),
@@ -205,12 +212,12 @@ async fn database(state: &AppState) -> DatabaseHealth {
 async fn conversations(state: &AppState) -> ConversationsHealth {
     let store = state.gateway.conversations();
     let backend = store.backend();
-    let ping = tokio::time::timeout(std::time::Duration::from_secs(1), store.ping()).await;
-    let (status, latency_ms, error) = match ping {
-        Ok(None) => (None, None, None),
-        Ok(Some(Ok(d))) => (Some("up"), Some(d.as_secs_f64() * 1000.0), None),
-        Ok(Some(Err(e))) => (Some("down"), None, Some(e.to_string())),
-        Err(_) => (Some("down"), None, Some("no answer within 1s".to_owned())),
+    let (status, latency_ms, error) = match store.ping() {
+        None => (None, None, None),
+        Some(round_trip) => match within_a_second(round_trip).await {
+            Ok(d) => (Some("up"), Some(d.as_secs_f64() * 1000.0), None),
+            Err(e) => (Some("down"), None, Some(e)),
+        },
     };
     ConversationsHealth { backend, status, latency_ms, error }
 }

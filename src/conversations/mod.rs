@@ -73,7 +73,7 @@ pub trait ConversationStore: Send + Sync {
     fn backend(&self) -> &'static str;
     /// One round trip to the store behind, for `/health`; `None` when there
     /// is none (in memory).
-    async fn ping(&self) -> Option<Result<std::time::Duration, StoreError>> {
+    fn ping(&self) -> Option<futures::future::BoxFuture<'_, Result<std::time::Duration, StoreError>>> {
         None
     }
 }

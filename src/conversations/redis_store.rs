@@ -75,14 +75,13 @@ impl ConversationStore for RedisStore {
         Ok(History { messages: stored.iter().filter_map(Stored::to_message).collect(), turns: turns.unwrap_or(0) })
     }
 
-    async fn ping(&self) -> Option<Result<Duration, StoreError>> {
-        let started = std::time::Instant::now();
-        let result = async {
+    fn ping(&self) -> Option<futures::future::BoxFuture<'_, Result<Duration, StoreError>>> {
+        Some(Box::pin(async move {
+            let started = std::time::Instant::now();
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(unavailable)?;
             Ok(started.elapsed())
-        };
-        Some(result.await)
+        }))
     }
 
     async fn append(&self, key: &ConvKey, user: &Message, assistant: &Message) -> Result<u64, StoreError> {
